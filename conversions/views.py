@@ -1,0 +1,178 @@
+"""HTTP endpoints for postbacks. Views parse the request, call a service, render JSON."""
+
+import json
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import QueryDict
+from django.http.multipartparser import MultiPartParserError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversions.request_meta import client_ip, headers_for_storage
+from conversions.services import PostbackResult, conversion_as_dict, conversion_record
+from partners.databases import PartnerDatabaseUnavailable
+from partners.models import Partner
+from partners.selectors import partner_get_by_endpoint
+
+logger = logging.getLogger("conversions.ingest")
+
+FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})
+RAW_BODY_PARAM = "_raw_body"
+RAW_BODY_KEEP = 65536
+
+HTTP_STATUS = {"success": 200, "duplicate": 200, "error": 400}
+MESSAGES = {
+    "success": "Conversion recorded",
+    "duplicate": "Duplicate conversion: already recorded, not counted again",
+    "error": "Invalid postback: stored as rejected, fix the fields in 'errors'",
+}
+
+
+class PostbackView(APIView):
+    """`GET|POST /partner/<endpoint_path>`: a partner reports one conversion."""
+
+    authentication_classes = ()
+    permission_classes = ()
+    http_method_names = ["get", "post"]
+
+    def get(self, request: Request, endpoint_path: str) -> Response:
+        return self._postback(request, endpoint_path)
+
+    def post(self, request: Request, endpoint_path: str) -> Response:
+        return self._postback(request, endpoint_path)
+
+    def _postback(self, request: Request, endpoint_path: str) -> Response:
+        started = time.perf_counter()
+        try:
+            partner = partner_get_by_endpoint(endpoint_path)
+        except DatabaseError:
+            logger.exception("configuration database unavailable")
+            return _unavailable("The configuration database is unavailable; retry later")
+        if partner is None:
+            return Response(
+                {"status": "error", "message": f"No active partner at endpoint '/{endpoint_path.strip('/')}'"},
+                status=404,
+            )
+        steps = partner.enable_logging and logger.isEnabledFor(logging.INFO)
+        if steps:
+            logger.info("🚀 開始處理動態Partner Postback: endpoint_path=%s", endpoint_path)
+            logger.info("🔍 步驟1: 查找Partner配置")
+            logger.info("✅ 找到Partner: %s (code: %s)", partner.partner_name, partner.partner_code)
+        params, body_errors = postback_params(request)
+        try:
+            result = conversion_record(
+                partner=partner,
+                params=params,
+                headers=headers_for_storage(request.headers),
+                client_ip=client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT),
+                errors=body_errors,
+            )
+        except PartnerDatabaseUnavailable as exc:
+            logger.error("postback partner=%s outcome=unavailable %s", partner.partner_code, exc)
+            return _unavailable(f"The database of partner '{partner.partner_code}' is unavailable; retry later")
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        conversion_id = result.conversion.conversion_id
+        if steps:
+            logger.info(
+                "🎉 Partner Postback處理完成: partner=%s, conversion_id=%s, outcome=%s, time=%.2fms",
+                partner.partner_name,
+                conversion_id,
+                result.outcome,
+                elapsed_ms,
+            )
+        else:
+            logger.info(
+                "postback partner=%s outcome=%s conversion_id=%s time=%.2fms",
+                partner.partner_code,
+                result.outcome,
+                conversion_id,
+                elapsed_ms,
+            )
+        return Response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
+
+
+def postback_params(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every parameter received (query string, then the body), and body-level errors.
+
+    A parameter received more than once keeps all its values as a list (the last
+    one is used for mapping). An unreadable body is kept verbatim under `_raw_body`.
+    """
+    params = _querydict_params(request._request.GET)
+    if request.method != "POST":
+        return params, {}
+    django_request = request._request
+    body = django_request.body
+    if not body:
+        return params, {}
+    content_type = (django_request.content_type or "").lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            data = json.loads(body, parse_constant=_reject_json_constant)
+        except (ValueError, RecursionError):
+            return _with_raw_body(params, body), {"body": "is not valid JSON"}
+        if not isinstance(data, dict):
+            return _with_raw_body(params, body), {"body": "must be a JSON object of parameter -> value"}
+        return _merge(params, data), {}
+    if content_type in FORM_CONTENT_TYPES:
+        try:
+            form = django_request.POST
+        except MultiPartParserError as exc:
+            return _with_raw_body(params, body), {"body": f"is not a valid multipart form ({exc})"}
+        return _merge(params, _querydict_params(form)), {}
+    return _with_raw_body(params, body), {
+        "body": f"has unsupported Content-Type '{content_type}'; "
+        "send application/x-www-form-urlencoded or application/json"
+    }
+
+
+def _querydict_params(querydict: QueryDict) -> dict[str, Any]:
+    return {key: values[0] if len(values) == 1 else values for key, values in querydict.lists()}
+
+
+def _merge(params: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if key in params:
+            before = params[key] if isinstance(params[key], list) else [params[key]]
+            params[key] = before + (value if isinstance(value, list) else [value])
+        else:
+            params[key] = value
+    return params
+
+
+def _with_raw_body(params: dict[str, Any], body: bytes) -> dict[str, Any]:
+    params[RAW_BODY_PARAM] = body[:RAW_BODY_KEEP].decode("utf-8", "replace")
+    return params
+
+
+def _reject_json_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unavailable(message: str) -> Response:
+    return Response(
+        {"status": "error", "message": message},
+        status=503,
+        headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)},
+    )
+
+
+def partner_summary(partner: Partner) -> dict[str, str]:
+    return {"code": partner.partner_code, "name": partner.partner_name, "endpoint": partner.endpoint_path}
+
+
+def _postback_body(partner: Partner, result: PostbackResult, elapsed_ms: float) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": result.outcome,
+        "message": MESSAGES[result.outcome],
+        "partner": partner_summary(partner),
+        "conversion": conversion_as_dict(result.conversion),
+        "processing_time_ms": elapsed_ms,
+    }
+    if result.errors:
+        body["errors"] = result.errors
+    return body

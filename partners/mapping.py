@@ -1,0 +1,198 @@
+"""Mapping rules: a partner's parameters -> our canonical conversion fields.
+
+`Partner.parameter_mapping` is {our_field: partner_param}. For every canonical field
+the value is read from the partner's parameter first, then from our own field name, so
+both the partner's macros (`aff_sub`) and our spelling (`sub_id`) work. Values are
+coerced here, once, and every problem is collected per field so the sender learns
+all of them in one response.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Literal
+
+TEXT = "text"
+AMOUNT = "amount"
+DATETIME = "datetime"
+
+AMOUNT_QUANTUM = Decimal("0.01")
+# NUMERIC(15, 2): 13 digits before the point.
+AMOUNT_MAX_ADJUSTED_EXPONENT = 12
+AMOUNT_LIMIT_TEXT = "9999999999999.99"
+DATETIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+DATETIME_MAX = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+UNIX_SECONDS_RE = re.compile(r"^\d{1,11}(\.\d{1,9})?$")
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class CanonicalField:
+    name: str
+    kind: Literal["text", "amount", "datetime"]
+    max_length: int | None = None
+    required: bool = False
+
+
+CANONICAL_FIELDS: dict[str, CanonicalField] = {
+    f.name: f
+    for f in (
+        CanonicalField("conversion_id", TEXT, 50, required=True),
+        CanonicalField("offer_id", TEXT, 50),
+        CanonicalField("offer_name", TEXT, 1000),
+        CanonicalField("conversion_datetime", DATETIME),
+        CanonicalField("usd_sale_amount", AMOUNT),
+        CanonicalField("usd_earning", AMOUNT),
+        CanonicalField("media_id", TEXT, 255),
+        CanonicalField("sub_id", TEXT, 255),
+        CanonicalField("click_id", TEXT, 255),
+        CanonicalField("status", TEXT, 50),
+        CanonicalField("currency", TEXT, 3),
+    )
+}
+
+
+@dataclass
+class MappedPostback:
+    """What a postback's parameters mean in our fields."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def is_valid(self) -> bool:
+        return not self.errors
+
+
+class CoercionError(ValueError):
+    """A value that cannot become the field's type; the message names the problem."""
+
+
+def postback_map(*, mapping: Mapping[str, str], params: Mapping[str, Any], tz: tzinfo) -> MappedPostback:
+    """Map and coerce `params` (parameter name -> value) onto our canonical fields."""
+    result = MappedPostback()
+    for name, spec in CANONICAL_FIELDS.items():
+        partner_param = mapping.get(name)
+        if partner_param is not None and partner_param in params:
+            source = partner_param
+        elif name in params:
+            source = name
+        else:
+            if spec.required:
+                hint = f"'{partner_param}' or '{name}'" if partner_param and partner_param != name else f"'{name}'"
+                result.errors[name] = f"is required (send {hint})"
+            continue
+        raw = params[source]
+        if isinstance(raw, list):
+            # A repeated parameter: the last value wins, all of them stay in raw_data.
+            raw = raw[-1] if raw else None
+        result.sources[name] = source
+        try:
+            value = coerce(spec, raw, tz)
+        except CoercionError as exc:
+            result.errors[name] = f"{source}: {exc}"
+            continue
+        if value is None:
+            if spec.required:
+                result.errors[name] = f"{source}: must not be empty"
+            continue
+        result.values[name] = value
+    used = set(result.sources.values())
+    result.ignored = [key for key in params if key not in used]
+    return result
+
+
+def coerce(spec: CanonicalField, raw: Any, tz: tzinfo) -> Any:
+    """Coerce one received value to `spec`'s type; None for an absent/empty value."""
+    if raw is None:
+        return None
+    if isinstance(raw, (dict, list)):
+        raise CoercionError("must be a single value, not a JSON object or list")
+    if spec.kind == AMOUNT:
+        return coerce_amount(raw)
+    if spec.kind == DATETIME:
+        return coerce_datetime(raw, tz)
+    return coerce_text(raw, spec.max_length)
+
+
+def coerce_text(raw: Any, max_length: int | None) -> str | None:
+    if isinstance(raw, bool):
+        text = "true" if raw else "false"
+    else:
+        text = str(raw).strip()
+    if not text:
+        return None
+    if "\x00" in text:
+        raise CoercionError("contains a NUL character")
+    if not _is_encodable(text):
+        raise CoercionError("is not valid Unicode text")
+    if max_length is not None and len(text) > max_length:
+        raise CoercionError(f"is {len(text)} characters long; the limit is {max_length}")
+    return text
+
+
+def coerce_amount(raw: Any) -> Decimal | None:
+    """Decimal(15,2); more than 2 decimals are rounded half-up (0.125 -> 0.13)."""
+    if isinstance(raw, bool):
+        raise CoercionError(f"{raw!r} is not a number")
+    text = str(raw).strip()
+    if not text:
+        return None
+    try:
+        amount = Decimal(text)
+    except (InvalidOperation, ValueError):
+        raise CoercionError(f"{_shorten(text)!r} is not a number") from None
+    if not amount.is_finite():
+        raise CoercionError(f"{_shorten(text)!r} is not a finite number")
+    if amount.adjusted() > AMOUNT_MAX_ADJUSTED_EXPONENT:
+        raise CoercionError(f"{_shorten(text)!r} does not fit (largest is {AMOUNT_LIMIT_TEXT})")
+    rounded = amount.quantize(AMOUNT_QUANTUM, rounding=ROUND_HALF_UP)
+    if rounded.adjusted() > AMOUNT_MAX_ADJUSTED_EXPONENT:
+        raise CoercionError(f"{_shorten(text)!r} does not fit (largest is {AMOUNT_LIMIT_TEXT})")
+    return rounded
+
+
+def coerce_datetime(raw: Any, tz: tzinfo) -> datetime | None:
+    """Unix seconds, YYYY-MM-DD, YYYY-MM-DD HH:MM:SS or ISO 8601; naive means `tz`."""
+    if isinstance(raw, bool):
+        raise CoercionError(f"{raw!r} is not a date/time")
+    text = str(raw).strip()
+    if not text:
+        return None
+    try:
+        if UNIX_SECONDS_RE.match(text):
+            moment = datetime.fromtimestamp(float(Decimal(text)), tz=UTC)
+        elif DATE_RE.match(text):
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=tz)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=tz)
+    except (ValueError, OverflowError, OSError):
+        raise CoercionError(
+            f"{_shorten(text)!r} is not a date/time (use YYYY-MM-DD, YYYY-MM-DD HH:MM:SS, ISO 8601 or Unix seconds)"
+        ) from None
+    try:
+        in_range = DATETIME_MIN <= moment <= DATETIME_MAX
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise CoercionError(f"{_shorten(text)!r} is outside 1970-01-01..2999-12-31")
+    return moment
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

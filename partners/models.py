@@ -1,0 +1,128 @@
+import re
+import zoneinfo
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+from partners.dbconfig import url_mask_password
+from partners.mapping import CANONICAL_FIELDS
+
+ENDPOINT_SEGMENT = r"[A-Za-z0-9._~-]+"
+ENDPOINT_PATH_RE = re.compile(rf"^/?{ENDPOINT_SEGMENT}(/{ENDPOINT_SEGMENT})*/?$")
+DATABASE_NAME_RE = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+def endpoint_key(endpoint_path: str) -> str:
+    """The lookup form of an endpoint path: no leading or trailing slash."""
+    return endpoint_path.strip("/")
+
+
+def _validate_timezone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"'{value}' is not an IANA time zone (e.g. UTC, Asia/Singapore).") from exc
+
+
+class Partner(models.Model):
+    """An ad network or affiliate partner sending postbacks to its own endpoint."""
+
+    partner_code = models.CharField(
+        max_length=50,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9_]+$", "Use lowercase letters, digits and underscores.")],
+        help_text="Stable identifier, e.g. involve_asia.",
+    )
+    partner_name = models.CharField(max_length=100)
+    endpoint_path = models.CharField(
+        max_length=100,
+        unique=True,
+        help_text="Path after /partner, e.g. /involve/event.",
+    )
+    endpoint_url = models.CharField(max_length=500, blank=True, default="")
+    cloud_run_service_name = models.CharField(max_length=100, blank=True, default="")
+    cloud_run_region = models.CharField(max_length=50, blank=True, default="asia-southeast1")
+    cloud_run_project_id = models.CharField(max_length=100, blank=True, default="")
+    database_name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[
+            RegexValidator(
+                DATABASE_NAME_RE,
+                "Use lowercase letters, digits and underscores, starting with a letter.",
+            )
+        ],
+        help_text="Also the database alias, e.g. involve_asia_db.",
+    )
+    database_url = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text="Leave empty to use the PARTNER_DATABASE_URL template.",
+    )
+    parameter_mapping = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Our field -> the partner's parameter name.",
+    )
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[_validate_timezone],
+        help_text="Time zone of datetimes the partner sends without an offset.",
+    )
+    is_active = models.BooleanField(default=True)
+    enable_logging = models.BooleanField(default=True)
+    max_daily_requests = models.PositiveIntegerField(default=100000)
+    data_retention_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "partners"
+        ordering = ["partner_code"]
+
+    def __str__(self) -> str:
+        return f"{self.partner_name} ({self.partner_code})"
+
+    @property
+    def database_alias(self) -> str:
+        return self.database_name
+
+    @property
+    def database_url_masked(self) -> str:
+        return url_mask_password(self.database_url)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.endpoint_path:
+            if not ENDPOINT_PATH_RE.match(self.endpoint_path):
+                errors["endpoint_path"] = (
+                    "Use path segments of letters, digits, '.', '_', '~' or '-', e.g. /involve/event."
+                )
+            else:
+                self.endpoint_path = "/" + endpoint_key(self.endpoint_path)
+        if self.database_name == "default":
+            errors["database_name"] = "'default' is the configuration database; choose another name."
+        mapping_error = parameter_mapping_error(self.parameter_mapping)
+        if mapping_error:
+            errors["parameter_mapping"] = mapping_error
+        if errors:
+            raise ValidationError(errors)
+
+
+def parameter_mapping_error(mapping: object) -> str | None:
+    """Why `mapping` is not a valid {our_field: partner_param} mapping, or None."""
+    if not isinstance(mapping, dict):
+        return "Must be an object of our field -> the partner's parameter name."
+    seen: dict[str, str] = {}
+    for field, param in mapping.items():
+        if field not in CANONICAL_FIELDS:
+            return f"'{field}' is not one of our fields ({', '.join(CANONICAL_FIELDS)})."
+        if not isinstance(param, str) or not param.strip():
+            return f"'{field}' needs the partner's parameter name."
+        if param in seen:
+            return f"'{param}' is mapped twice (to '{seen[param]}' and '{field}')."
+        seen[param] = field
+    return None

@@ -1,0 +1,84 @@
+"""Writes to partner configuration."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from partners.databases import ProvisionResult, partner_database_provision
+from partners.models import Partner
+from partners.selectors import partner_directory
+
+# The seed partners `init_partners` creates when absent. InvolveAsia's mapping uses its
+# real macro names; every field also accepts our own name, so the README's curl
+# examples (which send sub_id=, usd_payout=, conversion_datetime=) land too.
+SEED_PARTNERS: tuple[dict[str, Any], ...] = (
+    {
+        "partner_code": "involve_asia",
+        "partner_name": "InvolveAsia",
+        "endpoint_path": "/involve/event",
+        "cloud_run_service_name": "bytec-public-postback",
+        "database_name": "involve_asia_db",
+        "parameter_mapping": {
+            "sub_id": "aff_sub",
+            "media_id": "aff_sub2",
+            "click_id": "aff_sub3",
+            "usd_sale_amount": "usd_sale_amount",
+            "usd_earning": "usd_payout",
+            "offer_id": "offer_id",
+            "offer_name": "offer_name",
+            "conversion_id": "conversion_id",
+            "conversion_datetime": "datetime_conversion",
+            "status": "conversion_status",
+            "currency": "conversion_currency",
+        },
+    },
+    {
+        "partner_code": "rector",
+        "partner_name": "Rector",
+        "endpoint_path": "/rector/event",
+        "cloud_run_service_name": "rector-postback",
+        "database_name": "rector_db",
+        "parameter_mapping": {
+            "media_id": "media_id",
+            "sub_id": "sub_id",
+            "usd_sale_amount": "usd_sale_amount",
+            "usd_earning": "usd_earning",
+            "offer_name": "offer_name",
+            "conversion_id": "conversion_id",
+            "conversion_datetime": "conversion_datetime",
+            "click_id": "click_id",
+        },
+    },
+)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    partner: Partner
+    created: bool
+
+
+def partner_create(**fields: Any) -> Partner:
+    """Validate and store a new partner (provisioning is a separate step)."""
+    partner = Partner(**fields)
+    partner.full_clean()
+    partner.save()
+    partner_directory.clear()
+    return partner
+
+
+def partner_seed(*, definition: dict[str, Any]) -> SeedResult:
+    """Create a seed partner unless one with its code exists; never modify an existing one."""
+    with transaction.atomic():
+        existing = Partner.objects.select_for_update().filter(partner_code=definition["partner_code"]).first()
+        if existing is not None:
+            return SeedResult(partner=existing, created=False)
+        return SeedResult(partner=partner_create(**definition), created=True)
+
+
+def partner_provision(*, partner: Partner) -> ProvisionResult:
+    """Create the partner's database if missing and migrate its schema."""
+    result = partner_database_provision(partner=partner)
+    partner_directory.clear()
+    return result

@@ -1,0 +1,169 @@
+"""Settings for the postback platform, read from the environment (12-factor).
+
+Every variable is optional: with none set the service runs on SQLite files under
+`var/` (the embedded default). README.md lists each variable.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+
+from partners.dbconfig import database_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+
+VERSION = "1.0.0"
+
+
+def _embedded_secret_key() -> str:
+    """Read the key kept under var/, creating it once (race-safe across workers)."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    path = VAR_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="") or _embedded_secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "partners",
+    "conversions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "postback_site.urls"
+WSGI_APPLICATION = "postback_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Databases -------------------------------------------------------------------
+# `default` holds configuration only; each partner's conversions live in the
+# partner's own database, registered at runtime by partners.databases.
+DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=60)
+DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=5)
+DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=0)
+SQLITE_BUSY_TIMEOUT = env.int("SQLITE_BUSY_TIMEOUT", default=20)
+DATABASE_OPTIONS = {
+    "base_dir": BASE_DIR,
+    "conn_max_age": DB_CONN_MAX_AGE,
+    "connect_timeout": DB_CONNECT_TIMEOUT,
+    "statement_timeout_ms": DB_STATEMENT_TIMEOUT_MS,
+    "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
+}
+DATABASES = {
+    "default": database_settings(
+        env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'default.sqlite3'}"),
+        **DATABASE_OPTIONS,
+    )
+}
+PARTNER_DATABASE_URL = env.str("PARTNER_DATABASE_URL", default=f"sqlite:///{VAR_DIR}/{{name}}.sqlite3")
+DATABASE_ROUTERS = ["partners.databases.PartnerDatabaseRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Postback behaviour ----------------------------------------------------------
+# Comma-separated partner codes this instance serves; empty serves every partner.
+POSTBACK_PARTNERS = env.list("POSTBACK_PARTNERS", default=[])
+# How long a worker trusts its cached partner configuration before re-reading it.
+PARTNER_CACHE_SECONDS = env.float("PARTNER_CACHE_SECONDS", default=5.0)
+# Number of reverse proxies in front of us whose X-Forwarded-For entries we trust.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# Retry-After (seconds) sent with a 503 when a partner database is unreachable.
+POSTBACK_RETRY_AFTER = env.int("POSTBACK_RETRY_AFTER", default=30)
+
+# --- Internationalisation --------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files (served by whitenoise) -----------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- REST framework --------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+
+# --- Logging ---------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FILE = env.str("LOG_FILE", default="")
+_log_handlers = ["console"]
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": _log_handlers, "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": _log_handlers, "level": "INFO", "propagate": False},
+    },
+}
+if LOG_FILE:
+    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    LOGGING["handlers"]["file"] = {
+        # Watched: an external logrotate can move the file under several workers.
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": LOG_FILE,
+        "formatter": "plain",
+        "encoding": "utf-8",
+    }
+    _log_handlers.append("file")

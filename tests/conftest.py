@@ -1,0 +1,203 @@
+"""Shared fixtures: real partner databases on SQLite and PostgreSQL.
+
+The configuration database (`default`) is PostgreSQL (pytest-django creates and drops
+`test_<name>`). Partner databases are created once per session per backend, under
+unique names, and dropped at the end; each test gets empty ones.
+"""
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+from psycopg import sql
+
+from partners.databases import partner_database_unregister
+from partners.models import Partner
+from partners.selectors import partner_directory
+from partners.services import partner_create, partner_provision
+
+POSTGRES_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
+BACKENDS = ("sqlite", "postgres")
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if engine != "django.db.backends.postgresql":
+        raise pytest.UsageError(
+            "The test suite needs PostgreSQL for `default`: run `make test`, or set "
+            "DATABASE_URL=postgres://root@127.0.0.1:5432/postback"
+        )
+
+
+class DatabasePool:
+    """Hands out partner database URLs per backend; drops the PostgreSQL ones at the end."""
+
+    def __init__(self, tmp_dir: Path):
+        self.token = uuid.uuid4().hex[:8]
+        self.tmp_dir = tmp_dir
+        self.postgres_names: set[str] = set()
+
+    def url(self, backend: str, name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{self.tmp_dir / name}.sqlite3"
+        database = f"test_pb_{self.token}_{name}"
+        self.postgres_names.add(database)
+        return f"postgres://root@127.0.0.1:5432/{database}"
+
+    def template(self, backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{self.tmp_dir}/tpl_{{name}}.sqlite3"
+        return f"postgres://root@127.0.0.1:5432/test_pb_{self.token}_tpl_{{name}}"
+
+    def drop_all(self) -> None:
+        connections.close_all()
+        with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"test_pb_{self.token}_%"])
+            for (name,) in rows.fetchall():
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabasePool]:
+    pool = DatabasePool(tmp_path_factory.mktemp("partner_dbs"))
+    yield pool
+    pool.drop_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_partner_directory() -> Iterator[None]:
+    partner_directory.clear()
+    yield
+    partner_directory.clear()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run the test once with SQLite partner databases and once with PostgreSQL ones."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None]:
+    """Create the test `default` database for every test that touches a database.
+
+    pytest-django would only create it for tests marked django_db; tests using
+    `live_db` are not, because partner aliases are registered at runtime.
+    """
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        connections.close_all()
+        teardown_databases(old_config, verbosity=0)
+
+
+@pytest.fixture
+def live_db(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """Real, committed database access to `default` and to partner databases.
+
+    Django's test cases refuse connections to aliases they did not know when the test
+    started, and partner aliases are registered at runtime, so these tests run
+    unwrapped and the configuration database is flushed afterwards instead.
+    """
+    with django_db_blocker.unblock():
+        yield
+        connections.close_all()
+        call_command("flush", database="default", interactive=False, verbosity=0)
+
+
+@pytest.fixture
+def make_partner(live_db, database_pool: DatabasePool, backend: str) -> Iterator[Callable[..., Partner]]:
+    """Create a provisioned partner on this test's backend; empties its database afterwards."""
+    aliases: list[str] = []
+
+    def make(code: str = "involve_asia", **fields: Any) -> Partner:
+        definition = _seed_definition(code)
+        definition.update(fields)
+        definition.setdefault("database_url", database_pool.url(backend, definition["database_name"]))
+        partner = partner_create(**definition)
+        partner_provision(partner=partner)
+        aliases.append(partner.database_alias)
+        _empty(partner.database_alias)
+        return partner
+
+    yield make
+    for alias in aliases:
+        _empty(alias)
+        partner_database_unregister(alias)
+
+
+def _seed_definition(code: str) -> dict[str, Any]:
+    from partners.services import SEED_PARTNERS
+
+    for definition in SEED_PARTNERS:
+        if definition["partner_code"] == code:
+            return {**definition, "parameter_mapping": dict(definition["parameter_mapping"])}
+    return {
+        "partner_code": code,
+        "partner_name": code.title(),
+        "endpoint_path": f"/{code}/event",
+        "database_name": f"{code}_db",
+        "parameter_mapping": {},
+    }
+
+
+def _empty(alias: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM partner_conversions")
+
+
+def run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
+    """Run target(i) for i in range(count) on `count` threads released together."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = target(index)
+        except Exception as exc:  # reported to the test as the thread's result
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def fixture_queries(partner_code: str) -> list[str]:
+    """Captured postback query strings for a partner, one per line of each fixture file."""
+    lines = []
+    for path in sorted((FIXTURES_DIR / partner_code).glob("*.txt")):
+        lines += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return lines
+
+
+@pytest.fixture
+def involve(make_partner) -> Partner:
+    return make_partner("involve_asia")
+
+
+@pytest.fixture
+def rector(make_partner) -> Partner:
+    return make_partner("rector")
+
+
+def partner_rows(partner: Partner):
+    from conversions.models import PartnerConversion
+
+    return PartnerConversion.objects.using(partner.database_alias).order_by("id")

@@ -1,0 +1,299 @@
+"""The postback endpoint, end to end through Django, on SQLite and PostgreSQL partner databases."""
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from partners.services import partner_create
+from tests.conftest import fixture_queries, partner_rows
+
+SEED_INVOLVE = (
+    "/partner/involve/event?sub_id=test123&media_id=media456&click_id=click789&usd_sale_amount=99.99"
+    "&usd_payout=9.99&offer_name=Test&conversion_id=conv001&conversion_datetime=2025-01-15"
+)
+SEED_RECTOR = (
+    "/partner/rector/event?media_id=media456&sub_id=test123&usd_sale_amount=99.99&usd_earning=9.99"
+    "&offer_name=Test&conversion_id=conv002&conversion_datetime=2025-01-15&click_id=click789"
+)
+
+
+def assert_seed_row(row, conversion_id):
+    assert row.conversion_id == conversion_id
+    assert (row.sub_id, row.media_id, row.click_id) == ("test123", "media456", "click789")
+    assert (row.usd_sale_amount, row.usd_earning) == (Decimal("99.99"), Decimal("9.99"))
+    assert row.offer_name == "Test"
+    assert row.conversion_datetime == datetime(2025, 1, 15, tzinfo=UTC)
+    assert row.is_processed and not row.is_duplicate and row.processing_error is None
+
+
+def test_seed_examples_land_in_each_partners_own_database(client, involve, rector):
+    first = client.get(SEED_INVOLVE)
+    second = client.get(SEED_RECTOR)
+
+    assert first.status_code == 200 and first.json()["status"] == "success"
+    assert second.status_code == 200 and second.json()["status"] == "success"
+    assert_seed_row(partner_rows(involve).get(), "conv001")
+    assert_seed_row(partner_rows(rector).get(), "conv002")
+    # isolation: each row only in its own partner's database
+    assert not partner_rows(involve).filter(conversion_id="conv002").exists()
+    assert not partner_rows(rector).filter(conversion_id="conv001").exists()
+
+
+def test_response_body_describes_partner_and_stored_conversion(client, involve):
+    body = client.get(SEED_INVOLVE).json()
+    assert body["partner"] == {"code": "involve_asia", "name": "InvolveAsia", "endpoint": "/involve/event"}
+    assert body["conversion"]["conversion_id"] == "conv001"
+    assert body["conversion"]["usd_earning"] == "9.99"
+    assert body["conversion"]["conversion_datetime"] == "2025-01-15T00:00:00+00:00"
+    assert isinstance(body["processing_time_ms"], float)
+
+
+def test_repeat_is_a_duplicate_linked_to_the_original(client, involve):
+    client.get(SEED_INVOLVE)
+    repeat = client.get(SEED_INVOLVE)
+
+    assert repeat.status_code == 200
+    assert repeat.json()["status"] == "duplicate"
+    original, duplicate = partner_rows(involve)
+    assert not original.is_duplicate
+    assert duplicate.is_duplicate and duplicate.duplicate_of_id == original.pk
+    assert repeat.json()["conversion"]["duplicate_of"] == original.pk
+
+
+def test_involve_asia_real_macros_fill_our_columns(client, involve):
+    for query in fixture_queries("involve_asia"):
+        assert client.get(f"/partner/involve/event?{query}").json()["status"] == "success"
+    first = partner_rows(involve).get(conversion_id="IA-778812345")
+    assert (first.sub_id, first.media_id, first.click_id) == ("test123", "media456", "click789")
+    assert first.usd_sale_amount == Decimal("93.47")
+    assert first.usd_earning == Decimal("4.67")
+    assert (first.offer_id, first.offer_name) == ("1021", "Shopee MY")
+    assert first.conversion_datetime == datetime(2025, 1, 15, 13, 45, 10, tzinfo=UTC)
+    assert (first.status, first.currency) == ("pending", "MYR")
+    assert first.raw_data["order_id"] == "220915ABCDEF"
+    second = partner_rows(involve).get(conversion_id="IA-778812346")
+    assert second.usd_earning == Decimal("4.46")  # 4.455 rounded half-up
+
+
+def test_rector_fixture(client, rector):
+    for query in fixture_queries("rector"):
+        assert client.get(f"/partner/rector/event?{query}").status_code == 200
+    assert_seed_row(partner_rows(rector).get(), "conv002")
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ("usd_sale_amount=1", "conversion_id", "is required (send 'conversion_id')"),
+        ("conversion_id=c&usd_sale_amount=abc", "usd_sale_amount", "usd_sale_amount: 'abc' is not a number"),
+        ("conversion_id=c&usd_payout=NaN", "usd_earning", "usd_payout: 'NaN' is not a finite number"),
+        (
+            "conversion_id=c&usd_payout=100000000000000",
+            "usd_earning",
+            "usd_payout: '100000000000000' does not fit (largest is 9999999999999.99)",
+        ),
+        (
+            "conversion_id=c&datetime_conversion=soon",
+            "conversion_datetime",
+            "datetime_conversion: 'soon' is not a date/time "
+            "(use YYYY-MM-DD, YYYY-MM-DD HH:MM:SS, ISO 8601 or Unix seconds)",
+        ),
+        (f"conversion_id=c&aff_sub={'s' * 300}", "sub_id", "aff_sub: is 300 characters long; the limit is 255"),
+        (f"conversion_id={'c' * 60}", "conversion_id", "conversion_id: is 60 characters long; the limit is 50"),
+        ("conversion_id=c&aff_sub=a%00b", "sub_id", "aff_sub: contains a NUL character"),
+        (
+            "conversion_id=c&conversion_currency=EURO",
+            "currency",
+            "conversion_currency: is 4 characters long; the limit is 3",
+        ),
+    ],
+)
+def test_bad_input_is_400_naming_the_field_and_stored_as_rejected(client, involve, query, field, message):
+    response = client.get(f"/partner/involve/event?{query}")
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["errors"] == {field: message}
+    row = partner_rows(involve).get()
+    assert row.processing_error == f"{field}: {message}"
+    assert not row.is_processed and not row.is_duplicate
+    assert row.raw_data == {key: value for key, value in (p.split("=", 1) for p in query.split("&"))} | (
+        {"aff_sub": "a\ufffdb"} if "%00" in query else {}
+    )
+
+
+def test_rejected_row_keeps_the_valid_fields_and_does_not_block_a_corrected_retry(client, involve):
+    client.get("/partner/involve/event?conversion_id=c9&aff_sub=s&usd_payout=oops")
+    rejected = partner_rows(involve).get()
+    assert (rejected.conversion_id, rejected.sub_id, rejected.usd_earning) == ("c9", "s", None)
+
+    retry = client.get("/partner/involve/event?conversion_id=c9&aff_sub=s&usd_payout=1.5")
+    assert retry.json()["status"] == "success"
+
+
+def test_raw_data_keeps_every_parameter_including_repeats(client, involve):
+    client.get("/partner/involve/event?conversion_id=c1&unknown=1&tag=a&tag=b&aff_sub=x")
+    row = partner_rows(involve).get()
+    assert row.raw_data == {"conversion_id": "c1", "unknown": "1", "tag": ["a", "b"], "aff_sub": "x"}
+
+
+def test_post_form_body_merges_with_query_string(client, involve):
+    response = client.post(
+        "/partner/involve/event?conversion_id=p1",
+        data="aff_sub=form-sub&usd_payout=2.5",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.json()["status"] == "success"
+    row = partner_rows(involve).get()
+    assert (row.conversion_id, row.sub_id, row.usd_earning) == ("p1", "form-sub", Decimal("2.50"))
+
+
+def test_post_json_object(client, involve):
+    response = client.post(
+        "/partner/involve/event",
+        data=json.dumps({"conversion_id": "j1", "usd_payout": 3.333, "aff_sub": "js", "extra": {"nested": [1]}}),
+        content_type="application/json",
+    )
+    assert response.json()["status"] == "success"
+    row = partner_rows(involve).get()
+    assert (row.sub_id, row.usd_earning) == ("js", Decimal("3.33"))
+    assert row.raw_data["extra"] == {"nested": [1]}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        ("{not json", "application/json", "is not valid JSON"),
+        ('{"conversion_id": NaN}', "application/json", "is not valid JSON"),
+        ("[1, 2]", "application/json", "must be a JSON object of parameter -> value"),
+        (
+            "<xml/>",
+            "application/xml",
+            "has unsupported Content-Type 'application/xml'; "
+            "send application/x-www-form-urlencoded or application/json",
+        ),
+    ],
+)
+def test_unreadable_body_is_400_and_kept_verbatim(client, involve, body, content_type, message):
+    response = client.post("/partner/involve/event?conversion_id=b1", data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert response.json()["errors"]["body"] == message
+    row = partner_rows(involve).get()
+    assert row.raw_data["_raw_body"] == body
+    assert row.conversion_id == "b1"
+
+
+def test_unknown_endpoint_is_404_and_stores_nothing(client, involve):
+    response = client.get("/partner/nobody/event?conversion_id=x")
+    assert response.status_code == 404
+    assert response.json() == {"status": "error", "message": "No active partner at endpoint '/nobody/event'"}
+    assert not partner_rows(involve).exists()
+
+
+def test_inactive_partner_is_404(client, make_partner):
+    make_partner("paused", is_active=False)
+    assert client.get("/partner/paused/event?conversion_id=x").status_code == 404
+
+
+def test_endpoint_matches_with_trailing_slash(client, involve):
+    assert client.get("/partner/involve/event/?conversion_id=t1").status_code == 200
+
+
+def test_other_methods_are_405_with_allow(client, involve):
+    response = client.put("/partner/involve/event?conversion_id=x")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST"
+    assert not partner_rows(involve).exists()
+
+
+def test_headers_are_stored_with_secrets_masked(client, involve):
+    client.get(
+        "/partner/involve/event?conversion_id=h1",
+        HTTP_AUTHORIZATION="Bearer abc",
+        HTTP_COOKIE="session=xyz",
+        HTTP_X_POSTBACK_TOKEN="s3cret",
+        HTTP_X_API_KEY="k",
+        HTTP_USER_AGENT="InvolveAsia-Postback/1.0",
+    )
+    headers = partner_rows(involve).get().request_headers
+    assert headers["Authorization"] == "****"
+    assert headers["Cookie"] == "****"
+    assert headers["X-Postback-Token"] == "****"
+    assert headers["User-Agent"] == "InvolveAsia-Postback/1.0"
+    assert "abc" not in json.dumps(headers) and "s3cret" not in json.dumps(headers)
+
+
+def test_request_ip_ignores_forwarded_for_without_trusted_proxies(client, involve):
+    client.get("/partner/involve/event?conversion_id=i1", REMOTE_ADDR="203.0.113.9", HTTP_X_FORWARDED_FOR="1.2.3.4")
+    assert partner_rows(involve).get().request_ip == "203.0.113.9"
+
+
+def test_request_ip_uses_the_entry_added_by_the_trusted_proxy(client, involve, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    client.get(
+        "/partner/involve/event?conversion_id=i2",
+        REMOTE_ADDR="10.0.0.1",
+        HTTP_X_FORWARDED_FOR="6.6.6.6, 2001:db8::7",
+    )
+    assert partner_rows(involve).get().request_ip == "2001:db8::7"
+
+
+def test_partner_added_after_start_up_works_without_restart(client, involve, make_partner):
+    assert client.get(SEED_INVOLVE).status_code == 200  # the directory is now loaded
+    assert client.get("/partner/late/event?conversion_id=l1").status_code == 404
+
+    late = make_partner("late")
+    response = client.get("/partner/late/event?conversion_id=l1")
+
+    assert response.status_code == 200
+    assert partner_rows(late).get().conversion_id == "l1"
+
+
+def test_mapping_change_is_picked_up_after_the_cache_window(client, involve, settings):
+    settings.PARTNER_CACHE_SECONDS = 0
+    client.get("/partner/involve/event?conversion_id=m1&custom_sub=a")
+    involve.parameter_mapping = {**involve.parameter_mapping, "sub_id": "custom_sub"}
+    involve.save()
+    client.get("/partner/involve/event?conversion_id=m2&custom_sub=b")
+    assert partner_rows(involve).get(conversion_id="m1").sub_id is None
+    assert partner_rows(involve).get(conversion_id="m2").sub_id == "b"
+
+
+def test_hot_path_queries_no_configuration_and_one_partner_statement(client, involve):
+    client.get("/partner/involve/event?conversion_id=warm")
+    with (
+        CaptureQueriesContext(connections["default"]) as default_queries,
+        CaptureQueriesContext(connections[involve.database_alias]) as partner_queries,
+    ):
+        assert client.get("/partner/involve/event?conversion_id=q1").status_code == 200
+    assert len(default_queries) == 0
+    assert len(partner_queries) == 1
+    assert partner_queries[0]["sql"].upper().startswith("INSERT")
+
+
+def test_partner_database_down_is_503_and_other_partners_still_work(client, involve, backend):
+    url = (
+        "postgres://root@127.0.0.1:1/unreachable"
+        if backend == "postgres"
+        else "sqlite:////nonexistent-dir/for/sure/down.sqlite3"
+    )
+    partner_create(
+        partner_code="down",
+        partner_name="Down",
+        endpoint_path="/down/event",
+        database_name="down_db",
+        database_url=url,
+    )
+    response = client.get("/partner/down/event?conversion_id=d1")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "30"
+    assert response.json() == {
+        "status": "error",
+        "message": "The database of partner 'down' is unavailable; retry later",
+    }
+    assert client.get(SEED_INVOLVE).status_code == 200

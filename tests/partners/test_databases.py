@@ -1,0 +1,86 @@
+"""The multi-database layer: aliases, the router and provisioning."""
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from conversions.models import PartnerConversion
+from partners.databases import (
+    PartnerDatabaseRequired,
+    PartnerDatabaseUnavailable,
+    partner_database_provision,
+    partner_database_register,
+    partner_database_unregister,
+)
+from partners.dbconfig import database_settings, url_mask_password
+from partners.models import Partner
+from tests.conftest import POSTGRES_SERVER
+
+
+def test_runtime_alias_is_a_complete_settings_entry(tmp_path):
+    partner = Partner(database_name="runtime_db", database_url=f"sqlite:///{tmp_path}/runtime.sqlite3")
+    alias = partner_database_register(partner)
+    try:
+        config = connections[alias].settings_dict
+        assert config["TIME_ZONE"] is None and "TEST" in config and config["CONN_HEALTH_CHECKS"] is True
+        assert config["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+        assert settings.DATABASES[alias] is config or settings.DATABASES[alias] == config
+    finally:
+        partner_database_unregister(alias)
+    assert alias not in connections.settings
+
+
+def test_partner_url_falls_back_to_the_template(settings):
+    settings.PARTNER_DATABASE_URL = "postgres://app:pw@db.internal:5432/{name}"
+    alias = partner_database_register(Partner(database_name="tpl_db"))
+    try:
+        config = connections.settings[alias]
+        assert (config["NAME"], config["HOST"], config["USER"]) == ("tpl_db", "db.internal", "app")
+    finally:
+        partner_database_unregister(alias)
+
+
+def test_sqlite_relative_paths_resolve_under_the_project():
+    config = database_settings("sqlite:///var/x.sqlite3", base_dir=settings.BASE_DIR)
+    assert config["NAME"] == str(settings.BASE_DIR / "var/x.sqlite3")
+
+
+def test_password_is_masked_for_display():
+    assert url_mask_password("postgres://app:s3cret@db:5432/x") == "postgres://app:****@db:5432/x"
+    assert url_mask_password("sqlite:////tmp/x.sqlite3") == "sqlite:////tmp/x.sqlite3"
+
+
+def test_conversion_query_without_an_alias_fails_loudly():
+    with pytest.raises(PartnerDatabaseRequired, match="query it with .using"):
+        PartnerConversion.objects.count()
+
+
+def test_router_keeps_conversions_out_of_default(live_db):
+    tables = connections["default"].introspection.table_names()
+    assert "partners" in tables
+    assert "partner_conversions" not in tables
+
+
+def test_provision_creates_a_postgres_database_and_is_idempotent(live_db, database_pool):
+    partner = Partner(database_name="fresh_db", database_url=database_pool.url("postgres", "fresh_db"))
+    first = partner_database_provision(partner=partner)
+    second = partner_database_provision(partner=partner)
+    try:
+        assert first.created and first.migrations_applied == ["conversions.0001_initial"]
+        assert not second.created and second.migrations_applied == []
+        assert "partner_conversions" in connections[first.alias].introspection.table_names()
+        with psycopg.connect(**POSTGRES_SERVER) as conn:
+            name = connections.settings[first.alias]["NAME"]
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+    finally:
+        partner_database_unregister(first.alias)
+
+
+def test_provision_names_what_to_fix_when_the_server_is_unreachable(live_db):
+    partner = Partner(database_name="nowhere_db", database_url="postgres://root@127.0.0.1:1/nowhere")
+    try:
+        with pytest.raises(PartnerDatabaseUnavailable, match="cannot reach PostgreSQL at 127.0.0.1:1"):
+            partner_database_provision(partner=partner)
+    finally:
+        partner_database_unregister("nowhere_db")
