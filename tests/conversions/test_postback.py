@@ -297,3 +297,24 @@ def test_partner_database_down_is_503_and_other_partners_still_work(client, invo
         "message": "The database of partner 'down' is unavailable; retry later",
     }
     assert client.get(SEED_INVOLVE).status_code == 200
+
+
+def test_step_logs_when_the_partner_enables_logging(client, involve, caplog):
+    caplog.set_level("INFO", logger="conversions.ingest")
+    client.get(SEED_INVOLVE)
+    messages = [record.getMessage() for record in caplog.records if record.name == "conversions.ingest"]
+    assert messages[0] == "🚀 開始處理動態Partner Postback: endpoint_path=involve/event"
+    assert "🔍 步驟1: 查找Partner配置" in messages
+    assert "  映射: sub_id -> sub_id = test123" in messages
+    assert "✅ 步驟6: 標記為已處理" in messages
+    assert messages[-1].startswith("🎉 Partner Postback處理完成: partner=InvolveAsia, conversion_id=conv001")
+    assert messages[-1].endswith("ms")
+
+
+def test_one_summary_line_when_logging_is_off(client, make_partner, caplog):
+    make_partner("involve_asia", enable_logging=False)
+    caplog.set_level("INFO", logger="conversions.ingest")
+    client.get(SEED_INVOLVE)
+    messages = [record.getMessage() for record in caplog.records if record.name == "conversions.ingest"]
+    assert len(messages) == 1
+    assert messages[0].startswith("postback partner=involve_asia outcome=success conversion_id=conv001 time=")
