@@ -2,7 +2,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from partners.mapping import CANONICAL_FIELDS
+from partners.lifecycle import STATUS_CHOICES
+from partners.mapping import CANONICAL_FIELDS, STATUS_RAW_MAX_LENGTH
 
 
 def _max_length(name: str) -> int:
@@ -28,8 +29,15 @@ class PartnerConversion(models.Model):
     media_id = models.CharField(max_length=_max_length("media_id"), null=True, blank=True)
     sub_id = models.CharField(max_length=_max_length("sub_id"), null=True, blank=True)
     click_id = models.CharField(max_length=_max_length("click_id"), null=True, blank=True)
-    status = models.CharField(max_length=_max_length("status"), null=True, blank=True)
-    currency = models.CharField(max_length=_max_length("currency"), null=True, blank=True)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, null=True, blank=True)
+    status_raw = models.CharField(
+        max_length=STATUS_RAW_MAX_LENGTH, null=True, blank=True, help_text="The status as the partner sent it."
+    )
+    currency = models.CharField(
+        max_length=_max_length("currency"), null=True, blank=True, help_text="ISO 4217 code of the local amounts."
+    )
+    sale_amount_local = models.DecimalField(max_digits=15, decimal_places=2, null=True, blank=True)
+    payout_local = models.DecimalField(max_digits=15, decimal_places=2, null=True, blank=True)
     is_processed = models.BooleanField(default=False)
     is_duplicate = models.BooleanField(default=False)
     duplicate_of = models.ForeignKey(
@@ -72,3 +80,31 @@ class PartnerConversion(models.Model):
         if self.processing_error is not None:
             return "rejected"
         return "duplicate" if self.is_duplicate else "original"
+
+
+class ConversionChange(models.Model):
+    """A later postback for a stored conversion that differed from it: applied or not.
+
+    Applied changes updated the original (status, amounts); the rest were stale
+    retries that would have rolled the state back, recorded here and not applied.
+    """
+
+    conversion = models.ForeignKey(
+        PartnerConversion, on_delete=models.CASCADE, related_name="changes", db_constraint=False
+    )
+    from_status = models.CharField(max_length=16, choices=STATUS_CHOICES, null=True, blank=True)
+    to_status = models.CharField(max_length=16, choices=STATUS_CHOICES, null=True, blank=True)
+    changes = models.JSONField(default=dict, help_text="field -> [before, after] as received.")
+    applied = models.BooleanField()
+    note = models.TextField(blank=True, default="")
+    raw_data = models.JSONField(default=dict)
+    request_ip = models.CharField(max_length=45, null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "partner_conversion_changes"
+        ordering = ["received_at", "id"]
+
+    def __str__(self) -> str:
+        state = "applied" if self.applied else "not applied"
+        return f"{self.from_status} -> {self.to_status} ({state})"

@@ -8,14 +8,18 @@ from typing import Any, Literal
 
 from django.db import DatabaseError, IntegrityError, transaction
 
-from conversions.models import PartnerConversion
+from conversions.models import ConversionChange, PartnerConversion
 from partners.databases import PartnerDatabaseUnavailable
+from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.ingest")
 
-Outcome = Literal["success", "duplicate", "error"]
+Outcome = Literal["success", "duplicate", "updated", "error"]
+
+# What a later postback may change on the original: its state and its money.
+LIFECYCLE_FIELDS = ("status", "usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local", "currency")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class PostbackResult:
     outcome: Outcome
     conversion: PartnerConversion
     errors: dict[str, str] = field(default_factory=dict)
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    note: str = ""
 
 
 @lru_cache(maxsize=256)
@@ -51,7 +57,12 @@ def conversion_record(
         logger.info("📊 步驟2: 收集原始數據")
         logger.info("📋 原始參數: %s", params)
         logger.info("🔄 步驟3: 參數映射處理")
-    mapped = postback_map(mapping=partner.parameter_mapping, params=params, tz=partner_timezone(partner.timezone))
+    mapped = postback_map(
+        mapping=partner.parameter_mapping,
+        params=params,
+        tz=partner_timezone(partner.timezone),
+        status_mapping=partner.status_mapping,
+    )
     if errors:
         mapped.errors = {**errors, **mapped.errors}
     if steps:
@@ -69,14 +80,15 @@ def conversion_record(
             return _record_rejected(alias=alias, row=row, mapped=mapped, steps=steps)
         if steps:
             logger.info("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
-        return _record_valid(alias=alias, row={**row, **mapped.values}, steps=steps)
+        return _record_valid(partner=partner, row={**row, **mapped.values}, steps=steps)
     except DatabaseError as exc:
         raise PartnerDatabaseUnavailable(alias, str(exc).strip() or exc.__class__.__name__) from exc
 
 
-def _record_valid(*, alias: str, row: dict[str, Any], steps: bool) -> PostbackResult:
+def _record_valid(*, partner: Partner, row: dict[str, Any], steps: bool) -> PostbackResult:
     # The common case is one INSERT in autocommit: the partial unique index decides,
     # atomically, whether this is the original. Losing the race raises IntegrityError.
+    alias = partner.database_alias
     for _attempt in range(3):
         conversion = PartnerConversion(**row, is_processed=True)
         if steps:
@@ -89,26 +101,82 @@ def _record_valid(*, alias: str, row: dict[str, Any], steps: bool) -> PostbackRe
             if steps:
                 logger.info("✅ 步驟6: 標記為已處理")
             return PostbackResult(outcome="success", conversion=conversion)
-        with transaction.atomic(using=alias):
-            original = (
-                PartnerConversion.objects.using(alias)
-                .filter(
-                    partner_id=row["partner_id"],
-                    conversion_id=row["conversion_id"],
-                    is_duplicate=False,
-                    processing_error__isnull=True,
+        result = _record_repeat(partner=partner, row=row)
+        if result is not None:
+            if steps:
+                logger.info(
+                    "🔁 已有轉化: conversion_id=%s, outcome=%s %s",
+                    row["conversion_id"],
+                    result.outcome,
+                    result.note or result.changes or "",
                 )
-                .only("pk")
-                .first()
+            return result
+        # The original vanished in between (retention purge): try again as the original.
+    raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
+
+
+def _record_repeat(*, partner: Partner, row: dict[str, Any]) -> PostbackResult | None:
+    """A postback for a conversion_id that has an original: duplicate, update or stale.
+
+    The original is locked (row lock on PostgreSQL; SQLite's IMMEDIATE transaction
+    serializes writers), so racing updates apply one after the other.
+    """
+    alias = partner.database_alias
+    with transaction.atomic(using=alias):
+        original = (
+            PartnerConversion.objects.using(alias)
+            .select_for_update()
+            .filter(
+                partner_id=row["partner_id"],
+                conversion_id=row["conversion_id"],
+                is_duplicate=False,
+                processing_error__isnull=True,
             )
-            if original is None:
-                continue  # the original vanished (retention purge): try again as original
+            .first()
+        )
+        if original is None:
+            return None
+        changes = conversion_changes(original=original, incoming=row)
+        if not changes:
             duplicate = PartnerConversion(**row, is_duplicate=True, duplicate_of_id=original.pk)
             duplicate.save(using=alias, force_insert=True)
-        if steps:
-            logger.info("⚠️ 重複轉化: conversion_id=%s, original=%s", row["conversion_id"], original.pk)
-        return PostbackResult(outcome="duplicate", conversion=duplicate)
-    raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
+            return PostbackResult(outcome="duplicate", conversion=duplicate)
+        before, after = original.status, row.get("status") or original.status
+        applied = transition_permitted(before, after, partner.status_transitions)
+        note = "" if applied else f"stale: status '{after}' after '{before}' is not applied"
+        ConversionChange(
+            conversion_id=original.pk,
+            from_status=before,
+            to_status=after,
+            changes=_jsonable(changes),
+            applied=applied,
+            note=note,
+            raw_data=row["raw_data"],
+            request_ip=row["request_ip"],
+        ).save(using=alias, force_insert=True)
+        if not applied:
+            return PostbackResult(outcome="duplicate", conversion=original, changes=changes, note=note)
+        for name, (_old, new) in changes.items():
+            setattr(original, name, new)
+        updated_fields = [*changes, "updated_at"]
+        if "status" in changes:
+            original.status_raw = row.get("status_raw")
+            updated_fields.append("status_raw")
+        original.save(using=alias, update_fields=updated_fields)
+        return PostbackResult(outcome="updated", conversion=original, changes=changes)
+
+
+def conversion_changes(*, original: PartnerConversion, incoming: dict[str, Any]) -> dict[str, list[Any]]:
+    """Lifecycle fields the incoming postback sends with a value different from the original's."""
+    return {
+        name: [getattr(original, name), incoming[name]]
+        for name in LIFECYCLE_FIELDS
+        if incoming.get(name) is not None and incoming[name] != getattr(original, name)
+    }
+
+
+def _jsonable(changes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {name: [None if v is None else str(v) for v in pair] for name, pair in changes.items()}
 
 
 def _record_rejected(*, alias: str, row: dict[str, Any], mapped: MappedPostback, steps: bool) -> PostbackResult:
@@ -154,6 +222,7 @@ def conversion_as_dict(conversion: PartnerConversion) -> dict[str, Any]:
             value = value.isoformat() if hasattr(value, "isoformat") else str(value)
         data[name] = value
     data.update(
+        status_raw=conversion.status_raw,
         is_processed=conversion.is_processed,
         is_duplicate=conversion.is_duplicate,
         duplicate_of=conversion.duplicate_of_id,

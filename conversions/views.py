@@ -25,9 +25,10 @@ FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multip
 RAW_BODY_PARAM = "_raw_body"
 RAW_BODY_KEEP = 65536
 
-HTTP_STATUS = {"success": 200, "duplicate": 200, "error": 400}
+HTTP_STATUS = {"success": 200, "duplicate": 200, "updated": 200, "error": 400}
 MESSAGES = {
     "success": "Conversion recorded",
+    "updated": "Conversion updated",
     "duplicate": "Duplicate conversion: already recorded, not counted again",
     "error": "Invalid postback: stored as rejected, fix the fields in 'errors'",
 }
@@ -175,4 +176,12 @@ def _postback_body(partner: Partner, result: PostbackResult, elapsed_ms: float) 
     }
     if result.errors:
         body["errors"] = result.errors
+    if result.changes:
+        body["changes"] = {name: [_json_value(v) for v in pair] for name, pair in result.changes.items()}
+    if result.note:
+        body["note"] = result.note
     return body
+
+
+def _json_value(value: Any) -> Any:
+    return value if value is None or isinstance(value, str) else str(value)

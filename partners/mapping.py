@@ -14,9 +14,15 @@ from datetime import UTC, date, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 
+from partners.currencies import ISO_4217_CODES
+from partners.lifecycle import status_lookup
+
 TEXT = "text"
 AMOUNT = "amount"
 DATETIME = "datetime"
+STATUS = "status"
+CURRENCY = "currency"
+STATUS_RAW_MAX_LENGTH = 50
 
 AMOUNT_QUANTUM = Decimal("0.01")
 # NUMERIC(15, 2): 13 digits before the point.
@@ -31,7 +37,7 @@ DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 @dataclass(frozen=True)
 class CanonicalField:
     name: str
-    kind: Literal["text", "amount", "datetime"]
+    kind: Literal["text", "amount", "datetime", "status", "currency"]
     max_length: int | None = None
     required: bool = False
 
@@ -48,8 +54,10 @@ CANONICAL_FIELDS: dict[str, CanonicalField] = {
         CanonicalField("media_id", TEXT, 255),
         CanonicalField("sub_id", TEXT, 255),
         CanonicalField("click_id", TEXT, 255),
-        CanonicalField("status", TEXT, 50),
-        CanonicalField("currency", TEXT, 3),
+        CanonicalField("status", STATUS, STATUS_RAW_MAX_LENGTH),
+        CanonicalField("currency", CURRENCY, 3),
+        CanonicalField("sale_amount_local", AMOUNT),
+        CanonicalField("payout_local", AMOUNT),
     )
 }
 
@@ -72,9 +80,20 @@ class CoercionError(ValueError):
     """A value that cannot become the field's type; the message names the problem."""
 
 
-def postback_map(*, mapping: Mapping[str, str], params: Mapping[str, Any], tz: tzinfo) -> MappedPostback:
-    """Map and coerce `params` (parameter name -> value) onto our canonical fields."""
+def postback_map(
+    *,
+    mapping: Mapping[str, str],
+    params: Mapping[str, Any],
+    tz: tzinfo,
+    status_mapping: Mapping[str, str] | None = None,
+) -> MappedPostback:
+    """Map and coerce `params` (parameter name -> value) onto our canonical fields.
+
+    The partner's status value becomes one of our statuses through `status_mapping`;
+    the value as sent is kept as `status_raw`.
+    """
     result = MappedPostback()
+    statuses = status_lookup(status_mapping or {})
     for name, spec in CANONICAL_FIELDS.items():
         partner_param = mapping.get(name)
         if partner_param is not None and partner_param in params:
@@ -93,6 +112,9 @@ def postback_map(*, mapping: Mapping[str, str], params: Mapping[str, Any], tz: t
         result.sources[name] = source
         try:
             value = coerce(spec, raw, tz)
+            if spec.kind == STATUS and value is not None:
+                result.values["status_raw"] = value
+                value = coerce_status(value, statuses)
         except CoercionError as exc:
             result.errors[name] = f"{source}: {exc}"
             continue
@@ -116,7 +138,29 @@ def coerce(spec: CanonicalField, raw: Any, tz: tzinfo) -> Any:
         return coerce_amount(raw)
     if spec.kind == DATETIME:
         return coerce_datetime(raw, tz)
+    if spec.kind == CURRENCY:
+        return coerce_currency(raw)
     return coerce_text(raw, spec.max_length)
+
+
+def coerce_status(text: str, statuses: Mapping[str, str]) -> str:
+    """The partner's status value as one of ours; an unknown value is an error naming it."""
+    status = statuses.get(text.lower())
+    if status is None:
+        known = sorted(statuses)
+        raise CoercionError(f"{_shorten(text)!r} is not a known status (known: {', '.join(known)})")
+    return status
+
+
+def coerce_currency(raw: Any) -> str | None:
+    """An ISO 4217 code, upper-cased."""
+    text = coerce_text(raw, None)
+    if text is None:
+        return None
+    code = text.upper()
+    if code not in ISO_4217_CODES:
+        raise CoercionError(f"{_shorten(text)!r} is not an ISO 4217 currency code")
+    return code
 
 
 def coerce_text(raw: Any, max_length: int | None) -> str | None:

@@ -6,6 +6,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from partners.dbconfig import url_mask_password
+from partners.lifecycle import status_mapping_error, status_transitions_error
 from partners.mapping import CANONICAL_FIELDS
 
 ENDPOINT_SEGMENT = r"[A-Za-z0-9._~-]+"
@@ -66,6 +67,16 @@ class Partner(models.Model):
         blank=True,
         help_text="Our field -> the partner's parameter name.",
     )
+    status_mapping = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The partner's status value -> our status (pending, approved, rejected, paid).",
+    )
+    status_transitions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Status changes permitted beyond the defaults, as [from, to] pairs.",
+    )
     timezone = models.CharField(
         max_length=64,
         default="UTC",
@@ -108,6 +119,12 @@ class Partner(models.Model):
         mapping_error = parameter_mapping_error(self.parameter_mapping)
         if mapping_error:
             errors["parameter_mapping"] = mapping_error
+        status_error = status_mapping_error(self.status_mapping)
+        if status_error:
+            errors["status_mapping"] = status_error
+        transitions_error = status_transitions_error(self.status_transitions)
+        if transitions_error:
+            errors["status_transitions"] = transitions_error
         if errors:
             raise ValidationError(errors)
 

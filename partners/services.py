@@ -31,7 +31,10 @@ SEED_PARTNERS: tuple[dict[str, Any], ...] = (
             "conversion_datetime": "datetime_conversion",
             "status": "conversion_status",
             "currency": "conversion_currency",
+            "sale_amount_local": "sale_amount_local",
+            "payout_local": "payout_local",
         },
+        "status_mapping": {"pending": "pending", "approved": "approved", "rejected": "rejected"},
     },
     {
         "partner_code": "rector",

@@ -94,6 +94,9 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
     """
     from django.test.utils import setup_databases, teardown_databases
 
+    # A name of its own, so concurrent test runs on one server never collide.
+    default = connections["default"].settings_dict
+    default["TEST"]["NAME"] = f"test_{default['NAME']}_{uuid.uuid4().hex[:8]}"
     with django_db_blocker.unblock():
         old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     yield
@@ -154,6 +157,7 @@ def _seed_definition(code: str) -> dict[str, Any]:
 
 def _empty(alias: str) -> None:
     with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM partner_conversion_changes")
         cursor.execute("DELETE FROM partner_conversions")
 
 
@@ -179,10 +183,10 @@ def run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
     return results
 
 
-def fixture_queries(partner_code: str) -> list[str]:
-    """Captured postback query strings for a partner, one per line of each fixture file."""
+def fixture_queries(partner_code: str, name: str = "*") -> list[str]:
+    """Captured postback query strings for a partner, one per line of its fixture file(s)."""
     lines = []
-    for path in sorted((FIXTURES_DIR / partner_code).glob("*.txt")):
+    for path in sorted((FIXTURES_DIR / partner_code).glob(f"{name}.txt")):
         lines += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     return lines
 

@@ -65,7 +65,7 @@ def test_repeat_is_a_duplicate_linked_to_the_original(client, involve):
 
 
 def test_involve_asia_real_macros_fill_our_columns(client, involve):
-    for query in fixture_queries("involve_asia"):
+    for query in fixture_queries("involve_asia", "conversion_created"):
         assert client.get(f"/partner/involve/event?{query}").json()["status"] == "success"
     first = partner_rows(involve).get(conversion_id="IA-778812345")
     assert (first.sub_id, first.media_id, first.click_id) == ("test123", "media456", "click789")
@@ -108,7 +108,17 @@ def test_rector_fixture(client, rector):
         (
             "conversion_id=c&conversion_currency=EURO",
             "currency",
-            "conversion_currency: is 4 characters long; the limit is 3",
+            "conversion_currency: 'EURO' is not an ISO 4217 currency code",
+        ),
+        (
+            "conversion_id=c&conversion_currency=XYZ",
+            "currency",
+            "conversion_currency: 'XYZ' is not an ISO 4217 currency code",
+        ),
+        (
+            "conversion_id=c&conversion_status=lost",
+            "status",
+            "conversion_status: 'lost' is not a known status (known: approved, paid, pending, rejected)",
         ),
     ],
 )

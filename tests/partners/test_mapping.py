@@ -174,3 +174,45 @@ def test_canonical_fields_match_the_model_columns(name):
         assert column.max_length == spec.max_length
     if spec.kind == "amount":
         assert (column.max_digits, column.decimal_places) == (15, 2)
+
+
+def test_status_is_mapped_onto_ours_and_the_raw_value_kept():
+    result = postback_map(
+        mapping={"status": "st"},
+        params={"conversion_id": "c", "st": "1"},
+        tz=UTC,
+        status_mapping={"1": "approved", "2": "pending", "Cancelled": "rejected"},
+    )
+    assert (result.values["status"], result.values["status_raw"]) == ("approved", "1")
+
+
+def test_status_values_match_case_insensitively_and_our_names_always_work():
+    mapping = {"CANCELLED": "rejected"}
+    for raw, ours in [("cancelled", "rejected"), ("Approved", "approved"), ("PAID", "paid")]:
+        result = postback_map(mapping={}, params={"conversion_id": "c", "status": raw}, tz=UTC, status_mapping=mapping)
+        assert result.values["status"] == ours
+
+
+def test_unknown_status_is_an_error_listing_the_known_values():
+    result = postback_map(
+        mapping={}, params={"conversion_id": "c", "status": "sale"}, tz=UTC, status_mapping={"lead": "pending"}
+    )
+    assert result.errors == {
+        "status": "status: 'sale' is not a known status (known: approved, lead, paid, pending, rejected)"
+    }
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("MYR", "MYR"), ("usd", "USD"), (" sgd ", "SGD")])
+def test_currency_is_an_iso_4217_code(raw, expected):
+    assert mapped({"currency": raw}).values["currency"] == expected
+
+
+@pytest.mark.parametrize("raw", ["US$", "EURO", "ABC", "12"])
+def test_non_iso_currency_is_rejected(raw):
+    assert mapped({"currency": raw}).errors["currency"].endswith("is not an ISO 4217 currency code")
+
+
+def test_local_amounts_are_amounts():
+    result = mapped({"sale_amount_local": "415.805", "payout_local": "x"})
+    assert result.values["sale_amount_local"] == Decimal("415.81")
+    assert result.errors == {"payout_local": "payout_local: 'x' is not a number"}
