@@ -48,6 +48,8 @@ def test_embedded_sqlite_default(tmp_path):
     )
     init = manage(env, "init_partners")
     assert init.returncode == 0, init.stderr
+    again = manage(env, "init_partners")
+    assert again.stdout.count("left unchanged") == 2 and again.stdout.count("schema up to date") == 3
     log = tmp_path / "server.log"
     with running_server(env, log) as base:
         check_seed_examples(base)
@@ -112,3 +114,22 @@ def test_postgres_init_partners_creates_databases_and_new_partner_needs_no_resta
     assert count("involve_asia_db", "conversion_id = 'conv002'") == 0
     assert count("rector_db", "conversion_id = 'conv002' AND usd_earning = 9.99") == 1
     assert count("late_db", "sub_id LIKE 's%'") == 40
+
+
+def test_log_level_and_log_file(tmp_path):
+    env = service_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
+        PARTNER_DATABASE_URL=f"sqlite:///{tmp_path}/{{name}}.sqlite3",
+        LOG_FILE=str(tmp_path / "logs" / "postback.log"),
+    )
+    assert manage(env, "init_partners").returncode == 0
+    with running_server(env, tmp_path / "server.log") as base:
+        fetch(base + SEED_INVOLVE)
+    written = (tmp_path / "logs" / "postback.log").read_text()
+    assert "🚀 開始處理動態Partner Postback: endpoint_path=involve/event" in written
+    assert "🎉 Partner Postback處理完成: partner=InvolveAsia, conversion_id=conv001" in written
+
+    quiet = {**env, "LOG_LEVEL": "WARNING", "LOG_FILE": str(tmp_path / "quiet.log")}
+    with running_server(quiet, tmp_path / "server-quiet.log") as base:
+        fetch(base + SEED_RECTOR)
+    assert "Partner Postback" not in (tmp_path / "quiet.log").read_text()
