@@ -28,7 +28,10 @@ DEFAULT_TRANSITIONS: tuple[tuple[str, str], ...] = (
 def status_lookup(status_mapping: Mapping[str, str]) -> dict[str, str]:
     """Partner value (case-insensitive) -> our status; our own names always work too."""
     lookup = {status: status for status in STATUSES}
-    lookup.update({str(value).strip().lower(): status for value, status in status_mapping.items()})
+    # Entries naming no status of ours are ignored here; the admin refuses them on save.
+    lookup.update(
+        {str(value).strip().lower(): status for value, status in status_mapping.items() if status in STATUSES}
+    )
     return lookup
 
 
@@ -37,7 +40,8 @@ def reachable_statuses(extra_transitions: tuple[tuple[str, str], ...]) -> dict[s
     """For each status, every status reachable from it through permitted transitions."""
     edges: dict[str, set[str]] = {status: set() for status in STATUSES}
     for source, target in (*DEFAULT_TRANSITIONS, *extra_transitions):
-        edges[source].add(target)
+        if source in edges and target in edges:
+            edges[source].add(target)
     reachable = {}
     for start in STATUSES:
         seen: set[str] = set()
@@ -55,8 +59,8 @@ def transition_permitted(current: str | None, new: str, extra_transitions: Itera
     """May a conversion in `current` status move to `new`? (None: no status known yet.)"""
     if current is None or current == new:
         return True
-    key = tuple(tuple(pair) for pair in extra_transitions)
-    return new in reachable_statuses(key)[current]
+    key = tuple(tuple(pair) for pair in extra_transitions if len(pair) == 2)
+    return new in reachable_statuses(key).get(current, frozenset())
 
 
 def status_mapping_error(mapping: object) -> str | None:
