@@ -45,6 +45,12 @@ class PostbackView(APIView):
     permission_classes = ()
     http_method_names = ["get", "post"]
 
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # Always JSON. DRF's negotiation reads the query string (?format=), which would
+        # parse a hostile one before our request limits can answer with a clean 400.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
     def get(self, request: Request, endpoint_path: str) -> Response:
         return self._postback(request, endpoint_path)
 

@@ -155,6 +155,7 @@ def _seed_definition(code: str) -> dict[str, Any]:
 def _empty(alias: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM partner_conversions")
+        cursor.execute("DELETE FROM postback_daily_counters")
 
 
 def run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
