@@ -5,10 +5,12 @@ import logging
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from conversions.access import postback_signature
 from partners.models import Partner
-from partners.services import partner_secret_rotate
+from partners.services import partner_secret_clear, partner_secret_rotate
 from tests.conftest import partner_rows
 
 SECRET = "pb-secret-0123456789-abcdef"
@@ -212,3 +214,26 @@ def test_a_short_secret_is_refused():
     with pytest.raises(ValidationError) as error:
         partner.clean_fields()
     assert "postback_secret" in error.value.message_dict
+
+
+def test_checks_cost_no_query_on_the_configuration_database(client, make_partner):
+    make_partner("involve_asia", postback_secret=SECRET, allowed_ips="127.0.0.0/8")
+    client.get(f"{URL}?conversion_id=warm&token={SECRET}")
+    with CaptureQueriesContext(connections["default"]) as default_queries:
+        assert client.get(f"{URL}?{QUERY}&token={SECRET}").status_code == 200
+        assert client.get(f"{URL}?{QUERY}&token=bad").status_code == 403
+    assert len(default_queries) == 0
+
+
+def test_clearing_the_secret_opens_the_endpoint_again(client, secured):
+    partner_secret_clear(partner=secured)
+    assert client.get(f"{URL}?{QUERY}").status_code == 200
+
+
+def test_an_unreadable_stored_allowlist_refuses_everyone(client, make_partner, caplog):
+    partner = make_partner("involve_asia")
+    # written around the model's validation, e.g. by a raw SQL fix
+    Partner.objects.filter(pk=partner.pk).update(allowed_ips="10.0.0.0/8, not-an-ip")
+    response = client.get(f"{URL}?{QUERY}", REMOTE_ADDR="10.1.2.3")
+    assert response.status_code == 403 and response.json()["reason"] == "ip_not_allowed"
+    assert "unreadable IP allowlist" in caplog.text
