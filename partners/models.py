@@ -180,6 +180,10 @@ def parameter_mapping_error(mapping: object) -> str | None:
             return f"'{field}' is not one of our fields ({', '.join(CANONICAL_FIELDS)})."
         if not isinstance(param, str) or not param.strip():
             return f"'{field}' needs the partner's parameter name."
+        if param == "token":
+            return (
+                "'token' is reserved for the partner's postback secret and is never stored; choose another parameter."
+            )
         if param in seen:
             return f"'{param}' is mapped twice (to '{seen[param]}' and '{field}')."
         seen[param] = field

@@ -237,3 +237,9 @@ def test_an_unreadable_stored_allowlist_refuses_everyone(client, make_partner, c
     response = client.get(f"{URL}?{QUERY}", REMOTE_ADDR="10.1.2.3")
     assert response.status_code == 403 and response.json()["reason"] == "ip_not_allowed"
     assert "unreadable IP allowlist" in caplog.text
+
+
+def test_token_cannot_be_mapped_to_one_of_our_fields():
+    from partners.models import parameter_mapping_error
+
+    assert "reserved" in parameter_mapping_error({"sub_id": "token"})

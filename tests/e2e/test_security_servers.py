@@ -1,6 +1,8 @@
 """The daily quota and partner authentication held across two real gunicorn servers
 (separate processes, two ports) sharing one PostgreSQL, with and without Redis."""
 
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,12 @@ def test_quota_and_secret_hold_across_two_servers(tmp_path, postgres_prefix, sto
                 results = list(pool.map(fetch, urls))
             # the other partner is not affected by rector's quota
             assert fetch(server_b + "/partner/involve/event?conversion_id=i1")[0] == 200
+            over = urllib.request.Request(f"{server_a}/partner/rector/event?conversion_id=x&token={SECRET}")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(over, timeout=30)
+            assert refused.value.code == 429 and 0 < int(refused.value.headers["Retry-After"]) <= 86400
+            too_big = fetch(server_b + "/partner/involve/event", data=b"a=" + b"x" * 70000)
+            assert too_big[0] == 413 and too_big[1]["reason"] == "body_too_large"
     finally:
         if extra:
             client = redis.Redis.from_url(extra["REDIS_URL"])
@@ -86,4 +94,4 @@ def test_quota_and_secret_hold_across_two_servers(tmp_path, postgres_prefix, sto
         )
     assert stored == QUOTA
     assert SECRET not in raw
-    assert refused == {"rejected:token_missing": 1, "rejected:quota_exceeded": QUOTA}
+    assert refused == {"rejected:token_missing": 1, "rejected:quota_exceeded": QUOTA + 1}
