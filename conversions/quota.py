@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from conversions.counters import daily_counter_increment
 from conversions.rejections import PostbackRejection, partner_local_now
+from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.security")
@@ -27,7 +28,10 @@ _redis_clients: dict[str, object] = {}
 
 
 def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = None) -> PostbackRejection | None:
-    """Count one postback against the partner's quota for today; a 429 rejection when over it."""
+    """Count one postback against the partner's quota for today; a 429 rejection when over it.
+
+    Raises PartnerDatabaseUnavailable when the counter's database cannot be reached.
+    """
     limit = partner.max_daily_requests
     if not limit:
         return None  # 0 = no limit
@@ -37,9 +41,8 @@ def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = N
     try:
         count = _increment(partner, local_now.date(), now, midnight)
     except DatabaseError as exc:
-        # The partner database is away: the ingest that follows answers 503 for it.
-        logger.error("cannot count postback for the quota partner=%s: %s", partner.partner_code, exc)
-        return None
+        # The partner database is away: answer 503 now rather than wait for it twice.
+        raise PartnerDatabaseUnavailable(partner.database_alias, str(exc).strip() or exc.__class__.__name__) from exc
     if count <= limit:
         return None
     retry_after = max(1, math.ceil((midnight - now).total_seconds()))

@@ -75,10 +75,10 @@ class PostbackView(APIView):
             logger.info("🔍 步驟1: 查找Partner配置")
             logger.info("✅ 找到Partner: %s (code: %s)", partner.partner_name, partner.partner_code)
         ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
-        params, body_errors, rejection = _checked_params(request, partner, ip)
-        if rejection is not None:
-            return _rejected(partner, rejection, ip)
         try:
+            params, body_errors, rejection = _checked_params(request, partner, ip)
+            if rejection is not None:
+                return _rejected(partner, rejection, ip)
             result = conversion_record(
                 partner=partner,
                 params=params,
