@@ -108,3 +108,28 @@ class ConversionChange(models.Model):
     def __str__(self) -> str:
         state = "applied" if self.applied else "not applied"
         return f"{self.from_status} -> {self.to_status} ({state})"
+
+
+class DailyCounter(models.Model):
+    """A per-partner, per-day count kept in the partner's database.
+
+    `name` is `requests` (the daily quota, when Redis is not used) or
+    `rejected:<reason>` (the audit of refused postbacks). Incremented with one atomic
+    upsert, so every worker and instance shares the same number.
+    """
+
+    partner_id = models.BigIntegerField()
+    day = models.DateField(help_text="The partner's local day.")
+    name = models.CharField(max_length=64)
+    count = models.BigIntegerField(default=0)
+    last_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "postback_daily_counters"
+        ordering = ["-day", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["partner_id", "day", "name"], name="one_counter_per_partner_day_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.name}: {self.count}"

@@ -2,6 +2,7 @@
 
 import ipaddress
 from collections.abc import Mapping
+from typing import Any
 
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-postback-token", "x-postback-signature"}
@@ -44,3 +45,23 @@ def _is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+SECRET_PARAMS = frozenset({"token"})
+
+
+def secret_masked(value: Any, *, secret: str) -> Any:
+    """`value` (params or headers, nested) with the `token` parameter masked and, when the
+    partner has a secret, every occurrence of it replaced: it must never be stored or logged."""
+    if isinstance(value, str):
+        return value.replace(secret, MASK) if secret and secret in value else value
+    if isinstance(value, dict):
+        return {
+            secret_masked(key, secret=secret): MASK
+            if isinstance(key, str) and key.lower() in SECRET_PARAMS
+            else secret_masked(item, secret=secret)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [secret_masked(item, secret=secret) for item in value]
+    return value

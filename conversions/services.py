@@ -9,6 +9,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, IntegrityError, transaction
 
 from conversions.models import ConversionChange, PartnerConversion
+from conversions.request_meta import secret_masked
 from partners.databases import PartnerDatabaseUnavailable
 from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
@@ -52,6 +53,9 @@ def conversion_record(
     postback is then stored as rejected with them. Raises PartnerDatabaseUnavailable
     when nothing could be stored, so the sender retries.
     """
+    # Before anything is logged or stored: the partner's secret never leaves the request.
+    params = secret_masked(params, secret=partner.postback_secret)
+    headers = secret_masked(headers, secret=partner.postback_secret)
     steps = partner.enable_logging and logger.isEnabledFor(logging.INFO)
     if steps:
         logger.info("📊 步驟2: 收集原始數據")

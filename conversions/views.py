@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import DatabaseError
 from django.http import QueryDict
 from django.http.multipartparser import MultiPartParserError
@@ -13,6 +14,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from conversions.access import postback_access_check
+from conversions.limits import body_too_large, params_limits_check, request_size_check, too_many_parameters
+from conversions.quota import partner_quota_consume
+from conversions.rejections import PostbackRejection, rejection_record
 from conversions.request_meta import client_ip, headers_for_storage
 from conversions.services import PostbackResult, conversion_as_dict, conversion_record
 from partners.databases import PartnerDatabaseUnavailable
@@ -41,6 +46,12 @@ class PostbackView(APIView):
     permission_classes = ()
     http_method_names = ["get", "post"]
 
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # Always JSON. DRF's negotiation reads the query string (?format=), which would
+        # parse a hostile one before our request limits can answer with a clean 400.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
     def get(self, request: Request, endpoint_path: str) -> Response:
         return self._postback(request, endpoint_path)
 
@@ -64,18 +75,23 @@ class PostbackView(APIView):
             logger.info("🚀 開始處理動態Partner Postback: endpoint_path=%s", endpoint_path)
             logger.info("🔍 步驟1: 查找Partner配置")
             logger.info("✅ 找到Partner: %s (code: %s)", partner.partner_name, partner.partner_code)
-        params, body_errors = postback_params(request)
+        ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
         try:
+            params, body_errors, rejection = _checked_params(request, partner, ip)
+            if rejection is not None:
+                return _rejected(partner, rejection, ip)
             result = conversion_record(
                 partner=partner,
                 params=params,
                 headers=headers_for_storage(request.headers),
-                client_ip=client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT),
+                client_ip=ip,
                 errors=body_errors,
             )
         except PartnerDatabaseUnavailable as exc:
             logger.error("postback partner=%s outcome=unavailable %s", partner.partner_code, exc)
             return _unavailable(f"The database of partner '{partner.partner_code}' is unavailable; retry later")
+        if result.outcome == "error":
+            rejection_record(partner=partner, reason="invalid_data")
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         conversion_id = result.conversion.conversion_id
         if steps:
@@ -95,6 +111,58 @@ class PostbackView(APIView):
                 elapsed_ms,
             )
         return Response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
+
+
+def _checked_params(
+    request: Request, partner: Partner, ip: str | None
+) -> tuple[dict[str, Any], dict[str, str], PostbackRejection | None]:
+    """The postback's parameters once limits, access and quota allow it (in that order:
+    the cheap checks first, and a refused client never uses up the partner's quota)."""
+    django_request = request._request
+    rejection = request_size_check(django_request)
+    if rejection is not None:
+        return {}, {}, rejection
+    try:
+        params, body_errors = postback_params(request)
+    except TooManyFieldsSent:
+        return {}, {}, too_many_parameters()
+    except RequestDataTooBig:
+        return {}, {}, body_too_large()
+    rejection = (
+        params_limits_check(params)
+        or postback_access_check(
+            partner=partner,
+            client_ip=ip,
+            params=params,
+            headers=request.headers,
+            query_string=django_request.META.get("QUERY_STRING", "").encode("iso-8859-1", "replace"),
+            body=django_request.body if request.method == "POST" else b"",
+        )
+        or partner_quota_consume(partner=partner)
+    )
+    return params, body_errors, rejection
+
+
+def _rejected(partner: Partner, rejection: PostbackRejection, ip: str | None) -> Response:
+    rejection_record(partner=partner, reason=rejection.reason)
+    if rejection.reason != "quota_exceeded":  # that one logs once a day, in partner_quota_consume
+        logger.warning(
+            "postback rejected partner=%s reason=%s status=%s ip=%s",
+            partner.partner_code,
+            rejection.reason,
+            rejection.http_status,
+            ip,
+        )
+    body: dict[str, Any] = {
+        "status": "error",
+        "reason": rejection.reason,
+        "message": rejection.message,
+        "partner": partner_summary(partner),
+    }
+    if rejection.errors:
+        body["errors"] = rejection.errors
+    headers = {"Retry-After": str(rejection.retry_after)} if rejection.retry_after else None
+    return Response(body, status=rejection.http_status, headers=headers)
 
 
 def postback_params(request: Request) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1,8 +1,10 @@
+import ipaddress
 import re
 import zoneinfo
+from functools import cached_property
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MinLengthValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from partners.dbconfig import url_mask_password
@@ -17,6 +19,35 @@ DATABASE_NAME_RE = r"^[a-z_][a-z0-9_]{0,62}$"
 def endpoint_key(endpoint_path: str) -> str:
     """The lookup form of an endpoint path: no leading or trailing slash."""
     return endpoint_path.strip("/")
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed_networks_parse(text: str) -> tuple[IPNetwork, ...]:
+    """The networks in an allowlist: IPs or CIDR ranges (IPv4 or IPv6), comma or line separated.
+
+    Raises ValueError naming the first entry that is not an address or a range.
+    """
+    networks = []
+    for entry in re.split(r"[\s,]+", text or ""):
+        if not entry:
+            continue
+        try:
+            # strict=False: 10.0.0.1/8 means the range 10.0.0.0/8, as people usually mean it.
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ValueError(
+                f"'{entry}' is not an IP address or CIDR range (e.g. 203.0.113.7, 10.0.0.0/8, 2001:db8::/32)."
+            ) from exc
+    return tuple(networks)
+
+
+def _validate_allowed_ips(value: str) -> None:
+    try:
+        allowed_networks_parse(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 def _validate_timezone(value: str) -> None:
@@ -85,7 +116,25 @@ class Partner(models.Model):
     )
     is_active = models.BooleanField(default=True)
     enable_logging = models.BooleanField(default=True)
-    max_daily_requests = models.PositiveIntegerField(default=100000)
+    max_daily_requests = models.PositiveIntegerField(
+        default=100000,
+        help_text="Postbacks accepted per day (the partner's local day); 0 means no limit.",
+    )
+    # Kept in clear because HMAC signatures need it; never shown, logged or stored with a conversion.
+    postback_secret = models.CharField(
+        max_length=128,
+        blank=True,
+        default="",
+        # Long enough that it cannot be guessed, and that masking it in stored text is unambiguous.
+        validators=[MinLengthValidator(16)],
+        help_text="When set, postbacks must carry it (token parameter or X-Postback-Token) or sign with it.",
+    )
+    allowed_ips = models.TextField(
+        blank=True,
+        default="",
+        validators=[_validate_allowed_ips],
+        help_text="IPs or CIDR ranges (IPv4/IPv6), comma or line separated; empty allows any client.",
+    )
     data_retention_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -100,6 +149,15 @@ class Partner(models.Model):
     @property
     def database_alias(self) -> str:
         return self.database_name
+
+    @property
+    def has_postback_secret(self) -> bool:
+        return bool(self.postback_secret)
+
+    @cached_property
+    def allowed_networks(self) -> tuple[IPNetwork, ...]:
+        """The parsed allowlist, once per loaded Partner (the directory reloads fresh instances)."""
+        return allowed_networks_parse(self.allowed_ips)
 
     @property
     def database_url_masked(self) -> str:
@@ -139,6 +197,10 @@ def parameter_mapping_error(mapping: object) -> str | None:
             return f"'{field}' is not one of our fields ({', '.join(CANONICAL_FIELDS)})."
         if not isinstance(param, str) or not param.strip():
             return f"'{field}' needs the partner's parameter name."
+        if param == "token":
+            return (
+                "'token' is reserved for the partner's postback secret and is never stored; choose another parameter."
+            )
         if param in seen:
             return f"'{param}' is mapped twice (to '{seen[param]}' and '{field}')."
         seen[param] = field

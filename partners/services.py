@@ -1,5 +1,6 @@
 """Writes to partner configuration."""
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +86,23 @@ def partner_provision(*, partner: Partner) -> ProvisionResult:
     result = partner_database_provision(partner=partner)
     partner_directory.clear()
     return result
+
+
+def partner_secret_rotate(*, partner: Partner) -> str:
+    """Give the partner a new random postback secret and return it (shown once, to copy).
+
+    The old secret stops working as soon as every worker reloads its configuration
+    (within PARTNER_CACHE_SECONDS).
+    """
+    secret = secrets.token_urlsafe(32)
+    partner.postback_secret = secret
+    partner.save(update_fields=["postback_secret", "updated_at"])
+    partner_directory.clear()
+    return secret
+
+
+def partner_secret_clear(*, partner: Partner) -> None:
+    """Remove the partner's secret: postbacks are accepted without a token again."""
+    partner.postback_secret = ""
+    partner.save(update_fields=["postback_secret", "updated_at"])
+    partner_directory.clear()

@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from partners.dbconfig import database_settings
 
@@ -33,9 +34,24 @@ def _embedded_secret_key() -> str:
     return path.read_text().strip()
 
 
+# `production` (also assumed on Cloud Run, which sets K_SERVICE) requires a real
+# SECRET_KEY and ALLOWED_HOSTS and turns on HTTPS-only defaults; `development` is the
+# embedded one-command start.
+POSTBACK_ENV = env.str("POSTBACK_ENV", default="production" if os.environ.get("K_SERVICE") else "development")
+if POSTBACK_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured(f"POSTBACK_ENV must be 'development' or 'production', not '{POSTBACK_ENV}'")
+PRODUCTION = POSTBACK_ENV == "production"
+
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="") or _embedded_secret_key()
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if PRODUCTION:
+        # A key generated per instance would differ between instances and vanish on redeploy.
+        raise ImproperlyConfigured("SECRET_KEY is required with POSTBACK_ENV=production (50+ random characters)")
+    SECRET_KEY = _embedded_secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS is required with POSTBACK_ENV=production, e.g. postback.example.com")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -113,6 +129,28 @@ PARTNER_CACHE_SECONDS = env.float("PARTNER_CACHE_SECONDS", default=5.0)
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 # Retry-After (seconds) sent with a 503 when a partner database is unreachable.
 POSTBACK_RETRY_AFTER = env.int("POSTBACK_RETRY_AFTER", default=30)
+# Request limits, checked before any database work (413 / 400).
+POSTBACK_MAX_BODY_BYTES = env.int("POSTBACK_MAX_BODY_BYTES", default=65536)
+POSTBACK_MAX_PARAMS = env.int("POSTBACK_MAX_PARAMS", default=100)
+POSTBACK_MAX_PARAM_NAME_LENGTH = env.int("POSTBACK_MAX_PARAM_NAME_LENGTH", default=100)
+POSTBACK_MAX_PARAM_VALUE_LENGTH = env.int("POSTBACK_MAX_PARAM_VALUE_LENGTH", default=2048)
+# Shared daily quota counter; without it the counter lives in each partner's database.
+REDIS_URL = env.str("REDIS_URL", default="")
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="postback")
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=0.5)
+
+# --- HTTPS and cookies (on by default in production) -------------------------------
+# Behind a trusted proxy (Cloud Run's front end) the scheme arrives in X-Forwarded-Proto.
+if TRUSTED_PROXY_COUNT > 0:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=PRODUCTION)
+# Platform health probes speak plain HTTP to the container.
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 
 # --- Internationalisation --------------------------------------------------------
 LANGUAGE_CODE = "en-us"

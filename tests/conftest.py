@@ -159,6 +159,7 @@ def _empty(alias: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM partner_conversion_changes")
         cursor.execute("DELETE FROM partner_conversions")
+        cursor.execute("DELETE FROM postback_daily_counters")
 
 
 def run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:

@@ -274,7 +274,7 @@ def test_mapping_change_is_picked_up_after_the_cache_window(client, involve, set
     assert partner_rows(involve).get(conversion_id="m2").sub_id == "b"
 
 
-def test_hot_path_queries_no_configuration_and_one_partner_statement(client, involve):
+def test_hot_path_queries_no_configuration_and_two_partner_statements(client, involve):
     client.get("/partner/involve/event?conversion_id=warm")
     with (
         CaptureQueriesContext(connections["default"]) as default_queries,
@@ -282,8 +282,11 @@ def test_hot_path_queries_no_configuration_and_one_partner_statement(client, inv
     ):
         assert client.get("/partner/involve/event?conversion_id=q1").status_code == 200
     assert len(default_queries) == 0
-    assert len(partner_queries) == 1
-    assert partner_queries[0]["sql"].upper().startswith("INSERT")
+    # the daily quota's counter upsert (no REDIS_URL), then the conversion's INSERT
+    assert len(partner_queries) == 2
+    assert "postback_daily_counters" in partner_queries[0]["sql"]
+    assert partner_queries[1]["sql"].upper().startswith("INSERT INTO")
+    assert "partner_conversions" in partner_queries[1]["sql"]
 
 
 def test_partner_database_down_is_503_and_other_partners_still_work(client, involve, backend):

@@ -1,0 +1,85 @@
+"""Request limits on the postback endpoint, checked before any database work.
+
+A postback is a handful of short parameters; anything far larger is a mistake or an
+attack, refused with a 4xx that says which limit it broke.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+
+from conversions.rejections import PostbackRejection
+
+# Parameters we add ourselves (the verbatim unreadable body), bounded by the body limit.
+INTERNAL_PARAMS = frozenset({"_raw_body"})
+
+
+def request_size_check(request: HttpRequest) -> PostbackRejection | None:
+    """A 413 when the declared body is larger than POSTBACK_MAX_BODY_BYTES (before reading it)."""
+    limit = settings.POSTBACK_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    return body_too_large(declared) if declared > limit else None
+
+
+def body_too_large(declared: int | None = None) -> PostbackRejection:
+    limit = settings.POSTBACK_MAX_BODY_BYTES
+    size = f"{declared} bytes" if declared is not None else "too large"
+    return PostbackRejection(
+        reason="body_too_large",
+        message=f"The request body is {size}; the limit is {limit} bytes",
+        errors={"body": f"is {size}; the limit is {limit} bytes"},
+    )
+
+
+def too_many_parameters() -> PostbackRejection:
+    limit = settings.POSTBACK_MAX_PARAMS
+    return PostbackRejection(
+        reason="too_many_parameters",
+        message=f"Too many parameters; the limit is {limit}",
+        errors={"parameters": f"more than {limit} parameters"},
+    )
+
+
+def params_limits_check(params: Mapping[str, Any]) -> PostbackRejection | None:
+    """A 400 when there are too many parameters, or a name or value is too long."""
+    max_count = settings.POSTBACK_MAX_PARAMS
+    max_name = settings.POSTBACK_MAX_PARAM_NAME_LENGTH
+    max_value = settings.POSTBACK_MAX_PARAM_VALUE_LENGTH
+    count = 0
+    for name, value in params.items():
+        if name in INTERNAL_PARAMS:
+            continue
+        values = value if isinstance(value, list) else [value]
+        count += len(values)
+        if count > max_count:
+            return too_many_parameters()
+        if len(name) > max_name:
+            shown = name[:40] + "…"
+            return PostbackRejection(
+                reason="parameter_name_too_long",
+                message=f"A parameter name is {len(name)} characters long; the limit is {max_name}",
+                errors={shown: f"parameter name is {len(name)} characters long; the limit is {max_name}"},
+            )
+        for item in values:
+            length = _length(item)
+            if length > max_value:
+                return PostbackRejection(
+                    reason="parameter_value_too_long",
+                    message=f"Parameter '{name}' is {length} characters long; the limit is {max_value}",
+                    errors={name: f"is {length} characters long; the limit is {max_value}"},
+                )
+    return None
+
+
+def _length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if value is None or isinstance(value, bool | int | float):
+        return len(str(value))
+    return len(json.dumps(value, default=str))

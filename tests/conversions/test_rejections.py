@@ -1,0 +1,44 @@
+"""The audit of refused postbacks: counted per partner, local day and reason, visible to staff."""
+
+import io
+
+from django.core.management import call_command
+
+from conversions.rejections import rejection_counts
+
+URL = "/partner/involve/event"
+
+
+def test_every_refusal_is_counted_by_reason(client, make_partner, settings):
+    settings.POSTBACK_MAX_PARAMS = 5
+    partner = make_partner("involve_asia", postback_secret="s" * 24, max_daily_requests=2, timezone="Asia/Singapore")
+    token = "token=" + "s" * 24
+    client.get(f"{URL}?conversion_id=a")  # 403 token_missing
+    client.get(f"{URL}?conversion_id=a&token=nope")  # 403 token_invalid
+    client.get(f"{URL}?conversion_id=a&token=nope")
+    client.get(f"{URL}?{token}&" + "&".join(f"p{i}=1" for i in range(6)))  # 400 too_many_parameters
+    client.get(f"{URL}?{token}&usd_payout=abc")  # 400 invalid_data (missing id, bad amount): stored as rejected
+    client.get(f"{URL}?{token}&conversion_id=ok")  # 200
+    client.get(f"{URL}?{token}&conversion_id=late")  # 429
+
+    counts = {row.reason: (row.http_status, row.count) for row in rejection_counts(partner=partner)}
+    assert counts == {
+        "token_missing": (403, 1),
+        "token_invalid": (403, 2),
+        "too_many_parameters": (400, 1),
+        "invalid_data": (400, 1),
+        "quota_exceeded": (429, 1),
+    }
+
+    out = io.StringIO()
+    call_command("postback_rejections", "--partner", "involve_asia", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    assert any("403  token_invalid" in line and line.split()[4] == "2" for line in lines), lines
+
+
+def test_command_says_when_nothing_was_refused(make_partner):
+    make_partner("rector")
+    out = io.StringIO()
+    call_command("postback_rejections", stdout=out)
+    assert out.getvalue().strip() == "rector: no rejected postbacks"

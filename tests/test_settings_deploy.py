@@ -1,0 +1,88 @@
+"""Safe settings: `check --deploy` is clean with the documented production env, and
+production refuses to start without a real SECRET_KEY or ALLOWED_HOSTS."""
+
+import subprocess
+import sys
+
+from tests.e2e.server import PROJECT_DIR, service_env
+
+# The production environment README.md documents (Cloud Run behind its HTTPS front end).
+PRODUCTION_ENV = {
+    "POSTBACK_ENV": "production",
+    "SECRET_KEY": "3q8Zr-Tn1xV0bL7mYc2KfW9sGd4HpJe6UaQo5iRt_Bz8NkXv0Mw",
+    "ALLOWED_HOSTS": "postback.example.com,.a.run.app",
+    "CSRF_TRUSTED_ORIGINS": "https://postback.example.com",
+    "TRUSTED_PROXY_COUNT": "1",
+    "DATABASE_URL": "postgres://root@127.0.0.1:5432/postback",
+    "PARTNER_DATABASE_URL": "postgres://root@127.0.0.1:5432/{name}",
+}
+
+
+def run_manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    # Start from a clean environment so a developer's own variables do not leak in.
+    clean = {key: value for key, value in service_env().items() if key not in {"SECRET_KEY", "DEBUG", "K_SERVICE"}}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_with_the_documented_production_env():
+    result = run_manage(PRODUCTION_ENV, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_settings_are_https_only():
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.DEBUG, s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE,"
+        " s.SECURE_HSTS_SECONDS, s.SECURE_PROXY_SSL_HEADER, s.ALLOWED_HOSTS)"
+    )
+    result = run_manage(PRODUCTION_ENV, "shell", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        "False True True True 31536000 ('HTTP_X_FORWARDED_PROTO', 'https') ['postback.example.com', '.a.run.app']"
+    )
+
+
+def test_production_without_secret_key_refuses_to_start():
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "SECRET_KEY"}
+    result = run_manage(env, "check")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required with POSTBACK_ENV=production" in result.stderr
+
+
+def test_cloud_run_counts_as_production():
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key not in {"SECRET_KEY", "POSTBACK_ENV"}}
+    result = run_manage({**env, "K_SERVICE": "bytec-public-postback"}, "check")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+def test_production_without_allowed_hosts_refuses_to_start():
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "ALLOWED_HOSTS"}
+    result = run_manage(env, "check")
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS is required" in result.stderr
+
+
+def test_the_default_is_plain_http_development_with_debug_off(tmp_path):
+    code = "from django.conf import settings as s; print(s.DEBUG, s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE)"
+    result = run_manage({"DATABASE_URL": f"sqlite:///{tmp_path}/d.sqlite3"}, "shell", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False False False"
+
+
+def test_https_redirect_spares_health_probes_and_trusts_the_proxy_scheme(client, involve, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    plain = client.get("/partner/involve/event?conversion_id=r1")
+    assert plain.status_code == 301 and plain["Location"].startswith("https://")
+    assert client.get("/health").status_code == 200
+    proxied = client.get("/partner/involve/event?conversion_id=r1", HTTP_X_FORWARDED_PROTO="https")
+    assert proxied.status_code == 200
