@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversions.request_meta import client_ip, headers_for_storage
-from conversions.services import PostbackResult, conversion_as_dict, conversion_record
+from conversions.services import RAW_BODY_PARAM, PostbackResult, conversion_as_dict, conversion_record
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
@@ -22,7 +22,6 @@ from partners.selectors import partner_get_by_endpoint
 logger = logging.getLogger("conversions.ingest")
 
 FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})
-RAW_BODY_PARAM = "_raw_body"
 RAW_BODY_KEEP = 65536
 
 HTTP_STATUS = {"success": 200, "duplicate": 200, "error": 400}
