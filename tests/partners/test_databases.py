@@ -67,7 +67,7 @@ def test_provision_creates_a_postgres_database_and_is_idempotent(live_db, databa
     first = partner_database_provision(partner=partner)
     second = partner_database_provision(partner=partner)
     try:
-        assert first.created and first.migrations_applied == ["conversions.0001_initial"]
+        assert first.created and first.migrations_applied[0] == "conversions.0001_initial"
         assert not second.created and second.migrations_applied == []
         assert "partner_conversions" in connections[first.alias].introspection.table_names()
         with psycopg.connect(**POSTGRES_SERVER) as conn:
