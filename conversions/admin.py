@@ -201,12 +201,10 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         "conversion_id",
         "outcome_label",
         "offer_id",
-        "offer_name",
         "conversion_datetime",
         "usd_sale_amount",
         "usd_earning",
         "sub_id",
-        "media_id",
         "click_id",
         "status",
         "received_at",
@@ -228,6 +226,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
     # Sorting other columns would sort millions of rows; these two are indexed.
     sortable_by = ("conversion_datetime", "received_at")
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT every choice over the whole table
     paginator = CappedCountPaginator
     list_per_page = 50
     actions = ("export_csv", "reprocess_rejected")

@@ -26,7 +26,10 @@ class ParameterMappingWidget(forms.Widget):
 
     def format_value(self, value: Any) -> MappingRows:
         if isinstance(value, dict):
-            rows = [(str(field), "" if param is None else str(param)) for field, param in value.items()]
+            # Our field order, whatever order the database kept the keys in.
+            order = {name: index for index, name in enumerate(CANONICAL_FIELDS)}
+            items = sorted(value.items(), key=lambda item: order.get(item[0], len(order)))
+            rows = [(str(field), "" if param is None else str(param)) for field, param in items]
         elif isinstance(value, list):
             rows = list(value)
         else:

@@ -215,3 +215,35 @@ def test_analyst_cannot_reprocess(analyst, involve):
     )
     assert partner_rows(involve).get().processing_error is not None
     assert response.status_code in (200, 302)
+
+
+def test_big_lists_count_at_most_cap_rows(analyst, rector, monkeypatch):
+    from conversions.admin import CappedCountPaginator, PartnerConversionAdmin
+
+    monkeypatch.setattr(CappedCountPaginator, "CAP", 3)
+    monkeypatch.setattr(PartnerConversionAdmin, "list_per_page", 2)
+    for index in range(7):  # s0: 4 rows, s1: 3 rows
+        post(analyst, f"/partner/rector/event?conversion_id=C{index}&sub_id=s{index % 2}")
+    listing = analyst.get(f"{LIST_URL}?partner=rector&q=s0")
+    assert len(listed_ids(listing)) == 2
+    assert "More than 3 rows match; the newest are listed." in page_text(listing)
+    small = analyst.get(f"{LIST_URL}?partner=rector&q=s1")
+    assert len(listed_ids(small)) == 2 and "More than" not in page_text(small)
+    assert "3 partner conversions" in page_text(small)
+
+
+def test_date_hierarchy_offers_periods_between_first_and_last_row(analyst, rector):
+    for day in ("2024-11-30", "2025-01-15", "2025-01-20"):
+        post(analyst, f"/partner/rector/event?conversion_id=D{day}&conversion_datetime={day}")
+    base = f"{LIST_URL}?partner=rector"
+    years = analyst.get(base).content.decode()
+    assert re.findall(r'class="toplinks">.*?</nav>', years, re.S)[0].count("conversion_datetime__year=") == 2
+    months = page_text(analyst.get(base + "&conversion_datetime__year=2025"))
+    assert "January 2025" in months and "February 2025" not in months
+    days = analyst.get(base + "&conversion_datetime__year=2025&conversion_datetime__month=1")
+    assert "January 15" in page_text(days) and "January 20" in page_text(days)
+    assert sorted(listed_ids(days)) == ["D2025-01-15", "D2025-01-20"]
+    one_day = analyst.get(
+        base + "&conversion_datetime__year=2025&conversion_datetime__month=1&conversion_datetime__day=20"
+    )
+    assert listed_ids(one_day) == ["D2025-01-20"]
