@@ -123,13 +123,14 @@ def test_account_manager_adds_a_partner_and_analyst_exports_its_conversion(serve
         assert (status, body["status"]) == (200, "success"), (number, body)
 
     # --- the analyst finds that conversion and exports it ---------------------------------
-    analyst = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True).new_page()
+    analyst = browser.new_context(viewport={"width": 1600, "height": 900}, accept_downloads=True).new_page()
     log_in(analyst, base, "analyst")
     analyst.goto(f"{base}/admin/conversions/partnerconversion/")
     analyst.select_option("#partner-select", "shopback")
     analyst.wait_for_url("**partner=shopback**")
     expect(analyst.locator("h1")).to_have_text("Conversions of ShopBack")
     expect(analyst.locator("#result_list tbody tr")).to_have_count(2)
+    analyst.click("#toggle-nav-sidebar")  # room for every column in the screenshot
     analyst.screenshot(path=str(SCREENSHOTS / "conversions_list.png"), full_page=True)
 
     analyst.fill("#searchbar", "SB-1001")
