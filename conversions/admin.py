@@ -7,6 +7,7 @@ multi-database admin pattern. Nobody edits, adds or deletes conversions here.
 """
 
 import csv
+import datetime
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -14,12 +15,14 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, SimpleListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponseRedirect, QueryDict, StreamingHttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -171,6 +174,61 @@ class HasErrorFilter(SimpleListFilter):
         return None
 
 
+class DateRangeFilter(admin.FieldListFilter):
+    """From/to dates (inclusive, in the site's time zone) on a datetime column."""
+
+    template = "admin/conversions/date_range_filter.html"
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        self.lookup_from = f"{field_path}__range_from"
+        self.lookup_to = f"{field_path}__range_to"
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.bounds = {name: self._date(name) for name in (self.lookup_from, self.lookup_to)}
+
+    def _date(self, name: str) -> datetime.date | None:
+        values = self.used_parameters.get(name) or []
+        value = (values[-1] if isinstance(values, list) else values).strip() if values else ""
+        if not value:
+            return None
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise IncorrectLookupParameters(f"{name}: '{value}' is not a date (YYYY-MM-DD)") from None
+
+    def expected_parameters(self) -> list[str]:
+        return [self.lookup_from, self.lookup_to]
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request, queryset):
+        start, end = self.bounds[self.lookup_from], self.bounds[self.lookup_to]
+        if start:
+            queryset = queryset.filter(**{f"{self.field_path}__gte": self._midnight(start)})
+        if end:
+            queryset = queryset.filter(**{f"{self.field_path}__lt": self._midnight(end + datetime.timedelta(days=1))})
+        return queryset
+
+    @staticmethod
+    def _midnight(day: datetime.date) -> datetime.datetime:
+        return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))
+
+    def choices(self, changelist):
+        yield {
+            "from_name": self.lookup_from,
+            "to_name": self.lookup_to,
+            "from_value": self.bounds[self.lookup_from] or "",
+            "to_value": self.bounds[self.lookup_to] or "",
+            "hidden": [
+                (key, value)
+                for key, values in changelist.get_filters_params().items()
+                if key not in {self.lookup_from, self.lookup_to, "p"}
+                for value in (values if isinstance(values, list) else [values])
+            ],
+            "clear_query_string": changelist.get_query_string(remove=[self.lookup_from, self.lookup_to, "p"]),
+        }
+
+
 class EchoBuffer:
     """csv.writer target that hands each line back instead of storing it."""
 
@@ -216,6 +274,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         HasErrorFilter,
         StatusFilter,
         OfferFilter,
+        ("conversion_datetime", DateRangeFilter),
         ("conversion_datetime", DateFieldListFilter),
         ("received_at", DateFieldListFilter),
     )

@@ -84,6 +84,10 @@ def test_filters_search_and_links_keep_the_partner(analyst, involve):
     assert listed_ids(analyst.get(base + "&offer_id=8")) == ["B2"]
     assert listed_ids(analyst.get(base + "&status=approved")) == ["A1"]
     assert listed_ids(analyst.get(base + "&conversion_datetime__year=2024")) == ["B2"]
+    in_range = base + "&conversion_datetime__range_from=2024-03-01&conversion_datetime__range_to=2024-03-05"
+    assert listed_ids(analyst.get(in_range)) == ["B2"]  # the end day is included
+    assert listed_ids(analyst.get(base + "&conversion_datetime__range_to=2024-03-04")) == []
+    assert analyst.get(base + "&conversion_datetime__range_from=soon").status_code == 302
     assert listed_ids(analyst.get(base + "&q=B2")) == ["B2"]  # conversion_id exact
     assert listed_ids(analyst.get(base + "&q=B")) == []  # ...not a prefix
     assert listed_ids(analyst.get(base + "&q=clk-")) == ["B2"]  # click_id prefix
