@@ -251,3 +251,23 @@ def test_date_hierarchy_offers_periods_between_first_and_last_row(analyst, recto
         base + "&conversion_datetime__year=2025&conversion_datetime__month=1&conversion_datetime__day=20"
     )
     assert listed_ids(one_day) == ["D2025-01-20"]
+
+
+def test_an_unreachable_partner_database_is_a_message_not_a_500(analyst, live_db):
+    partner = Partner.objects.create(
+        partner_code="gone",
+        partner_name="Gone",
+        endpoint_path="/gone/event",
+        database_name="gone_db",
+        database_url="postgres://root@127.0.0.1:1/gone_db",
+    )
+    try:
+        response = analyst.get(f"{LIST_URL}?partner=gone", follow=True)
+        assert response.status_code == 200
+        assert "The database of partner 'gone' cannot be read" in page_text(response)
+        partners = analyst.get("/admin/partners/partner/")
+        assert re.search(r'<td class="field-postbacks_today">unavailable</td>', partners.content.decode())
+    finally:
+        from partners.databases import partner_database_unregister
+
+        partner_database_unregister(partner.database_alias)
