@@ -470,15 +470,14 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             for conversion in list(queryset.filter(processing_error__isnull=False).only("pk")):
                 result = conversion_reprocess(partner=partner, conversion=conversion)
                 counts[result.outcome] += 1
-                if result.outcome != "error":
-                    self.log_change(request, result.conversion, f"Reprocessed: now {result.conversion.outcome}")
         except DatabaseError as exc:
             self.message_user(request, f"Reprocessing stopped: {exc}", messages.ERROR)
         total = sum(counts.values())
-        level = messages.SUCCESS if total and not counts["error"] else messages.WARNING
-        self.message_user(
-            request,
+        summary = (
             f"Reprocessed {total} rejected postback(s): {counts['success']} original, "
-            f"{counts['duplicate']} duplicate, {counts['error']} still rejected.",
-            level,
+            f"{counts['duplicate']} duplicate, {counts['error']} still rejected."
         )
+        # Logged on the partner: a conversion's admin-log link could not name its database.
+        if total:
+            self.log_change(request, partner, summary)
+        self.message_user(request, summary, messages.SUCCESS if total and not counts["error"] else messages.WARNING)

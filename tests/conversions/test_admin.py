@@ -6,6 +6,7 @@ import re
 from html import unescape
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group, User
 
 from conversions.models import PartnerConversion
@@ -190,6 +191,9 @@ def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager, in
     assert str(rows["T2"].usd_sale_amount) == "4.00" and rows["T2"].is_processed
     assert rows["T3"].outcome == "rejected" and "usd_payout: 'abc' is not a number" in rows["T3"].processing_error
     assert original.outcome == "original"
+    entry = LogEntry.objects.get(object_id=str(involve.pk))
+    assert entry.get_change_message().startswith("Reprocessed 3 rejected postback(s)")
+    assert entry.user.username == "manager"
 
 
 def test_reprocess_matches_a_fresh_postback(involve, client, live_db):
