@@ -8,10 +8,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.handlers.wsgi import WSGIRequest
+from django.db import DatabaseError
 from rest_framework.request import Request
 
+from conversions.models import PartnerConversion
 from conversions.services import partner_timezone
 from conversions.views import postback_params
+from partners.databases import partner_database_register
 from partners.mapping import CANONICAL_FIELDS, postback_map
 from partners.models import Partner
 
@@ -30,10 +33,14 @@ class DryRun:
     fields: list[DryRunField]
     ignored: list[str]
     errors: dict[str, str]
+    # None when the partner's database could not be asked.
+    original_exists: bool | None = None
 
     @property
     def outcome(self) -> str:
-        return "error" if self.errors else "success"
+        if self.errors:
+            return "error"
+        return "duplicate" if self.original_exists else "success"
 
     @property
     def params_json(self) -> str:
@@ -60,7 +67,24 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
         )
         for name in CANONICAL_FIELDS
     ]
-    return DryRun(params=params, fields=fields, ignored=mapped.ignored, errors=errors)
+    original_exists = None
+    if not errors:
+        original_exists = _original_exists(partner=partner, conversion_id=mapped.values["conversion_id"])
+    return DryRun(params=params, fields=fields, ignored=mapped.ignored, errors=errors, original_exists=original_exists)
+
+
+def _original_exists(*, partner: Partner, conversion_id: str) -> bool | None:
+    try:
+        alias = partner_database_register(partner)
+        return (
+            PartnerConversion.objects.using(alias)
+            .filter(
+                partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True
+            )
+            .exists()
+        )
+    except DatabaseError:
+        return None
 
 
 def _environ(*, method: str, query: str, body: bytes, content_type: str) -> dict[str, Any]:

@@ -223,9 +223,13 @@ def test_test_postback_shows_fields_ignored_and_errors_storing_nothing(manager_c
     assert "Would be recorded (HTTP 200)" in ok and "1.26" in ok
     as_json = page_text(manager_client.post(url, {"payload": '{"conversion_id": "J1", "aff_sub2": 7}'}))
     assert "Would be recorded (HTTP 200)" in as_json
+    manager_client.get("/partner/involve/event?conversion_id=IA-10")
+    again = page_text(manager_client.post(url, {"payload": full_url}))
+    assert "Would be a duplicate (HTTP 200): this conversion_id is already recorded" in again
+    assert partner_rows(involve).count() == 1
     broken = page_text(manager_client.post(url, {"payload": '{"conversion_id": '}))
     assert "body: is not valid JSON" in broken
-    assert partner_rows(involve).count() == 0
+    assert partner_rows(involve).count() == 1
 
 
 def test_deleting_a_partner_confirms_and_keeps_its_database(manager_client, involve, users):
