@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
@@ -407,7 +407,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             response = super().changelist_view(request, extra_context)
             if hasattr(response, "render"):
                 response.render()
-        except (DatabaseError, PartnerDatabaseUnavailable) as exc:
+        except (DatabaseError, PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
             self.message_user(
                 request,
                 f"The database of partner '{partner.partner_code}' cannot be read: {str(exc).strip()[:200]}",

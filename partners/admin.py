@@ -9,7 +9,7 @@ from datetime import datetime, time
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -32,7 +32,7 @@ def partner_conversions_since(partner: Partner, since: datetime | None = None) -
         alias = partner_database_register(partner)
         rows = PartnerConversion.objects.using(alias).all()
         return (rows.filter(received_at__gte=since) if since else rows).count()
-    except DatabaseError:
+    except (DatabaseError, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
         return None
 
 

@@ -4,7 +4,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from partners.databases import PartnerDatabaseUnavailable, ProvisionResult
 from partners.dbconfig import url_mask_password
@@ -17,6 +17,7 @@ MAPPING_ROWS = len(CANONICAL_FIELDS)
 
 MappingRows = list[tuple[str, str]]
 MASK = "****"  # what url_mask_password puts in place of a password
+DATABASE_URL_SCHEMES = frozenset({"postgres", "postgresql", "pgsql", "sqlite"})
 
 
 class ParameterMappingWidget(forms.Widget):
@@ -147,7 +148,17 @@ class PartnerAdminForm(forms.ModelForm):
         value = self.cleaned_data.get("database_url", "").strip()
         if self.stored_database_url and value == url_mask_password(self.stored_database_url):
             return self.stored_database_url
-        if value and urlsplit(value).password == MASK:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in DATABASE_URL_SCHEMES:
+            raise ValidationError(
+                "Use a PostgreSQL URL (postgres://user:password@host:5432/database_name) or a SQLite one "
+                "(sqlite:////absolute/path.sqlite3)."
+            )
+        if not parts.path.strip("/"):
+            raise ValidationError("Name the database at the end of the URL, e.g. .../acme_db.")
+        if parts.password == MASK:
             raise ValidationError("Type the password again: it is never shown.")
         return value
 
@@ -166,11 +177,11 @@ class PartnerAdminForm(forms.ModelForm):
         target = Partner(database_name=cleaned["database_name"], database_url=cleaned.get("database_url", ""))
         try:
             self.provision_result = partner_provision(partner=target)
-        except PartnerDatabaseUnavailable as exc:
+        except (PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
             field = "database_url" if cleaned.get("database_url") else "database_name"
             raise ValidationError(
                 {
-                    field: f"Cannot prepare the partner's database: {exc.reason}. "
+                    field: f"Cannot prepare the partner's database: {getattr(exc, 'reason', exc)}. "
                     "Check the database URL (host, port, user, password) or leave it empty to use "
                     "PARTNER_DATABASE_URL, then save again."
                 }

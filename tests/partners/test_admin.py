@@ -158,6 +158,22 @@ def test_unreachable_database_is_a_form_error_saying_what_to_fix(manager_client)
     assert not Partner.objects.filter(partner_code="acme").exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://a@b/c", "Use a PostgreSQL URL (postgres://user:password@host:5432/database_name)"),
+        ("nonsense", "Use a PostgreSQL URL"),
+        ("postgres://root@127.0.0.1:5432/", "Name the database at the end of the URL"),
+        ("postgres://root:****@127.0.0.1:5432/x", "Type the password again: it is never shown."),
+    ],
+)
+def test_database_url_must_be_a_usable_postgres_or_sqlite_url(manager_client, url, message):
+    response = manager_client.post(ADD_URL, form_data(database_url=url))
+    assert response.status_code == 200
+    assert message in page_text(response)
+    assert not Partner.objects.filter(partner_code="acme").exists()
+
+
 def test_database_password_is_masked_and_kept_when_unchanged(manager_client, make_partner, database_pool, backend):
     partner = make_partner("rector")
     if backend == "postgres":
