@@ -419,8 +419,17 @@ class PartnerConversionAdmin(admin.ModelAdmin):
     def changeform_view(self, request: HttpRequest, object_id=None, form_url="", extra_context=None):
         # ModelAdmin opens its transaction on router.db_for_write(model), which cannot know
         # the partner; the partner's own alias is the right one.
-        with transaction.atomic(using=self.partner_alias(request)):
-            return self._changeform_view(request, object_id, form_url, extra_context)
+        try:
+            with transaction.atomic(using=self.partner_alias(request)):
+                response = self._changeform_view(request, object_id, form_url, extra_context)
+                if hasattr(response, "render"):
+                    response.render()
+                return response
+        except (DatabaseError, ImproperlyConfigured) as exc:
+            self.message_user(
+                request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
+            )
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
         raise PermissionDenied

@@ -269,6 +269,8 @@ def test_an_unreachable_partner_database_is_a_message_not_a_500(analyst, live_db
         response = analyst.get(f"{LIST_URL}?partner=gone", follow=True)
         assert response.status_code == 200
         assert "The database of partner 'gone' cannot be read" in page_text(response)
+        detail = analyst.get(f"{LIST_URL}1/change/?partner=gone", follow=True)
+        assert detail.status_code == 200 and "This partner's database cannot be read" in page_text(detail)
         partners = analyst.get("/admin/partners/partner/")
         assert re.search(r'<td class="field-postbacks_today">unavailable</td>', partners.content.decode())
     finally:
