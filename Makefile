@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/postback
 
-.PHONY: run test lint install install-dev
+.PHONY: run test lint install install-dev chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,9 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The admin's browser tests drive Debian's Chromium (Playwright's own download is not used).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: lint chromium
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest

@@ -70,6 +70,10 @@ class PartnerConversion(models.Model):
             models.Index(fields=["partner_id", "conversion_id"], name="conversion_lookup"),
             models.Index(fields=["-received_at", "-id"], name="received_newest"),
             models.Index(fields=["conversion_datetime"], name="conversion_time"),
+            # The admin's prefix search (LIKE 'x%'); pattern ops work under any collation.
+            models.Index(fields=["click_id"], name="click_prefix", opclasses=["varchar_pattern_ops"]),
+            models.Index(fields=["sub_id"], name="sub_prefix", opclasses=["varchar_pattern_ops"]),
+            models.Index(fields=["media_id"], name="media_prefix", opclasses=["varchar_pattern_ops"]),
         ]
 
     def __str__(self) -> str:

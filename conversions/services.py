@@ -21,6 +21,8 @@ Outcome = Literal["success", "duplicate", "updated", "error"]
 
 # What a later postback may change on the original: its state and its money.
 LIFECYCLE_FIELDS = ("status", "usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local", "currency")
+# Where the postback view keeps a body it could not read.
+RAW_BODY_PARAM = "_raw_body"
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,54 @@ def _record_rejected(*, alias: str, row: dict[str, Any], mapped: MappedPostback,
     if steps:
         logger.info("❌ 拒絕: %s", conversion.processing_error)
     return PostbackResult(outcome="error", conversion=conversion, errors=mapped.errors)
+
+
+def conversion_reprocess(*, partner: Partner, conversion: PartnerConversion) -> PostbackResult:
+    """Re-run mapping and validation on a rejected row's raw data with the partner's current
+    mapping; the row becomes the original or a duplicate exactly as a fresh postback would,
+    or stays rejected with the new errors. Rows that are not rejected are left alone."""
+    alias = partner.database_alias
+    params = dict(conversion.raw_data or {})
+    mapped = postback_map(mapping=partner.parameter_mapping, params=params, tz=partner_timezone(partner.timezone))
+    if RAW_BODY_PARAM in params:
+        # The body could not be read when it arrived; re-reading the same bytes cannot succeed.
+        mapped.errors = {"body": "was unreadable when received", **mapped.errors}
+    with transaction.atomic(using=alias):
+        row = PartnerConversion.objects.using(alias).select_for_update().get(pk=conversion.pk)
+        if row.processing_error is None:
+            return PostbackResult(outcome="duplicate" if row.is_duplicate else "success", conversion=row)
+        if not mapped.is_valid:
+            row.processing_error = "; ".join(f"{name}: {message}" for name, message in mapped.errors.items())
+            row.save(using=alias, update_fields=["processing_error", "updated_at"])
+            return PostbackResult(outcome="error", conversion=row, errors=mapped.errors)
+        for name in CANONICAL_FIELDS:
+            setattr(row, name, mapped.values.get(name))
+        row.processing_error = None
+        row.is_processed = True
+        update_fields = [*CANONICAL_FIELDS, "processing_error", "is_processed", "is_duplicate", "duplicate_of"]
+        update_fields.append("updated_at")
+        try:
+            # The partial unique index decides, as for a fresh postback, whether this is the original.
+            with transaction.atomic(using=alias):
+                row.save(using=alias, update_fields=update_fields)
+            return PostbackResult(outcome="success", conversion=row)
+        except IntegrityError:
+            original = (
+                PartnerConversion.objects.using(alias)
+                .filter(
+                    partner_id=row.partner_id,
+                    conversion_id=row.conversion_id,
+                    is_duplicate=False,
+                    processing_error__isnull=True,
+                )
+                .only("pk")
+                .get()
+            )
+            row.is_processed = False
+            row.is_duplicate = True
+            row.duplicate_of_id = original.pk
+            row.save(using=alias, update_fields=update_fields)
+            return PostbackResult(outcome="duplicate", conversion=row)
 
 
 def storable_json(value: Any) -> Any:

@@ -19,7 +19,7 @@ from conversions.limits import body_too_large, params_limits_check, request_size
 from conversions.quota import partner_quota_consume
 from conversions.rejections import PostbackRejection, rejection_record
 from conversions.request_meta import client_ip, headers_for_storage
-from conversions.services import PostbackResult, conversion_as_dict, conversion_record
+from conversions.services import RAW_BODY_PARAM, PostbackResult, conversion_as_dict, conversion_record
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
@@ -27,7 +27,6 @@ from partners.selectors import partner_get_by_endpoint
 logger = logging.getLogger("conversions.ingest")
 
 FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})
-RAW_BODY_PARAM = "_raw_body"
 RAW_BODY_KEEP = 65536
 
 HTTP_STATUS = {"success": 200, "duplicate": 200, "updated": 200, "error": 400}

@@ -63,9 +63,12 @@ def partner_database_register(partner: Any) -> str:
         databases[alias] = config
         connections.settings = databases
         settings.DATABASES = databases
-    if current is not None:
-        # The URL changed: drop this thread's connection so the next one uses the new URL.
+    if current is not None and hasattr(connections._connections, alias):
+        # The URL changed: drop this thread's connection object (it keeps its old
+        # settings), so the next use builds one for the new URL.
         connections[alias].close()
+        delattr(connections._connections, alias)
+    if current is not None:
         logger.info("partner database %s now points at %s", alias, url_mask_password(partner_database_url(partner)))
     return alias
 

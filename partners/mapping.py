@@ -240,3 +240,18 @@ def _is_encodable(text: str) -> bool:
 
 def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def postback_url_template(*, base_url: str, endpoint_path: str, mapping: Mapping[str, str]) -> str:
+    """The URL to paste into a partner's dashboard: our field names, the partner's macros in braces.
+
+    The partner replaces `{aff_sub}` with the value; we read it back as `sub_id`, our own
+    name, which every mapping accepts. Required fields go in even when unmapped.
+    """
+    pairs = []
+    for name, spec in CANONICAL_FIELDS.items():
+        macro = mapping.get(name) or (name if spec.required else None)
+        if macro:
+            pairs.append(f"{name}={{{macro}}}")
+    url = f"{base_url.rstrip('/')}/partner/{endpoint_path.strip('/')}"
+    return f"{url}?{'&'.join(pairs)}" if pairs else url

@@ -106,3 +106,49 @@ def partner_secret_clear(*, partner: Partner) -> None:
     partner.postback_secret = ""
     partner.save(update_fields=["postback_secret", "updated_at"])
     partner_directory.clear()
+
+
+# Admin roles: (app_label, model, actions) per group. Conversions are read-only for all.
+ADMIN_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "Account managers": (
+        ("partners", "partner", ("add", "change", "view")),
+        ("conversions", "partnerconversion", ("view",)),
+    ),
+    "Analysts": (
+        ("partners", "partner", ("view",)),
+        ("conversions", "partnerconversion", ("view",)),
+    ),
+}
+
+
+def admin_groups_ensure(*, apps: Any = None) -> list[str]:
+    """Create the admin groups and give them exactly their permissions (idempotent).
+
+    `apps` is a migration's historical registry, or None for the live models. Missing
+    content types and permissions are created here, since Django only adds them after
+    `migrate` finishes.
+    """
+    from django.apps import apps as live_apps
+
+    registry = apps or live_apps
+    Group = registry.get_model("auth", "Group")
+    Permission = registry.get_model("auth", "Permission")
+    ContentType = registry.get_model("contenttypes", "ContentType")
+    created = []
+    for name, grants in ADMIN_GROUPS.items():
+        group, was_created = Group.objects.get_or_create(name=name)
+        if was_created:
+            created.append(name)
+        permissions = []
+        for app_label, model, actions in grants:
+            content_type, _ = ContentType.objects.get_or_create(app_label=app_label, model=model)
+            verbose = registry.get_model(app_label, model)._meta.verbose_name
+            for action in actions:
+                permission, _ = Permission.objects.get_or_create(
+                    content_type=content_type,
+                    codename=f"{action}_{model}",
+                    defaults={"name": f"Can {action} {verbose}"},
+                )
+                permissions.append(permission)
+        group.permissions.set(permissions)
+    return created

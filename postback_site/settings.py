@@ -205,3 +205,7 @@ if LOG_FILE:
         "encoding": "utf-8",
     }
     _log_handlers.append("file")
+
+# --- Admin -----------------------------------------------------------------------
+# Base URL partners call (for the postback URL shown in the admin); empty = the admin's own host.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")

@@ -86,3 +86,25 @@ def test_provision_names_what_to_fix_when_the_server_is_unreachable(live_db):
             partner_database_provision(partner=partner)
     finally:
         partner_database_unregister("nowhere_db")
+
+
+def test_a_moved_partner_database_is_read_from_its_new_url_in_the_same_thread(live_db, tmp_path):
+    import sqlite3
+
+    for name, marker in (("old", 1), ("new", 2)):
+        with sqlite3.connect(tmp_path / f"{name}.sqlite3") as db:
+            db.execute("CREATE TABLE marker (value integer)")
+            db.execute("INSERT INTO marker VALUES (?)", [marker])
+    partner = Partner(database_name="moving_db", database_url=f"sqlite:///{tmp_path}/old.sqlite3")
+    alias = partner_database_register(partner)
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT value FROM marker")
+            assert cursor.fetchone() == (1,)
+        partner.database_url = f"sqlite:///{tmp_path}/new.sqlite3"
+        partner_database_register(partner)
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT value FROM marker")
+            assert cursor.fetchone() == (2,)
+    finally:
+        partner_database_unregister(alias)

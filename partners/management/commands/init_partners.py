@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from partners.databases import PartnerDatabaseUnavailable, database_create_if_missing
 from partners.models import Partner
-from partners.services import SEED_PARTNERS, partner_provision, partner_seed
+from partners.services import SEED_PARTNERS, admin_groups_ensure, partner_provision, partner_seed
 
 
 class Command(BaseCommand):
@@ -26,6 +26,9 @@ class Command(BaseCommand):
         call_command("migrate", database="default", interactive=False, verbosity=1, stdout=migrate_output)
         applied = migrate_output.getvalue().count(" OK")
         self.stdout.write(f"default: {'applied ' + str(applied) + ' migration(s)' if applied else 'schema up to date'}")
+
+        created_groups = admin_groups_ensure()
+        self.stdout.write(f"admin groups: {', '.join(created_groups) + ' created' if created_groups else 'up to date'}")
 
         for definition in SEED_PARTNERS:
             result = partner_seed(definition=definition)

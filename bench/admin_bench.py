@@ -1,0 +1,124 @@
+"""Time the conversions admin over a big partner database, through the real Django stack.
+
+    python bench/admin_bench.py                 # 1,000,000 rows, 7 runs per page
+    python bench/admin_bench.py --rows 200000 --runs 5
+
+Creates two throwaway PostgreSQL databases (configuration + one partner), seeds the
+partner's with bench/seed_conversions.py, logs in as a superuser with Django's test
+client (every middleware, the admin, the templates) and prints the median time of each
+page. Drops both databases at the end.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SERVER = "postgres://root@127.0.0.1:5432"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--server", default=SERVER, help="PostgreSQL server URL without a database name")
+    args = parser.parse_args()
+
+    token = uuid.uuid4().hex[:6]
+    default_name = f"admin_bench_{token}_default"
+    partner_name = f"admin_bench_{token}_partner"
+    os.environ["DATABASE_URL"] = f"{args.server}/{default_name}"
+    os.environ["ALLOWED_HOSTS"] = "testserver"
+    os.environ.setdefault("SECRET_KEY", "admin-bench-" + "x" * 40)
+    os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "postback_site.settings"
+    sys.path[:0] = [str(PROJECT_DIR), str(PROJECT_DIR / "bench")]
+    import django
+
+    django.setup()
+    try:
+        run(args, partner_url=f"{args.server}/{partner_name}")
+    finally:
+        drop(args.server, [default_name, partner_name])
+
+
+def run(args: argparse.Namespace, *, partner_url: str) -> None:
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+    from seed_conversions import seed
+
+    from partners.databases import database_create_if_missing
+    from partners.models import Partner
+
+    database_create_if_missing("default")
+    call_command("migrate", verbosity=0)
+    partner = Partner.objects.create(
+        partner_code="bench",
+        partner_name="Bench",
+        endpoint_path="/bench/event",
+        database_name="bench_db",
+        database_url=partner_url,
+        parameter_mapping={"sub_id": "aff_sub"},
+    )
+    seconds = seed(database_url=partner_url, rows=args.rows, partner_id=partner.pk)
+    print(f"seeded {args.rows:,} conversions in {seconds:.1f}s")
+
+    client = Client()
+    client.force_login(User.objects.create_superuser("bench", password=None))
+    base = "/admin/conversions/partnerconversion/?partner=bench"
+    middle = args.rows // 2
+    pages = {
+        "list (newest first)": base,
+        "list, page 50": base + "&p=50",
+        "filter: duplicates": base + "&is_duplicate__exact=1",
+        "filter: has error": base + "&has_error=yes",
+        "filter: offer 17 + status approved": base + "&offer_id=17&status=approved",
+        "filter: converted this month": base + "&conversion_datetime__year={y}&conversion_datetime__month={m}",
+        "search: conversion_id (exact)": base + f"&q=conv-{middle:09d}",
+        "search: click_id prefix": base + f"&q=click-{middle:010d}",
+        "search: sub_id prefix": base + "&q=sub-4999",
+        "detail page": None,
+    }
+    from conversions.models import PartnerConversion
+
+    newest = PartnerConversion.objects.using("bench_db").order_by("-received_at", "-id").first()
+    pages["detail page"] = f"/admin/conversions/partnerconversion/{newest.pk}/change/?partner=bench"
+    when = newest.conversion_datetime
+    pages["filter: converted this month"] = pages["filter: converted this month"].format(y=when.year, m=when.month)
+
+    print(f"\n{'page':40} {'median':>9} {'min':>9} {'max':>9}  rows shown")
+    for label, url in pages.items():
+        timings = []
+        response = client.get(url)  # warm: connection, caches, templates
+        assert response.status_code == 200, (label, response.status_code)
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            response = client.get(url)
+            timings.append(time.perf_counter() - started)
+            assert response.status_code == 200, (label, response.status_code)
+        shown = response.content.decode().count('<input type="checkbox" name="_selected_action"')
+        print(
+            f"{label:40} {statistics.median(timings) * 1000:7.0f}ms {min(timings) * 1000:7.0f}ms "
+            f"{max(timings) * 1000:7.0f}ms  {shown if 'detail' not in label else '-'}"
+        )
+
+
+def drop(server: str, names: list[str]) -> None:
+    import psycopg
+    from django.db import connections
+    from psycopg import sql
+
+    connections.close_all()
+    with psycopg.connect(server.replace("postgres://", "postgresql://", 1) + "/postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    print(f"\ndropped {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+"""The conversions admin: analysts browse, filter and export one partner's conversions.
+
+Conversions live in each partner's own database (ids repeat across databases), so the
+changelist always names its partner (`?partner=<code>`) and every query goes through
+`get_queryset`, which adds `.using(partner.database_alias)`: Django's documented
+multi-database admin pattern. Nobody edits, adds or deletes conversions here.
+"""
+
+import csv
+import datetime
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin import DateFieldListFilter, SimpleListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.paginator import Paginator
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponseRedirect, QueryDict, StreamingHttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from conversions.models import PartnerConversion
+from conversions.services import conversion_reprocess
+from partners.databases import PartnerDatabaseUnavailable, partner_database_register
+from partners.models import Partner
+
+PARTNER_PARAM = "partner"
+EXPORT_COLUMNS = (
+    "id",
+    "conversion_id",
+    "offer_id",
+    "offer_name",
+    "conversion_datetime",
+    "usd_sale_amount",
+    "usd_earning",
+    "media_id",
+    "sub_id",
+    "click_id",
+    "status",
+    "currency",
+    "is_processed",
+    "is_duplicate",
+    "duplicate_of_id",
+    "processing_error",
+    "request_ip",
+    "received_at",
+)
+# Spreadsheets run cells starting with these as formulas; partners control the text.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most CAP matching rows instead of the whole table on every page view.
+
+    Unfiltered PostgreSQL lists use the planner's row estimate for the page links;
+    filtered lists beyond CAP say "more than CAP" and show the newest.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        capped = queryset[: self.CAP + 1].count()
+        self.exact = capped <= self.CAP
+        if self.exact:
+            return capped
+        estimate = self._table_estimate(queryset) if not queryset.query.where else None
+        self.estimated = estimate is not None
+        return max(estimate or 0, self.CAP)
+
+    exact = True
+    estimated = False
+
+    @staticmethod
+    def _table_estimate(queryset: QuerySet) -> int | None:
+        connection = connections[queryset.db]
+        if connection.vendor != "postgresql":
+            return None
+        with connection.cursor() as cursor:
+            table = queryset.model._meta.db_table
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+            row = cursor.fetchone()
+        return row[0] if row and row[0] > 0 else None
+
+
+class PartnerChooser(SimpleListFilter):
+    """Which partner's database the list shows; kept in every filter link."""
+
+    title = "partner"
+    parameter_name = PARTNER_PARAM
+
+    def __init__(self, request, params, model, model_admin):
+        self.current = model_admin.partner_for(request)
+        super().__init__(request, params, model, model_admin)
+
+    def lookups(self, request, model_admin):
+        return [(p.partner_code, str(p)) for p in Partner.objects.order_by("partner_code")]
+
+    def queryset(self, request, queryset):
+        return None  # the database itself is chosen in get_queryset
+
+    def choices(self, changelist):
+        for code, label in self.lookup_choices:
+            yield {
+                "selected": self.current is not None and self.current.partner_code == code,
+                # Switching partner starts from that partner's unfiltered list.
+                "query_string": f"?{PARTNER_PARAM}={code}",
+                "display": label,
+            }
+
+
+class TextInputFilter(SimpleListFilter):
+    """An exact-match text box (no DISTINCT query over millions of rows to list choices)."""
+
+    template = "admin/conversions/text_input_filter.html"
+    field_name = ""
+
+    def lookups(self, request, model_admin):
+        return ()
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        return queryset.filter(**{self.field_name: value}) if value else None
+
+    def choices(self, changelist):
+        yield {
+            "value": self.value() or "",
+            "parameter_name": self.parameter_name,
+            "hidden": [
+                (key, value)
+                for key, value in changelist.get_filters_params().items()
+                if key not in {self.parameter_name, "p"}
+                for value in (value if isinstance(value, list) else [value])
+            ],
+            "clear_query_string": changelist.get_query_string(remove=[self.parameter_name, "p"]),
+        }
+
+
+class OfferFilter(TextInputFilter):
+    title = "offer id"
+    parameter_name = "offer_id"
+    field_name = "offer_id"
+
+
+class StatusFilter(TextInputFilter):
+    title = "status"
+    parameter_name = "status"
+    field_name = "status"
+
+
+class HasErrorFilter(SimpleListFilter):
+    title = "has error"
+    parameter_name = "has_error"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Rejected (has error)"), ("no", "No error"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(processing_error__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(processing_error__isnull=True)
+        return None
+
+
+class DateRangeFilter(admin.FieldListFilter):
+    """From/to dates (inclusive, in the site's time zone) on a datetime column."""
+
+    template = "admin/conversions/date_range_filter.html"
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        self.lookup_from = f"{field_path}__range_from"
+        self.lookup_to = f"{field_path}__range_to"
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.bounds = {name: self._date(name) for name in (self.lookup_from, self.lookup_to)}
+
+    def _date(self, name: str) -> datetime.date | None:
+        values = self.used_parameters.get(name) or []
+        value = (values[-1] if isinstance(values, list) else values).strip() if values else ""
+        if not value:
+            return None
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise IncorrectLookupParameters(f"{name}: '{value}' is not a date (YYYY-MM-DD)") from None
+
+    def expected_parameters(self) -> list[str]:
+        return [self.lookup_from, self.lookup_to]
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request, queryset):
+        start, end = self.bounds[self.lookup_from], self.bounds[self.lookup_to]
+        if start:
+            queryset = queryset.filter(**{f"{self.field_path}__gte": self._midnight(start)})
+        if end:
+            queryset = queryset.filter(**{f"{self.field_path}__lt": self._midnight(end + datetime.timedelta(days=1))})
+        return queryset
+
+    @staticmethod
+    def _midnight(day: datetime.date) -> datetime.datetime:
+        return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))
+
+    def choices(self, changelist):
+        yield {
+            "from_name": self.lookup_from,
+            "to_name": self.lookup_to,
+            "from_value": self.bounds[self.lookup_from] or "",
+            "to_value": self.bounds[self.lookup_to] or "",
+            "hidden": [
+                (key, value)
+                for key, values in changelist.get_filters_params().items()
+                if key not in {self.lookup_from, self.lookup_to, "p"}
+                for value in (values if isinstance(values, list) else [values])
+            ],
+            "clear_query_string": changelist.get_query_string(remove=[self.lookup_from, self.lookup_to, "p"]),
+        }
+
+
+class EchoBuffer:
+    """csv.writer target that hands each line back instead of storing it."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def csv_lines(queryset: QuerySet) -> Iterator[str]:
+    writer = csv.writer(EchoBuffer())
+    yield writer.writerow(EXPORT_COLUMNS)
+    for row in queryset.values_list(*EXPORT_COLUMNS).iterator(chunk_size=2000):
+        yield writer.writerow([csv_cell(value) for value in row])
+
+
+@admin.register(PartnerConversion)
+class PartnerConversionAdmin(admin.ModelAdmin):
+    list_display = (
+        "conversion_id",
+        "outcome_label",
+        "offer_id",
+        "conversion_datetime",
+        "usd_sale_amount",
+        "usd_earning",
+        "sub_id",
+        "click_id",
+        "status",
+        "received_at",
+    )
+    list_filter = (
+        PartnerChooser,
+        "is_duplicate",
+        "is_processed",
+        HasErrorFilter,
+        StatusFilter,
+        OfferFilter,
+        ("conversion_datetime", DateRangeFilter),
+        ("conversion_datetime", DateFieldListFilter),
+        ("received_at", DateFieldListFilter),
+    )
+    # conversion_id exact; click_id, sub_id, media_id by prefix (see get_search_results).
+    search_fields = ("=conversion_id", "^click_id", "^sub_id", "^media_id")
+    search_help_text = "conversion_id (exact), or the start of a click_id, sub_id or media_id"
+    date_hierarchy = "conversion_datetime"
+    # Sorting other columns would sort millions of rows; these two are indexed.
+    sortable_by = ("conversion_datetime", "received_at")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT every choice over the whole table
+    paginator = CappedCountPaginator
+    list_per_page = 50
+    actions = ("export_csv", "reprocess_rejected")
+    fieldsets = (
+        (
+            "Conversion",
+            {
+                "fields": (
+                    "conversion_id",
+                    "outcome_label",
+                    "offer_id",
+                    "offer_name",
+                    "conversion_datetime",
+                    "usd_sale_amount",
+                    "usd_earning",
+                    "status",
+                    "currency",
+                )
+            },
+        ),
+        ("Attribution", {"fields": ("sub_id", "media_id", "click_id")}),
+        (
+            "Processing",
+            {
+                "fields": (
+                    "partner_label",
+                    "is_processed",
+                    "is_duplicate",
+                    "duplicate_of_link",
+                    "processing_error",
+                    "received_at",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
+        ("Request", {"fields": ("raw_data_pretty", "request_headers_pretty", "request_ip")}),
+    )
+    readonly_fields = (
+        "outcome_label",
+        "partner_label",
+        "duplicate_of_link",
+        "raw_data_pretty",
+        "request_headers_pretty",
+        "created_at",
+        "updated_at",
+    )
+
+    # --- which partner ----------------------------------------------------------
+
+    def partner_for(self, request: HttpRequest) -> Partner | None:
+        """The partner named by ?partner= (also inside _changelist_filters), else the first one."""
+        if not hasattr(request, "_conversions_partner"):
+            code = request.GET.get(PARTNER_PARAM) or QueryDict(request.GET.get("_changelist_filters", "")).get(
+                PARTNER_PARAM
+            )
+            partners = Partner.objects.order_by("-is_active", "partner_code")
+            request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
+        return request._conversions_partner
+
+    def partner_alias(self, request: HttpRequest) -> str:
+        partner = self.partner_for(request)
+        return partner_database_register(partner) if partner is not None else DEFAULT_DB_ALIAS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        if self.partner_for(request) is None:
+            return queryset.none().using(DEFAULT_DB_ALIAS)
+        return queryset.using(self.partner_alias(request))
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        # Case-sensitive exact/prefix matches, so PostgreSQL can use plain b-tree indexes;
+        # partner_id is constant per database and lets conversion_id use conversion_lookup.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        partner = self.partner_for(request)
+        match = (
+            Q(partner_id=partner.pk, conversion_id=term)
+            | Q(click_id__startswith=term)
+            | Q(sub_id__startswith=term)
+            | Q(media_id__startswith=term)
+        )
+        return queryset.filter(match), False
+
+    # --- read-only for everybody ----------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        # Reprocessing follows the partner's mapping, which account managers own.
+        return request.user.has_perm("partners.change_partner")
+
+    # --- views --------------------------------------------------------------------
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        code = request.GET.get(PARTNER_PARAM)
+        partner = self.partner_for(request)
+        if partner is None:
+            if code:
+                self.message_user(request, f"There is no partner '{code}'.", messages.ERROR)
+                return HttpResponseRedirect(request.path)
+            self.message_user(request, "Add a partner first: its conversions live in its own database.", messages.INFO)
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+        if not code and request.method == "GET":
+            # Name the partner in the URL, so every link (filters, rows, exports) keeps it.
+            query = request.GET.copy()
+            query[PARTNER_PARAM] = partner.partner_code
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+        extra_context = {**(extra_context or {}), "partner": partner, "partners": Partner.objects.all()}
+        try:
+            response = super().changelist_view(request, extra_context)
+            if hasattr(response, "render"):
+                response.render()
+        except (DatabaseError, PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
+            self.message_user(
+                request,
+                f"The database of partner '{partner.partner_code}' cannot be read: {str(exc).strip()[:200]}",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+        return response
+
+    def changeform_view(self, request: HttpRequest, object_id=None, form_url="", extra_context=None):
+        # ModelAdmin opens its transaction on router.db_for_write(model), which cannot know
+        # the partner; the partner's own alias is the right one.
+        try:
+            with transaction.atomic(using=self.partner_alias(request)):
+                response = self._changeform_view(request, object_id, form_url, extra_context)
+                if hasattr(response, "render"):
+                    response.render()
+                return response
+        except (DatabaseError, ImproperlyConfigured) as exc:
+            self.message_user(
+                request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
+            )
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        raise PermissionDenied
+
+    # --- columns and detail fields --------------------------------------------------
+
+    @admin.display(description="outcome")
+    def outcome_label(self, conversion: PartnerConversion) -> str:
+        return conversion.outcome
+
+    @admin.display(description="partner")
+    def partner_label(self, conversion: PartnerConversion) -> str:
+        partner = Partner.objects.filter(pk=conversion.partner_id).first()
+        return str(partner) if partner else f"#{conversion.partner_id} (deleted)"
+
+    @admin.display(description="duplicate of")
+    def duplicate_of_link(self, conversion: PartnerConversion) -> str:
+        if conversion.duplicate_of_id is None:
+            return "-"
+        partner = Partner.objects.filter(pk=conversion.partner_id).first()
+        url = reverse("admin:conversions_partnerconversion_change", args=[conversion.duplicate_of_id])
+        code = partner.partner_code if partner else ""
+        return format_html('<a href="{}?{}={}">#{}</a>', url, PARTNER_PARAM, code, conversion.duplicate_of_id)
+
+    @admin.display(description="raw data")
+    def raw_data_pretty(self, conversion: PartnerConversion) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(conversion.raw_data, ensure_ascii=False, indent=2))
+
+    @admin.display(description="request headers")
+    def request_headers_pretty(self, conversion: PartnerConversion) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(conversion.request_headers, ensure_ascii=False, indent=2))
+
+    # --- actions ----------------------------------------------------------------------
+
+    @admin.action(description="Export selected conversions as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet) -> StreamingHttpResponse:
+        partner = self.partner_for(request)
+        response = StreamingHttpResponse(csv_lines(queryset), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{partner.partner_code}-conversions.csv"'
+        return response
+
+    @admin.action(description="Reprocess selected rejected postbacks", permissions=["reprocess"])
+    def reprocess_rejected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        partner = self.partner_for(request)
+        counts = {"success": 0, "duplicate": 0, "error": 0}
+        try:
+            for conversion in list(queryset.filter(processing_error__isnull=False).only("pk")):
+                result = conversion_reprocess(partner=partner, conversion=conversion)
+                counts[result.outcome] += 1
+        except DatabaseError as exc:
+            self.message_user(request, f"Reprocessing stopped: {exc}", messages.ERROR)
+        total = sum(counts.values())
+        summary = (
+            f"Reprocessed {total} rejected postback(s): {counts['success']} original, "
+            f"{counts['duplicate']} duplicate, {counts['error']} still rejected."
+        )
+        # Logged on the partner: a conversion's admin-log link could not name its database.
+        if total:
+            self.log_change(request, partner, summary)
+        self.message_user(request, summary, messages.SUCCESS if total and not counts["error"] else messages.WARNING)

@@ -1,0 +1,102 @@
+"""The "test postback" of the partner admin: a pasted postback mapped exactly as a real
+one would be (same request parsing, same mapping and coercion), storing nothing."""
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import DatabaseError
+from rest_framework.request import Request
+
+from conversions.models import PartnerConversion
+from conversions.services import partner_timezone
+from conversions.views import postback_params
+from partners.databases import partner_database_register
+from partners.mapping import CANONICAL_FIELDS, postback_map
+from partners.models import Partner
+
+
+@dataclass(frozen=True)
+class DryRunField:
+    name: str
+    source: str | None
+    value: Any
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DryRun:
+    params: dict[str, Any]
+    fields: list[DryRunField]
+    ignored: list[str]
+    errors: dict[str, str]
+    # None when the partner's database could not be asked.
+    original_exists: bool | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.errors:
+            return "error"
+        return "duplicate" if self.original_exists else "success"
+
+    @property
+    def params_json(self) -> str:
+        return json.dumps(self.params, ensure_ascii=False, indent=2, default=str)
+
+
+def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
+    """What a postback carrying `payload` (query string, whole URL or JSON body) would store."""
+    text = payload.strip()
+    if text.startswith(("{", "[")):
+        environ = _environ(method="POST", query="", body=text.encode(), content_type="application/json")
+    else:
+        query = urlsplit(text).query if "?" in text else text
+        environ = _environ(method="GET", query=query, body=b"", content_type="")
+    params, body_errors = postback_params(Request(WSGIRequest(environ)))
+    mapped = postback_map(mapping=partner.parameter_mapping, params=params, tz=partner_timezone(partner.timezone))
+    errors = {**body_errors, **mapped.errors}
+    fields = [
+        DryRunField(
+            name=name,
+            source=mapped.sources.get(name),
+            value=mapped.values.get(name),
+            error=mapped.errors.get(name),
+        )
+        for name in CANONICAL_FIELDS
+    ]
+    original_exists = None
+    if not errors:
+        original_exists = _original_exists(partner=partner, conversion_id=mapped.values["conversion_id"])
+    return DryRun(params=params, fields=fields, ignored=mapped.ignored, errors=errors, original_exists=original_exists)
+
+
+def _original_exists(*, partner: Partner, conversion_id: str) -> bool | None:
+    try:
+        alias = partner_database_register(partner)
+        return (
+            PartnerConversion.objects.using(alias)
+            .filter(
+                partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True
+            )
+            .exists()
+        )
+    except DatabaseError:
+        return None
+
+
+def _environ(*, method: str, query: str, body: bytes, content_type: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": method,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(body)),
+        "PATH_INFO": "/partner/test-postback",
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "test-postback",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+    }

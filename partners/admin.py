@@ -1,0 +1,155 @@
+"""The partner admin: what account managers use to add and configure partners.
+
+The admin is the UI over both apps, so the two places that show conversions (today's
+count, the dry-run test postback) import `conversions` inside the function that needs
+it; the models and services keep the one direction partners <- conversions.
+"""
+
+from datetime import datetime, time
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from partners.databases import partner_database_register
+from partners.forms import PartnerAdminForm, TestPostbackForm
+from partners.mapping import postback_url_template
+from partners.models import Partner
+from partners.selectors import partner_directory
+
+
+def partner_conversions_since(partner: Partner, since: datetime | None = None) -> int | None:
+    """Rows the partner's database received (since `since`), or None when it cannot be read."""
+    from conversions.models import PartnerConversion
+
+    try:
+        alias = partner_database_register(partner)
+        rows = PartnerConversion.objects.using(alias).all()
+        return (rows.filter(received_at__gte=since) if since else rows).count()
+    except (DatabaseError, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
+        return None
+
+
+def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
+    base_url = settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
+    return postback_url_template(
+        base_url=base_url, endpoint_path=partner.endpoint_path, mapping=partner.parameter_mapping or {}
+    )
+
+
+@admin.register(Partner)
+class PartnerAdmin(admin.ModelAdmin):
+    form = PartnerAdminForm
+    list_display = (
+        "partner_code",
+        "partner_name",
+        "endpoint_path",
+        "database_name",
+        "is_active",
+        "postbacks_today",
+        "conversions_link",
+    )
+    list_display_links = ("partner_code", "partner_name")
+    list_filter = ("is_active", "enable_logging", "cloud_run_region")
+    search_fields = ("partner_code", "partner_name", "endpoint_path", "database_name")
+    readonly_fields = ("created_at", "updated_at")
+    # Lifecycle and security settings join these sections as they are added.
+    fieldsets = (
+        ("Identity", {"fields": ("partner_code", "partner_name", "is_active")}),
+        ("Endpoint", {"fields": ("endpoint_path", "timezone", "enable_logging")}),
+        ("Database", {"fields": ("database_name", "database_url")}),
+        ("Parameter mapping", {"fields": ("parameter_mapping",)}),
+        ("Limits", {"fields": ("max_daily_requests", "data_retention_days")}),
+        (
+            "Cloud Run",
+            {
+                "classes": ("collapse",),
+                "fields": ("cloud_run_service_name", "cloud_run_region", "cloud_run_project_id", "endpoint_url"),
+            },
+        ),
+        ("History", {"classes": ("collapse",), "fields": ("created_at", "updated_at")}),
+    )
+
+    @admin.display(description="postbacks today")
+    def postbacks_today(self, partner: Partner) -> str:
+        midnight = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
+        count = partner_conversions_since(partner, midnight)
+        return "unavailable" if count is None else f"{count:,}"
+
+    @admin.display(description="conversions")
+    def conversions_link(self, partner: Partner) -> str:
+        url = reverse("admin:conversions_partnerconversion_changelist")
+        return format_html('<a href="{}?partner={}">view</a>', url, partner.partner_code)
+
+    def get_actions(self, request: HttpRequest):
+        # Deleting goes through the single-partner page, which shows what the database keeps.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_urls(self):
+        urls = super().get_urls()
+        extra = [
+            path(
+                "<path:object_id>/test-postback/",
+                self.admin_site.admin_view(self.test_postback_view),
+                name="partners_partner_test_postback",
+            )
+        ]
+        return extra + urls
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        partner = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if partner is not None:
+            extra_context["postback_url"] = partner_postback_url(partner, request)
+            extra_context["test_postback_url"] = reverse("admin:partners_partner_test_postback", args=[partner.pk])
+            extra_context["conversions_url"] = (
+                reverse("admin:conversions_partnerconversion_changelist") + f"?partner={partner.partner_code}"
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request: HttpRequest, obj: Partner, form: PartnerAdminForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        partner_directory.clear()
+        if form.provision_result is not None:
+            self.message_user(request, f"Database {form.provision_result.describe()}", messages.SUCCESS)
+
+    def delete_model(self, request: HttpRequest, obj: Partner) -> None:
+        super().delete_model(request, obj)
+        partner_directory.clear()
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        partner = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if partner is not None:
+            extra_context["kept_database"] = partner.database_name
+            extra_context["kept_conversions"] = partner_conversions_since(partner)
+        return super().delete_view(request, object_id, extra_context)
+
+    def test_postback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        from conversions.dry_run import postback_dry_run
+
+        partner = self.get_object(request, object_id)
+        if partner is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_or_change_permission(request, partner):
+            raise PermissionDenied
+        form = TestPostbackForm(request.POST or None)
+        result = postback_dry_run(partner=partner, payload=form.cleaned_data["payload"]) if form.is_valid() else None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": partner,
+            "title": f"Test postback: {partner.partner_name}",
+            "form": form,
+            "result": result,
+            "postback_url": partner_postback_url(partner, request),
+        }
+        return TemplateResponse(request, "admin/partners/partner/test_postback.html", context)
