@@ -62,6 +62,12 @@ class PartnerConversion(models.Model):
             models.Index(fields=["partner_id", "conversion_id"], name="conversion_lookup"),
             models.Index(fields=["-received_at", "-id"], name="received_newest"),
             models.Index(fields=["conversion_datetime"], name="conversion_time"),
+            # The read API's exact filters, each already in its newest-first order, so a
+            # filtered page reads `limit` index entries whatever the table's size.
+            models.Index(fields=["offer_id", "-received_at", "-id"], name="offer_newest"),
+            models.Index(fields=["sub_id", "-received_at", "-id"], name="sub_newest"),
+            models.Index(fields=["media_id", "-received_at", "-id"], name="media_newest"),
+            models.Index(fields=["click_id", "-received_at", "-id"], name="click_newest"),
         ]
 
     def __str__(self) -> str:

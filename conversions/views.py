@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from conversions.openapi import postback_schema
 from conversions.request_meta import client_ip, headers_for_storage
 from conversions.services import PostbackResult, conversion_as_dict, conversion_record
 from partners.databases import PartnerDatabaseUnavailable
@@ -33,6 +34,7 @@ MESSAGES = {
 }
 
 
+@postback_schema
 class PostbackView(APIView):
     """`GET|POST /partner/<endpoint_path>`: a partner reports one conversion."""
 
