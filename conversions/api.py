@@ -7,11 +7,11 @@ holding the `conversions.view_partnerconversion` permission. Errors are JSON.
 import csv
 import logging
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import BooleanField
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from conversions.selectors import (
     CONVERSION_ATTNAMES,
     CONVERSION_COLUMNS,
+    CONVERSION_FIELDS,
     conversion_export_rows,
     conversion_list,
     conversion_stats,
@@ -174,15 +175,23 @@ class _Line:
 
 def _csv_lines(rows: Iterator[tuple[Any, ...]], lines_per_chunk: int = 500) -> Iterator[str]:
     writer = csv.writer(_Line())
+    boolean_indexes = [index for index, field in enumerate(CONVERSION_FIELDS) if isinstance(field, BooleanField)]
     duplicate_index = CONVERSION_ATTNAMES.index("is_duplicate")
     error_index = CONVERSION_ATTNAMES.index("processing_error")
     chunk = [writer.writerow((*CONVERSION_COLUMNS, "outcome"))]
     try:
-        for row in rows:
-            outcome = (
-                "rejected" if row[error_index] is not None else "duplicate" if row[duplicate_index] else "original"
+        for values in rows:
+            row = list(values)
+            for index in boolean_indexes:
+                row[index] = "true" if row[index] else "false"
+            row.append(
+                "rejected"
+                if values[error_index] is not None
+                else "duplicate"
+                if values[duplicate_index]
+                else "original"
             )
-            chunk.append(writer.writerow((*(_csv_value(value) for value in row), outcome)))
+            chunk.append(writer.writerow(row))
             if len(chunk) >= lines_per_chunk:
                 yield "".join(chunk)
                 chunk = []
@@ -192,14 +201,6 @@ def _csv_lines(rows: Iterator[tuple[Any, ...]], lines_per_chunk: int = 500) -> I
         logger.exception("CSV export interrupted by the database")
         raise
     yield "".join(chunk)
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
 
 
 class ConversionStatsView(PartnerReadView):

@@ -68,6 +68,16 @@ class PartnerConversion(models.Model):
             models.Index(fields=["sub_id", "-received_at", "-id"], name="sub_newest"),
             models.Index(fields=["media_id", "-received_at", "-id"], name="media_newest"),
             models.Index(fields=["click_id", "-received_at", "-id"], name="click_newest"),
+            # Stats read accepted rows from this index alone (an index-only scan on
+            # PostgreSQL; SQLite keeps the key and condition only), rejected ones from
+            # the next. offer_name stays out: one long name would overflow a btree entry.
+            models.Index(
+                fields=["received_at"],
+                include=["partner_id", "offer_id", "is_duplicate", "usd_sale_amount", "usd_earning"],
+                condition=Q(processing_error__isnull=True),
+                name="stats_accepted",
+            ),
+            models.Index(fields=["received_at"], condition=Q(processing_error__isnull=False), name="stats_rejected"),
         ]
 
     def __str__(self) -> str:

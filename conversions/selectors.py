@@ -14,8 +14,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
+from django.db.models.functions import Cast, TruncDate
 
 from conversions.models import PartnerConversion
 from partners.models import Partner
@@ -28,6 +28,8 @@ CONVERSION_FIELDS = tuple(f for f in PartnerConversion._meta.concrete_fields if 
 # Output names (`duplicate_of`) and the attributes that hold them (`duplicate_of_id`).
 CONVERSION_COLUMNS = tuple(f.name for f in CONVERSION_FIELDS)
 CONVERSION_ATTNAMES = tuple(f.attname for f in CONVERSION_FIELDS)
+DATETIME_ATTNAMES = tuple(f.attname for f in CONVERSION_FIELDS if isinstance(f, DateTimeField))
+TEXT_SUFFIX = "_as_text"
 
 TIME_FIELDS = ("received_at", "conversion_datetime")
 TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status")
@@ -186,57 +188,121 @@ def conversion_export_rows(
 ) -> Iterator[tuple[Any, ...]]:
     """Every matching conversion as a tuple of CONVERSION_ATTNAMES, newest first.
 
-    Fetched in keyset batches, so memory stays flat however many rows match and no
-    database cursor stays open while the client reads slowly.
+    Datetimes come as ISO 8601 text in UTC (`2025-01-15T13:45:10.5+00:00`), formatted
+    by the database: loading them as Python datetimes costs more than all the rest of
+    an export. Fetched in keyset batches, so memory stays flat however many rows match
+    and no database cursor stays open while the client reads slowly.
     """
     queryset = conversion_queryset(partner=partner, filters=filters)
+    as_text = {name: Cast(name, TextField()) for name in DATETIME_ATTNAMES}
+    columns = [f"{name}{TEXT_SUFFIX}" if name in as_text else name for name in CONVERSION_ATTNAMES]
+    queryset = queryset.annotate(**{f"{name}{TEXT_SUFFIX}": expression for name, expression in as_text.items()})
+    datetime_indexes = [CONVERSION_ATTNAMES.index(name) for name in DATETIME_ATTNAMES]
     received_at_index = CONVERSION_ATTNAMES.index("received_at")
     id_index = CONVERSION_ATTNAMES.index("id")
     remaining = limit
     while remaining is None or remaining > 0:
         size = batch_size if remaining is None else min(batch_size, remaining)
-        batch = list(_after(queryset, after).values_list(*CONVERSION_ATTNAMES)[:size])
-        yield from batch
-        if len(batch) < size:
+        batch = _after(queryset, after).values_list(*columns)[:size]
+        count = 0
+        row: list[Any] = []
+        for values in batch:
+            row = list(values)
+            for index in datetime_indexes:
+                row[index] = _iso_utc(row[index])
+            count += 1
+            yield tuple(row)
+        if count < size:
             return
         if remaining is not None:
-            remaining -= len(batch)
-        last = batch[-1]
-        after = Cursor(received_at=last[received_at_index], id=last[id_index])
+            remaining -= count
+        after = Cursor(received_at=datetime.fromisoformat(row[received_at_index]), id=row[id_index])
+
+
+def _iso_utc(text: str | None) -> str | None:
+    """PostgreSQL's `2025-01-15 13:45:10.5+00` or SQLite's naive UTC text -> ISO 8601 with offset."""
+    if text is None:
+        return None
+    text = text.replace(" ", "T", 1)
+    if text.endswith("+00"):
+        return text + ":00"
+    return text if text.endswith("+00:00") else text + "+00:00"
 
 
 def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) -> ConversionStats:
     """Counts by outcome, original amounts, a per-day (UTC) series and the top offers.
 
-    One grouped query in the partner's database; the per-day series has an entry for
-    every day of the range, zero when nothing arrived.
+    Computed in the partner's database. On received time (the default) the accepted
+    rows are read from the covering `stats_accepted` index alone (no table access),
+    which keeps 30 days of a million-row table well under a second; rejected rows
+    have their own small index. Offers are keyed by offer_id (named by their latest
+    offer_name), or by offer_name for rows without an offer_id.
     """
-    rejected = ExpressionWrapper(Q(processing_error__isnull=False), output_field=BooleanField())
-    groups = (
-        PartnerConversion.objects.using(partner.database_alias)
-        .filter(time_range.q(), partner_id=partner.pk)
-        .annotate(day=TruncDate(time_range.time_field, tzinfo=UTC), rejected=rejected)
-        .values("day", "offer_id", "offer_name", "is_duplicate", "rejected")
-        .annotate(count=Count("id"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+    alias = partner.database_alias
+    in_range = PartnerConversion.objects.using(alias).filter(time_range.q(), partner_id=partner.pk)
+    day = TruncDate(time_range.time_field, tzinfo=UTC)
+    accepted = (
+        in_range.filter(processing_error__isnull=True)
+        .annotate(_day=day)
+        .values("_day", "offer_id", "is_duplicate")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+    rejected = (
+        in_range.filter(processing_error__isnull=False)
+        .annotate(_day=day)
+        .values("_day")
+        .annotate(count=Count("*"))
+        .order_by()
+    )
+    unnamed_offers = (
+        in_range.filter(processing_error__isnull=True, offer_id__isnull=True, offer_name__isnull=False)
+        .values("offer_name", "is_duplicate")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
         .order_by()
     )
     totals = Totals()
     by_day: dict[date, DayTotals] = {}
-    by_offer: dict[tuple[str | None, str | None], OfferTotals] = {}
-    for group in groups:
-        outcome = "rejected" if group["rejected"] else "duplicate" if group["is_duplicate"] else "original"
-        amounts = {"outcome": outcome, "count": group["count"], "sale": group["sale"], "earning": group["earning"]}
+    by_offer: dict[tuple[str, str], OfferTotals] = {}
+    for group in accepted:
+        amounts = {
+            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "count": group["count"],
+            "sale": group["sale"],
+            "earning": group["earning"],
+        }
         totals.add(**amounts)
-        by_day.setdefault(group["day"], DayTotals(day=group["day"])).add(**amounts)
-        offer_key = (group["offer_id"], group["offer_name"])
-        by_offer.setdefault(offer_key, OfferTotals(offer_id=offer_key[0], offer_name=offer_key[1])).add(**amounts)
+        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+        if group["offer_id"] is not None:
+            key = ("offer_id", group["offer_id"])
+            by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
+    for group in rejected:
+        amounts = {"outcome": "rejected", "count": group["count"], "sale": None, "earning": None}
+        totals.add(**amounts)
+        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+    for group in unnamed_offers:
+        amounts = {
+            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "count": group["count"],
+            "sale": group["sale"],
+            "earning": group["earning"],
+        }
+        key = ("offer_name", group["offer_name"])
+        by_offer.setdefault(key, OfferTotals(offer_name=group["offer_name"])).add(**amounts)
     offers = sorted(
         (offer for offer in by_offer.values() if offer.originals),
         key=lambda offer: (-offer.originals, -offer.usd_sale_amount, offer.offer_id or "", offer.offer_name or ""),
-    )
-    return ConversionStats(
-        time_range=time_range, totals=totals, days=_every_day(time_range, by_day), top_offers=offers[:top]
-    )
+    )[:top]
+    for offer in offers:
+        if offer.offer_id is not None:
+            # The offer's latest name in the range, read through the (offer_id, received_at) index.
+            offer.offer_name = (
+                in_range.filter(offer_id=offer.offer_id, offer_name__isnull=False)
+                .order_by("-received_at", "-id")
+                .values_list("offer_name", flat=True)
+                .first()
+            )
+    return ConversionStats(time_range=time_range, totals=totals, days=_every_day(time_range, by_day), top_offers=offers)
 
 
 def _every_day(time_range: TimeRange, by_day: dict[date, DayTotals]) -> list[DayTotals]:
