@@ -29,6 +29,7 @@ from conversions.selectors import (
     CONVERSION_FIELDS,
     conversion_export_rows,
     conversion_list,
+    conversion_outcome,
     conversion_stats,
 )
 from conversions.serializers import (
@@ -184,13 +185,7 @@ def _csv_lines(rows: Iterator[tuple[Any, ...]], lines_per_chunk: int = 500) -> I
             row = list(values)
             for index in boolean_indexes:
                 row[index] = "true" if row[index] else "false"
-            row.append(
-                "rejected"
-                if values[error_index] is not None
-                else "duplicate"
-                if values[duplicate_index]
-                else "original"
-            )
+            row.append(conversion_outcome(is_duplicate=values[duplicate_index], processing_error=values[error_index]))
             chunk.append(writer.writerow(row))
             if len(chunk) >= lines_per_chunk:
                 yield "".join(chunk)

@@ -173,8 +173,12 @@ class StatsQuerySerializer(QuerySerializer):
 
 
 class ConversionSerializer(serializers.ModelSerializer):
-    """One stored conversion. Columns come from the model, so new ones appear by themselves."""
+    """One stored conversion (a row of conversion_list). Columns come from the model, so
+    new ones appear by themselves."""
 
+    duplicate_of = serializers.IntegerField(
+        source="duplicate_of_id", allow_null=True, read_only=True, help_text="The original's id, for a duplicate."
+    )
     outcome = serializers.ChoiceField(choices=("original", "duplicate", "rejected"), read_only=True)
 
     class Meta:
