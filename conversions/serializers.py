@@ -211,10 +211,21 @@ class TotalsSerializer(serializers.Serializer):
 class DayTotalsSerializer(TotalsSerializer):
     date = serializers.DateField(source="day")
 
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        return {"date": fields.pop("date"), **fields}
+
 
 class OfferTotalsSerializer(TotalsSerializer):
+    """An offer's originals and duplicates (a rejected postback is not credited to an offer)."""
+
     offer_id = serializers.CharField(allow_null=True)
-    offer_name = serializers.CharField(allow_null=True)
+    offer_name = serializers.CharField(allow_null=True, help_text="The latest name seen for this offer_id.")
+    rejected = None
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        return {"offer_id": fields.pop("offer_id"), "offer_name": fields.pop("offer_name"), **fields}
 
 
 class RangeSerializer(serializers.Serializer):

@@ -382,7 +382,6 @@ def test_stats_for_a_range_on_conversion_time(api, listed):
             "offer_name": "Shopee",
             "originals": 2,
             "duplicates": 1,
-            "rejected": 0,
             "usd_sale_amount": "40.25",
             "usd_earning": "4.02",
         }
