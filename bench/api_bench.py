@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
         assert response.status_code == 200, response.content[:500]
         return response.json()
 
-    results: list[tuple[str, str, str, bool]] = []
+    results: list[tuple[str, str, str, bool | None]] = []
 
     def page(name: str, url: str) -> dict:
         ms, body = timed(lambda: get_json(url), args.runs)
@@ -159,6 +159,17 @@ def run(args: argparse.Namespace) -> None:
             f"{ms:.1f} ms",
             f"{totals['originals'] + totals['duplicates'] + totals['rejected']:,} rows",
             ms < STATS_TARGET_MS,
+        )
+    )
+
+    ms, stats = timed(lambda: get_json(f"{base}/stats?time_field=conversion_datetime"), args.runs)
+    totals = stats["totals"]
+    results.append(
+        (
+            "stats, 30 days on conversion_datetime",
+            f"{ms:.1f} ms",
+            f"{totals['originals'] + totals['duplicates'] + totals['rejected']:,} rows",
+            None,  # no covering index for this one: shown for comparison, no target
         )
     )
 
@@ -198,7 +209,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nread API on {args.rows:,} conversions (PostgreSQL), median of {args.runs} runs:")
     width = max(len(name) for name, *_ in results)
     for name, figure, detail, ok in results:
-        print(f"  {name:<{width}}  {figure:>16}  {detail:>34}  {'ok' if ok else 'MISSED TARGET'}")
+        print(
+            f"  {name:<{width}}  {figure:>16}  {detail:>34}  {'-' if ok is None else 'ok' if ok else 'MISSED TARGET'}"
+        )
     print(f"targets: pages < {PAGE_TARGET_MS} ms, stats < {STATS_TARGET_MS} ms, CSV > {CSV_TARGET_ROWS_PER_S:,} rows/s")
 
 

@@ -19,6 +19,7 @@ from conversions.selectors import (
     InvalidCursor,
     TimeRange,
 )
+from partners.mapping import DATETIME_MAX, DATETIME_MIN
 
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LIMIT_DEFAULT = 50
@@ -33,17 +34,24 @@ class MomentField(serializers.Field):
 
     default_error_messages = {
         "invalid": "'{value}' is not a date (YYYY-MM-DD) or an ISO 8601 datetime (e.g. 2025-01-15T13:45:00Z).",
+        "range": "'{value}' is outside 1970-01-01..2999-12-31.",
     }
 
     def to_internal_value(self, data: Any) -> date | datetime:
         text = str(data).strip()
         try:
             if DATE_RE.match(text):
-                return date.fromisoformat(text)
-            moment = datetime.fromisoformat(text)
+                value: date | datetime = date.fromisoformat(text)
+                moment = _range_start(value)
+            else:
+                value = moment = datetime.fromisoformat(text)
+                if moment.tzinfo is None:
+                    value = moment = moment.replace(tzinfo=UTC)
         except ValueError:
             self.fail("invalid", value=text[:60])
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if not DATETIME_MIN <= moment <= DATETIME_MAX:
+            self.fail("range", value=text[:60])
+        return value
 
     def to_representation(self, value: Any) -> str:
         return value.isoformat()
@@ -164,8 +172,8 @@ class StatsQuerySerializer(QuerySerializer):
             start = datetime.combine(
                 end.astimezone(UTC).date() - timedelta(days=STATS_DEFAULT_DAYS - 1), datetime.min.time(), UTC
             )
-            if start >= end:
-                raise serializers.ValidationError({"to": ["must be later than 'from'."]})
+        elif start >= end:
+            raise serializers.ValidationError({"from": ["must be earlier than 'to' (default: now)."]})
         if end - start > timedelta(days=STATS_MAX_DAYS):
             raise serializers.ValidationError({"to": [f"the range may span at most {STATS_MAX_DAYS} days."]})
         attrs["time_range"] = TimeRange(time_field=time_range.time_field, start=start, end=end)
