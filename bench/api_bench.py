@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"  {name:<{width}}  {figure:>16}  {detail:>34}  {'-' if ok is None else 'ok' if ok else 'MISSED TARGET'}"
         )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} CPUs")
     print(f"targets: pages < {PAGE_TARGET_MS} ms, stats < {STATS_TARGET_MS} ms, CSV > {CSV_TARGET_ROWS_PER_S:,} rows/s")
 
 
