@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.http import StreamingHttpResponse
+from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from conversions.models import PartnerConversion
@@ -460,3 +461,11 @@ def test_stats_range_defaults_to_the_last_30_days(api, listed):
     body = api.get(STATS).json()
     start = date.fromisoformat(body["range"]["start"][:10])
     assert (datetime.now(UTC).date() - start).days == 29
+
+
+def test_errors_of_a_csv_request_are_json_too(api, involve):
+    unauthenticated = Client().get(f"{CONVERSIONS}?format=csv")  # a client without the token
+    assert unauthenticated.status_code == 401 and unauthenticated["Content-Type"] == "application/json"
+    invalid = api.get(f"{CONVERSIONS}?format=csv&has_error=perhaps")
+    assert invalid.status_code == 400 and invalid["Content-Type"] == "application/json"
+    assert list(invalid.json()["errors"]) == ["has_error"]
