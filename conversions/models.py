@@ -70,10 +70,36 @@ class PartnerConversion(models.Model):
             models.Index(fields=["partner_id", "conversion_id"], name="conversion_lookup"),
             models.Index(fields=["-received_at", "-id"], name="received_newest"),
             models.Index(fields=["conversion_datetime"], name="conversion_time"),
-            # The admin's prefix search (LIKE 'x%'); pattern ops work under any collation.
-            models.Index(fields=["click_id"], name="click_prefix", opclasses=["varchar_pattern_ops"]),
-            models.Index(fields=["sub_id"], name="sub_prefix", opclasses=["varchar_pattern_ops"]),
-            models.Index(fields=["media_id"], name="media_prefix", opclasses=["varchar_pattern_ops"]),
+            # Exact filters (API, admin) already in newest-first order, so a filtered page
+            # reads `limit` index entries whatever the table's size; the pattern opclass on
+            # the first column also serves the admin's prefix search (LIKE 'x%') under
+            # any collation.
+            models.Index(fields=["offer_id", "-received_at", "-id"], name="offer_newest"),
+            models.Index(
+                fields=["sub_id", "-received_at", "-id"],
+                opclasses=["varchar_pattern_ops", "timestamptz_ops", "int8_ops"],
+                name="sub_newest",
+            ),
+            models.Index(
+                fields=["media_id", "-received_at", "-id"],
+                opclasses=["varchar_pattern_ops", "timestamptz_ops", "int8_ops"],
+                name="media_newest",
+            ),
+            models.Index(
+                fields=["click_id", "-received_at", "-id"],
+                opclasses=["varchar_pattern_ops", "timestamptz_ops", "int8_ops"],
+                name="click_newest",
+            ),
+            # Stats read accepted rows from this index alone (an index-only scan on
+            # PostgreSQL; SQLite keeps the key and condition only), rejected ones from
+            # the next. offer_name stays out: one long name would overflow a btree entry.
+            models.Index(
+                fields=["received_at"],
+                include=["partner_id", "offer_id", "is_duplicate", "usd_sale_amount", "usd_earning"],
+                condition=Q(processing_error__isnull=True),
+                name="stats_accepted",
+            ),
+            models.Index(fields=["received_at"], condition=Q(processing_error__isnull=False), name="stats_rejected"),
         ]
 
     def __str__(self) -> str:

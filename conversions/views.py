@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from conversions.access import postback_access_check
 from conversions.limits import body_too_large, params_limits_check, request_size_check, too_many_parameters
+from conversions.openapi import postback_schema
 from conversions.quota import partner_quota_consume
 from conversions.rejections import PostbackRejection, rejection_record
 from conversions.request_meta import client_ip, headers_for_storage
@@ -38,6 +39,7 @@ MESSAGES = {
 }
 
 
+@postback_schema
 class PostbackView(APIView):
     """`GET|POST /partner/<endpoint_path>`: a partner reports one conversion."""
 

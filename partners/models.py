@@ -14,6 +14,9 @@ from partners.mapping import CANONICAL_FIELDS
 ENDPOINT_SEGMENT = r"[A-Za-z0-9._~-]+"
 ENDPOINT_PATH_RE = re.compile(rf"^/?{ENDPOINT_SEGMENT}(/{ENDPOINT_SEGMENT})*/?$")
 DATABASE_NAME_RE = r"^[a-z_][a-z0-9_]{0,62}$"
+# /partner/<endpoint_path>/stats and /conversions are the read API of a partner, so an
+# endpoint ending in one of these segments would be unreachable for postbacks.
+RESERVED_ENDPOINT_SUFFIXES = ("stats", "conversions")
 
 
 def endpoint_key(endpoint_path: str) -> str:
@@ -169,6 +172,11 @@ class Partner(models.Model):
             if not ENDPOINT_PATH_RE.match(self.endpoint_path):
                 errors["endpoint_path"] = (
                     "Use path segments of letters, digits, '.', '_', '~' or '-', e.g. /involve/event."
+                )
+            elif endpoint_key(self.endpoint_path).rsplit("/", 1)[-1] in RESERVED_ENDPOINT_SUFFIXES:
+                errors["endpoint_path"] = (
+                    f"An endpoint path may not end in /{' or /'.join(RESERVED_ENDPOINT_SUFFIXES)}: "
+                    f"/partner/<endpoint>/stats and /partner/<endpoint>/conversions are the partner's read API."
                 )
             else:
                 self.endpoint_path = "/" + endpoint_key(self.endpoint_path)

@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from conversions.api import ConversionListView, ConversionStatsView
 from conversions.views import PostbackView
 from postback_site.views import HealthView, InfoView
 
@@ -8,5 +10,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", HealthView.as_view(), name="health"),
     path("info", InfoView.as_view(), name="info"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Before the catch-all postback route: these suffixes are reserved (Partner.clean).
+    path("partner/<path:endpoint_path>/stats", ConversionStatsView.as_view(), name="partner-stats"),
+    path("partner/<path:endpoint_path>/conversions", ConversionListView.as_view(), name="partner-conversions"),
     path("partner/<path:endpoint_path>", PostbackView.as_view(), name="postback"),
 ]

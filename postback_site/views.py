@@ -2,6 +2,8 @@
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +18,9 @@ class HealthView(APIView):
     authentication_classes = ()
     permission_classes = ()
 
+    @extend_schema(
+        operation_id="health", responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT}, tags=["service"]
+    )
     def get(self, request: Request) -> Response:
         checks: dict[str, str] = {}
         failure = database_ping(DEFAULT_DB_ALIAS, "SELECT 1 FROM partners LIMIT 1")
@@ -44,6 +49,7 @@ class InfoView(APIView):
     authentication_classes = ()
     permission_classes = ()
 
+    @extend_schema(operation_id="info", responses={200: OpenApiTypes.OBJECT}, tags=["service"])
     def get(self, request: Request) -> Response:
         partners = partner_list_served()
         return Response(

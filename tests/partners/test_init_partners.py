@@ -1,7 +1,6 @@
 """`manage.py init_partners` on PostgreSQL: creates the partner databases itself, twice is a no-op."""
 
 import io
-import re
 
 import psycopg
 import pytest
@@ -39,7 +38,8 @@ def test_first_run_creates_partners_and_their_databases(postgres_template):
 
     assert "partner involve_asia (/involve/event): created" in output
     assert "partner rector (/rector/event): created" in output
-    assert "database involve_asia_db" in output and re.search(r"created; applied \d+ migration\(s\)", output)
+    assert "database involve_asia_db" in output and "created; applied " in output
+    assert "conversions.0001_initial" in output
     prefix = postgres_template.split("/")[-1].replace("{name}", "")
     assert databases_on_server(prefix) == {prefix + "involve_asia_db", prefix + "rector_db"}
     involve = Partner.objects.get(partner_code="involve_asia")

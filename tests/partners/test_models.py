@@ -58,3 +58,17 @@ def test_unknown_time_zone_is_refused():
     assert errors_of(partner(timezone="Mars/Olympus"))["timezone"] == [
         "'Mars/Olympus' is not an IANA time zone (e.g. UTC, Asia/Singapore)."
     ]
+
+
+@pytest.mark.parametrize("path", ["/acme/stats", "/acme/event/conversions", "stats", "/a/conversions/"])
+def test_endpoint_paths_ending_in_the_read_api_suffixes_are_refused(path):
+    message = errors_of(partner(endpoint_path=path))["endpoint_path"][0]
+    assert message == (
+        "An endpoint path may not end in /stats or /conversions: "
+        "/partner/<endpoint>/stats and /partner/<endpoint>/conversions are the partner's read API."
+    )
+
+
+@pytest.mark.parametrize("path", ["/acme/statistics", "/stats/event", "/conversions/acme", "/acme/Stats"])
+def test_endpoint_paths_merely_containing_the_suffixes_are_fine(path):
+    partner(endpoint_path=path).full_clean(validate_unique=False)

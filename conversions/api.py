@@ -1,0 +1,224 @@
+"""The read API of a partner: `/partner/<endpoint_path>/conversions` and `/stats`.
+
+Both expose revenue, so both need an authenticated user (API token or admin session)
+holding the `conversions.view_partnerconversion` permission. Errors are JSON.
+"""
+
+import csv
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import BooleanField
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversions.selectors import (
+    CONVERSION_ATTNAMES,
+    CONVERSION_COLUMNS,
+    CONVERSION_FIELDS,
+    conversion_export_rows,
+    conversion_list,
+    conversion_outcome,
+    conversion_stats,
+)
+from conversions.serializers import (
+    ConversionPageSerializer,
+    ConversionQuerySerializer,
+    ErrorSerializer,
+    StatsQuerySerializer,
+    StatsSerializer,
+)
+from partners.databases import PartnerDatabaseUnavailable
+from partners.models import Partner
+from partners.selectors import partner_get_by_endpoint
+
+logger = logging.getLogger("conversions.api")
+
+VIEW_PERMISSION = "conversions.view_partnerconversion"
+
+
+class CanViewConversions(BasePermission):
+    """Model permission `view` on conversions (superusers have it implicitly)."""
+
+    message = f"You do not have the permission to view conversions ({VIEW_PERMISSION})."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        # Unauthenticated requests fail here too; DRF then answers 401 with the
+        # token scheme's WWW-Authenticate, because TokenAuthentication comes first.
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm(VIEW_PERMISSION))
+
+
+class JSONOnlyNegotiation(BaseContentNegotiation):
+    """Always JSON: `?format=csv` is ours to handle, and errors are never HTML or CSV."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return JSONRenderer(), JSONRenderer.media_type
+
+
+COMMON_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="A query parameter is invalid; `errors` names it."),
+    401: OpenApiResponse(ErrorSerializer, description="No credentials, or an invalid token."),
+    403: OpenApiResponse(ErrorSerializer, description=f"The user lacks `{VIEW_PERMISSION}`."),
+    404: OpenApiResponse(ErrorSerializer, description="No active partner at that endpoint path."),
+    503: OpenApiResponse(ErrorSerializer, description="The partner's database is unavailable; retry later."),
+}
+ENDPOINT_PATH_PARAMETER = OpenApiParameter(
+    "endpoint_path",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    description="The partner's endpoint path without the leading slash, e.g. `involve/event`.",
+)
+
+
+class PartnerReadView(APIView):
+    """Shared behaviour: permission, partner lookup, query validation, JSON errors."""
+
+    permission_classes = (CanViewConversions,)
+    content_negotiation_class = JSONOnlyNegotiation
+    renderer_classes = (JSONRenderer,)
+    query_serializer_class: type
+
+    def partner(self, endpoint_path: str) -> Partner:
+        partner = partner_get_by_endpoint(endpoint_path)
+        if partner is None:
+            raise NotFound(f"No active partner at endpoint '/{endpoint_path.strip('/')}'.")
+        return partner
+
+    def query(self, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
+        serializer = self.query_serializer_class(data=request.query_params.dict())
+        if serializer.is_valid():
+            return serializer.validated_data, None
+        errors = serializer.errors
+        body = {"detail": f"Invalid query parameter(s): {', '.join(errors)}.", "errors": errors}
+        return None, Response(body, status=400)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, (DatabaseError, PartnerDatabaseUnavailable)):
+            logger.error("read API: database unavailable: %s", exc)
+            return Response(
+                {"detail": "The partner's database is unavailable; retry later."},
+                status=503,
+                headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)},
+            )
+        return super().handle_exception(exc)
+
+
+class ConversionListView(PartnerReadView):
+    """`GET /partner/<endpoint_path>/conversions`: newest first, keyset-paginated, or CSV."""
+
+    query_serializer_class = ConversionQuerySerializer
+
+    @extend_schema(
+        operation_id="partner_conversions",
+        summary="List a partner's conversions",
+        description=(
+            "Newest first (by received time, then id). Follow `next` for the following page: it keeps "
+            "working while new postbacks arrive (they are above the cursor). `format=csv` streams every "
+            "matching row as CSV with the same columns."
+        ),
+        parameters=[ENDPOINT_PATH_PARAMETER, ConversionQuerySerializer],
+        responses={
+            (200, "application/json"): ConversionPageSerializer,
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="format=csv: one header row, then rows"),
+            **COMMON_ERRORS,
+        },
+        tags=["conversions"],
+    )
+    def get(self, request: Request, endpoint_path: str) -> Response | StreamingHttpResponse:
+        partner = self.partner(endpoint_path)
+        params, error = self.query(request)
+        if error is not None:
+            return error
+        if params["format"] == "csv":
+            return _csv_response(partner, params)
+        page = conversion_list(
+            partner=partner, filters=params["filters"], limit=params["limit"], after=params.get("cursor")
+        )
+        next_url = None
+        if page.next_cursor is not None:
+            query = request.query_params.copy()
+            query["cursor"] = page.next_cursor.encode()
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        body = {"partner": partner, "limit": params["limit"], "next": next_url, "results": page.rows}
+        return Response(ConversionPageSerializer(body).data)
+
+
+def _csv_response(partner: Partner, params: dict[str, Any]) -> StreamingHttpResponse:
+    rows = conversion_export_rows(
+        partner=partner, filters=params["filters"], after=params.get("cursor"), limit=params.get("limit")
+    )
+    response = StreamingHttpResponse(_csv_lines(rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{partner.partner_code}-conversions.csv"'
+    return response
+
+
+class _Line:
+    """A file-like object whose write() hands the line back to the generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_lines(rows: Iterator[tuple[Any, ...]], lines_per_chunk: int = 500) -> Iterator[str]:
+    writer = csv.writer(_Line())
+    boolean_indexes = [index for index, field in enumerate(CONVERSION_FIELDS) if isinstance(field, BooleanField)]
+    duplicate_index = CONVERSION_ATTNAMES.index("is_duplicate")
+    error_index = CONVERSION_ATTNAMES.index("processing_error")
+    chunk = [writer.writerow((*CONVERSION_COLUMNS, "outcome"))]
+    try:
+        for values in rows:
+            row = list(values)
+            for index in boolean_indexes:
+                row[index] = "true" if row[index] else "false"
+            row.append(conversion_outcome(is_duplicate=values[duplicate_index], processing_error=values[error_index]))
+            chunk.append(writer.writerow(row))
+            if len(chunk) >= lines_per_chunk:
+                yield "".join(chunk)
+                chunk = []
+    except DatabaseError:
+        # The 200 is sent already: re-raising aborts the body (no final chunk), so the
+        # client sees a broken download instead of a silently short file.
+        logger.exception("CSV export interrupted by the database")
+        raise
+    yield "".join(chunk)
+
+
+class ConversionStatsView(PartnerReadView):
+    """`GET /partner/<endpoint_path>/stats`: totals, a per-day series and the top offers."""
+
+    query_serializer_class = StatsQuerySerializer
+
+    @extend_schema(
+        operation_id="partner_stats",
+        summary="A partner's conversion stats for a date range",
+        description=(
+            "Counts of originals, duplicates and rejected postbacks; sums of `usd_sale_amount` and "
+            "`usd_earning` over originals; one entry per UTC day; the top offers. Default range: the last "
+            "30 days (today included). Computed in the partner's database."
+        ),
+        parameters=[ENDPOINT_PATH_PARAMETER, StatsQuerySerializer],
+        responses={200: StatsSerializer, **COMMON_ERRORS},
+        tags=["conversions"],
+    )
+    def get(self, request: Request, endpoint_path: str) -> Response:
+        partner = self.partner(endpoint_path)
+        params, error = self.query(request)
+        if error is not None:
+            return error
+        stats = conversion_stats(partner=partner, time_range=params["time_range"], top=params["top"])
+        return Response(StatsSerializer({"partner": partner, "stats": stats}).data)

@@ -1,0 +1,327 @@
+"""Reads of a partner's conversions: filtered lists, keyset pages, exports and stats.
+
+Every query runs on the partner's own database (`.using(partner.database_alias)`).
+Lists are ordered newest first on (received_at, id), and pages continue after a cursor
+holding the last row's (received_at, id), so a page never shifts when new postbacks
+arrive (they land above the cursor) and deep pages cost as much as the first.
+"""
+
+import base64
+import binascii
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
+from django.db.models.functions import Cast, TruncDate
+
+from conversions.models import PartnerConversion
+from partners.models import Partner
+
+# Columns the API shows, in model order; columns added to the model later show up by
+# themselves. Left out: the partner (implied by the URL), what the sender's request
+# looked like (raw parameters, headers, address) and the row's insert time.
+HIDDEN_COLUMNS = frozenset({"partner_id", "raw_data", "request_headers", "request_ip", "created_at"})
+CONVERSION_FIELDS = tuple(f for f in PartnerConversion._meta.concrete_fields if f.name not in HIDDEN_COLUMNS)
+# Output names (`duplicate_of`) and the attributes that hold them (`duplicate_of_id`).
+CONVERSION_COLUMNS = tuple(f.name for f in CONVERSION_FIELDS)
+CONVERSION_ATTNAMES = tuple(f.attname for f in CONVERSION_FIELDS)
+DATETIME_ATTNAMES = tuple(f.attname for f in CONVERSION_FIELDS if isinstance(f, DateTimeField))
+TEXT_SUFFIX = "_as_text"
+
+TIME_FIELDS = ("received_at", "conversion_datetime")
+TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status")
+OUTCOMES = ("original", "duplicate", "rejected")
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor that this service did not issue."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The position after the last row of a page: its (received_at, id)."""
+
+    received_at: datetime
+    id: int
+
+    def encode(self) -> str:
+        text = f"{self.received_at.astimezone(UTC).isoformat()}|{self.id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> "Cursor":
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            moment, _, pk = text.partition("|")
+            received_at = datetime.fromisoformat(moment)
+            if received_at.tzinfo is None:
+                raise ValueError("naive")
+            return cls(received_at=received_at, id=int(pk))
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidCursor("is not a cursor from a previous page's `next` link") from exc
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """start <= time < end (either open), on `time_field`."""
+
+    time_field: str = "received_at"
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def q(self) -> Q:
+        q = Q()
+        if self.start is not None:
+            q &= Q(**{f"{self.time_field}__gte": self.start})
+        if self.end is not None:
+            q &= Q(**{f"{self.time_field}__lt": self.end})
+        return q
+
+
+@dataclass(frozen=True)
+class ConversionFilters:
+    """What an analyst asked for; every part is optional."""
+
+    time_range: TimeRange = field(default_factory=TimeRange)
+    text: dict[str, str] = field(default_factory=dict)
+    is_duplicate: bool | None = None
+    has_error: bool | None = None
+
+
+@dataclass(frozen=True)
+class ConversionPage:
+    rows: list[dict[str, Any]]  # CONVERSION_ATTNAMES -> value, plus `outcome`
+    next_cursor: Cursor | None
+
+
+@dataclass
+class Totals:
+    """Counts by outcome, and the amounts of the originals (duplicates and rejects never count)."""
+
+    originals: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    usd_sale_amount: Decimal = Decimal("0.00")
+    usd_earning: Decimal = Decimal("0.00")
+
+    def add(self, *, outcome: str, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
+        if outcome == "original":
+            self.originals += count
+            self.usd_sale_amount += sale or 0
+            self.usd_earning += earning or 0
+        elif outcome == "duplicate":
+            self.duplicates += count
+        else:
+            self.rejected += count
+
+
+@dataclass
+class DayTotals(Totals):
+    day: date | None = None
+
+
+@dataclass
+class OfferTotals(Totals):
+    offer_id: str | None = None
+    offer_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversionStats:
+    time_range: TimeRange
+    totals: Totals
+    days: list[DayTotals]
+    top_offers: list[OfferTotals]
+
+
+def conversion_queryset(*, partner: Partner, filters: ConversionFilters) -> QuerySet[PartnerConversion]:
+    """The partner's conversions matching `filters`, newest first."""
+    # partner_id is the same on every row here, but naming it lets the
+    # (partner_id, conversion_id) index serve conversion_id look-ups.
+    queryset = PartnerConversion.objects.using(partner.database_alias).filter(
+        filters.time_range.q(), partner_id=partner.pk
+    )
+    text = {name: value for name, value in filters.text.items() if name in TEXT_FILTERS}
+    if text:
+        queryset = queryset.filter(**text)
+    if filters.is_duplicate is not None:
+        queryset = queryset.filter(is_duplicate=filters.is_duplicate)
+    if filters.has_error is not None:
+        queryset = queryset.filter(processing_error__isnull=not filters.has_error)
+    return queryset.order_by("-received_at", "-id")
+
+
+def _after(queryset: QuerySet[PartnerConversion], cursor: Cursor | None) -> QuerySet[PartnerConversion]:
+    if cursor is None:
+        return queryset
+    # (received_at, id) < cursor. The `lte` half is what lets the (received_at, id)
+    # index start right at the cursor instead of scanning every newer row.
+    return queryset.filter(
+        Q(received_at__lte=cursor.received_at),
+        Q(received_at__lt=cursor.received_at) | Q(id__lt=cursor.id),
+    )
+
+
+def conversion_list(
+    *, partner: Partner, filters: ConversionFilters, limit: int, after: Cursor | None = None
+) -> ConversionPage:
+    """One page of at most `limit` conversions, newest first, continuing after `after`.
+
+    Rows are plain dicts of CONVERSION_ATTNAMES plus `outcome`: building model
+    instances cost more than the query on a 1,000-row page.
+    """
+    queryset = _after(conversion_queryset(partner=partner, filters=filters), after)
+    rows = list(queryset.values(*CONVERSION_ATTNAMES)[: limit + 1])
+    for row in rows:
+        row["outcome"] = conversion_outcome(is_duplicate=row["is_duplicate"], processing_error=row["processing_error"])
+    if len(rows) <= limit:
+        return ConversionPage(rows=rows, next_cursor=None)
+    rows = rows[:limit]
+    last = rows[-1]
+    return ConversionPage(rows=rows, next_cursor=Cursor(received_at=last["received_at"], id=last["id"]))
+
+
+def conversion_outcome(*, is_duplicate: bool, processing_error: str | None) -> str:
+    """original | duplicate | rejected, as PartnerConversion.outcome says."""
+    if processing_error is not None:
+        return "rejected"
+    return "duplicate" if is_duplicate else "original"
+
+
+def conversion_export_rows(
+    *,
+    partner: Partner,
+    filters: ConversionFilters,
+    after: Cursor | None = None,
+    limit: int | None = None,
+    batch_size: int = 5000,
+) -> Iterator[tuple[Any, ...]]:
+    """Every matching conversion as a tuple of CONVERSION_ATTNAMES, newest first.
+
+    Datetimes come as ISO 8601 text in UTC (`2025-01-15T13:45:10.5+00:00`), formatted
+    by the database: loading them as Python datetimes costs more than all the rest of
+    an export. Fetched in keyset batches, so memory stays flat however many rows match
+    and no database cursor stays open while the client reads slowly.
+    """
+    queryset = conversion_queryset(partner=partner, filters=filters)
+    as_text = {name: Cast(name, TextField()) for name in DATETIME_ATTNAMES}
+    columns = [f"{name}{TEXT_SUFFIX}" if name in as_text else name for name in CONVERSION_ATTNAMES]
+    queryset = queryset.annotate(**{f"{name}{TEXT_SUFFIX}": expression for name, expression in as_text.items()})
+    datetime_indexes = [CONVERSION_ATTNAMES.index(name) for name in DATETIME_ATTNAMES]
+    received_at_index = CONVERSION_ATTNAMES.index("received_at")
+    id_index = CONVERSION_ATTNAMES.index("id")
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = batch_size if remaining is None else min(batch_size, remaining)
+        batch = _after(queryset, after).values_list(*columns)[:size]
+        count = 0
+        row: list[Any] = []
+        for values in batch:
+            row = list(values)
+            for index in datetime_indexes:
+                row[index] = _iso_utc(row[index])
+            count += 1
+            yield tuple(row)
+        if count < size:
+            return
+        if remaining is not None:
+            remaining -= count
+        after = Cursor(received_at=datetime.fromisoformat(row[received_at_index]), id=row[id_index])
+
+
+def _iso_utc(text: str | None) -> str | None:
+    """PostgreSQL's `2025-01-15 13:45:10.5+00` or SQLite's naive UTC text -> ISO 8601 with offset."""
+    if text is None:
+        return None
+    text = text.replace(" ", "T", 1)
+    if text.endswith("+00"):
+        return text + ":00"
+    return text if text.endswith("+00:00") else text + "+00:00"
+
+
+def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) -> ConversionStats:
+    """Counts by outcome, original amounts, a per-day (UTC) series and the top offers.
+
+    Computed in the partner's database. On received time (the default) the accepted
+    rows are read from the covering `stats_accepted` index alone (no table access),
+    which keeps 30 days of a million-row table well under a second; rejected rows
+    have their own small index. Offers are keyed by offer_id (named by their latest
+    offer_name), or by offer_name for rows without an offer_id.
+    """
+    alias = partner.database_alias
+    in_range = PartnerConversion.objects.using(alias).filter(time_range.q(), partner_id=partner.pk)
+    day = TruncDate(time_range.time_field, tzinfo=UTC)
+    accepted = (
+        in_range.filter(processing_error__isnull=True)
+        .annotate(_day=day)
+        .values("_day", "offer_id", "is_duplicate")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+    rejected = (
+        in_range.filter(processing_error__isnull=False)
+        .annotate(_day=day)
+        .values("_day")
+        .annotate(count=Count("*"))
+        .order_by()
+    )
+    unnamed_offers = (
+        in_range.filter(processing_error__isnull=True, offer_id__isnull=True, offer_name__isnull=False)
+        .values("offer_name", "is_duplicate")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+    totals = Totals()
+    by_day: dict[date, DayTotals] = {}
+    by_offer: dict[tuple[str, str], OfferTotals] = {}
+    for group in accepted:
+        amounts = {
+            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "count": group["count"],
+            "sale": group["sale"],
+            "earning": group["earning"],
+        }
+        totals.add(**amounts)
+        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+        if group["offer_id"] is not None:
+            key = ("offer_id", group["offer_id"])
+            by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
+    for group in rejected:
+        amounts = {"outcome": "rejected", "count": group["count"], "sale": None, "earning": None}
+        totals.add(**amounts)
+        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+    for group in unnamed_offers:
+        amounts = {
+            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "count": group["count"],
+            "sale": group["sale"],
+            "earning": group["earning"],
+        }
+        key = ("offer_name", group["offer_name"])
+        by_offer.setdefault(key, OfferTotals(offer_name=group["offer_name"])).add(**amounts)
+    offers = sorted(
+        (offer for offer in by_offer.values() if offer.originals),
+        key=lambda offer: (-offer.originals, -offer.usd_sale_amount, offer.offer_id or "", offer.offer_name or ""),
+    )[:top]
+    for offer in offers:
+        if offer.offer_id is not None:
+            # The offer's latest name in the range, read through the (offer_id, received_at) index.
+            offer.offer_name = (
+                in_range.filter(offer_id=offer.offer_id, offer_name__isnull=False)
+                .order_by("-received_at", "-id")
+                .values_list("offer_name", flat=True)
+                .first()
+            )
+    return ConversionStats(time_range=time_range, totals=totals, days=_every_day(time_range, by_day), top_offers=offers)
+
+
+def _every_day(time_range: TimeRange, by_day: dict[date, DayTotals]) -> list[DayTotals]:
+    if time_range.start is None or time_range.end is None:
+        return [by_day[day] for day in sorted(by_day)]
+    first = time_range.start.astimezone(UTC).date()
+    last = (time_range.end.astimezone(UTC) - timedelta(microseconds=1)).date()
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return [by_day.get(day) or DayTotals(day=day) for day in days]
