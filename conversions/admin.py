@@ -23,12 +23,14 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponseRedirect, QueryDict, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from conversions.models import PartnerConversion
+from conversions.models import ConversionChange, PartnerConversion
 from conversions.services import conversion_reprocess
 from partners.databases import PartnerDatabaseUnavailable, partner_database_register
+from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
 
 PARTNER_PARAM = "partner"
@@ -44,7 +46,10 @@ EXPORT_COLUMNS = (
     "sub_id",
     "click_id",
     "status",
+    "status_raw",
     "currency",
+    "sale_amount_local",
+    "payout_local",
     "is_processed",
     "is_duplicate",
     "duplicate_of_id",
@@ -153,10 +158,25 @@ class OfferFilter(TextInputFilter):
     field_name = "offer_id"
 
 
-class StatusFilter(TextInputFilter):
+class StatusFilter(SimpleListFilter):
     title = "status"
     parameter_name = "status"
-    field_name = "status"
+
+    def lookups(self, request, model_admin):
+        return STATUS_CHOICES
+
+    def queryset(self, request, queryset):
+        return queryset.filter(status=self.value()) if self.value() else None
+
+
+class CurrencyFilter(TextInputFilter):
+    title = "currency"
+    parameter_name = "currency"
+    field_name = "currency"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip().upper()
+        return queryset.filter(currency=value) if value else None
 
 
 class HasErrorFilter(SimpleListFilter):
@@ -273,6 +293,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         "is_processed",
         HasErrorFilter,
         StatusFilter,
+        CurrencyFilter,
         OfferFilter,
         ("conversion_datetime", DateRangeFilter),
         ("conversion_datetime", DateFieldListFilter),
@@ -302,10 +323,14 @@ class PartnerConversionAdmin(admin.ModelAdmin):
                     "usd_sale_amount",
                     "usd_earning",
                     "status",
+                    "status_raw",
                     "currency",
+                    "sale_amount_local",
+                    "payout_local",
                 )
             },
         ),
+        ("History", {"fields": ("history_table",)}),
         ("Attribution", {"fields": ("sub_id", "media_id", "click_id")}),
         (
             "Processing",
@@ -325,6 +350,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         ("Request", {"fields": ("raw_data_pretty", "request_headers_pretty", "request_ip")}),
     )
     readonly_fields = (
+        "history_table",
         "outcome_label",
         "partner_label",
         "duplicate_of_link",
@@ -454,6 +480,32 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         code = partner.partner_code if partner else ""
         return format_html('<a href="{}?{}={}">#{}</a>', url, PARTNER_PARAM, code, conversion.duplicate_of_id)
 
+    @admin.display(description="status and amount changes")
+    def history_table(self, conversion: PartnerConversion) -> str:
+        changes = list(ConversionChange.objects.using(conversion._state.db).filter(conversion_id=conversion.pk))
+        if not changes:
+            return "No later postback changed this conversion."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{} &rarr; {}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            (
+                (
+                    date_format(timezone.localtime(change.received_at), "DATETIME_FORMAT"),
+                    change.from_status or "-",
+                    change.to_status or "-",
+                    ", ".join(f"{name}: {old} -> {new}" for name, (old, new) in change.changes.items()),
+                    "applied" if change.applied else f"not applied ({change.note})",
+                    json.dumps(change.raw_data, ensure_ascii=False),
+                )
+                for change in changes
+            ),
+        )
+        return format_html(
+            '<table id="conversion-history"><thead><tr><th>received</th><th>status</th><th>changes</th>'
+            "<th>result</th><th>postback</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
     @admin.display(description="raw data")
     def raw_data_pretty(self, conversion: PartnerConversion) -> str:
         return format_html("<pre>{}</pre>", json.dumps(conversion.raw_data, ensure_ascii=False, indent=2))
@@ -474,7 +526,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
     @admin.action(description="Reprocess selected rejected postbacks", permissions=["reprocess"])
     def reprocess_rejected(self, request: HttpRequest, queryset: QuerySet) -> None:
         partner = self.partner_for(request)
-        counts = {"success": 0, "duplicate": 0, "error": 0}
+        counts = {"success": 0, "duplicate": 0, "updated": 0, "error": 0}
         try:
             for conversion in list(queryset.filter(processing_error__isnull=False).only("pk")):
                 result = conversion_reprocess(partner=partner, conversion=conversion)
@@ -484,7 +536,8 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         total = sum(counts.values())
         summary = (
             f"Reprocessed {total} rejected postback(s): {counts['success']} original, "
-            f"{counts['duplicate']} duplicate, {counts['error']} still rejected."
+            f"{counts['duplicate']} duplicate, {counts['updated']} update of an original, "
+            f"{counts['error']} still rejected."
         )
         # Logged on the partner: a conversion's admin-log link could not name its database.
         if total:

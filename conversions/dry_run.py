@@ -12,9 +12,10 @@ from django.db import DatabaseError
 from rest_framework.request import Request
 
 from conversions.models import PartnerConversion
-from conversions.services import partner_timezone
+from conversions.services import conversion_changes, partner_timezone
 from conversions.views import postback_params
 from partners.databases import partner_database_register
+from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, postback_map
 from partners.models import Partner
 
@@ -35,12 +36,17 @@ class DryRun:
     errors: dict[str, str]
     # None when the partner's database could not be asked.
     original_exists: bool | None = None
+    # Against the stored original: "duplicate", "updated" or "stale", with what would change.
+    repeat: str | None = None
+    changes: dict[str, list[Any]] | None = None
 
     @property
     def outcome(self) -> str:
         if self.errors:
             return "error"
-        return "duplicate" if self.original_exists else "success"
+        if self.original_exists:
+            return "updated" if self.repeat == "updated" else "duplicate"
+        return "success"
 
     @property
     def params_json(self) -> str:
@@ -56,7 +62,12 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
         query = urlsplit(text).query if "?" in text else text
         environ = _environ(method="GET", query=query, body=b"", content_type="")
     params, body_errors = postback_params(Request(WSGIRequest(environ)))
-    mapped = postback_map(mapping=partner.parameter_mapping, params=params, tz=partner_timezone(partner.timezone))
+    mapped = postback_map(
+        mapping=partner.parameter_mapping,
+        params=params,
+        tz=partner_timezone(partner.timezone),
+        status_mapping=partner.status_mapping,
+    )
     errors = {**body_errors, **mapped.errors}
     fields = [
         DryRunField(
@@ -67,24 +78,41 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
         )
         for name in CANONICAL_FIELDS
     ]
-    original_exists = None
+    original_exists, repeat, changes = None, None, None
     if not errors:
-        original_exists = _original_exists(partner=partner, conversion_id=mapped.values["conversion_id"])
-    return DryRun(params=params, fields=fields, ignored=mapped.ignored, errors=errors, original_exists=original_exists)
+        try:
+            original = _original(partner=partner, conversion_id=mapped.values["conversion_id"])
+        except DatabaseError:
+            original = False
+        if original is not False:
+            original_exists = original is not None
+        if original:
+            changes = conversion_changes(original=original, incoming=mapped.values)
+            new_status = mapped.values.get("status") or original.status
+            if not changes:
+                repeat = "duplicate"
+            elif transition_permitted(original.status, new_status, partner.status_transitions):
+                repeat = "updated"
+            else:
+                repeat = "stale"
+    return DryRun(
+        params=params,
+        fields=fields,
+        ignored=mapped.ignored,
+        errors=errors,
+        original_exists=original_exists,
+        repeat=repeat,
+        changes=changes,
+    )
 
 
-def _original_exists(*, partner: Partner, conversion_id: str) -> bool | None:
-    try:
-        alias = partner_database_register(partner)
-        return (
-            PartnerConversion.objects.using(alias)
-            .filter(
-                partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True
-            )
-            .exists()
-        )
-    except DatabaseError:
-        return None
+def _original(*, partner: Partner, conversion_id: str) -> PartnerConversion | None:
+    alias = partner_database_register(partner)
+    return (
+        PartnerConversion.objects.using(alias)
+        .filter(partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True)
+        .first()
+    )
 
 
 def _environ(*, method: str, query: str, body: bytes, content_type: str) -> dict[str, Any]:

@@ -19,6 +19,9 @@ logger = logging.getLogger("conversions.ingest")
 
 Outcome = Literal["success", "duplicate", "updated", "error"]
 
+# The columns a postback's parameters fill, and those that say how it was settled.
+MAPPED_COLUMNS = (*CANONICAL_FIELDS, "status_raw")
+SETTLED_COLUMNS = ("processing_error", "is_processed", "is_duplicate", "duplicate_of", "updated_at")
 # What a later postback may change on the original: its state and its money.
 LIFECYCLE_FIELDS = ("status", "usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local", "currency")
 # Where the postback view keeps a body it could not read.
@@ -121,11 +124,15 @@ def _record_valid(*, partner: Partner, row: dict[str, Any], steps: bool) -> Post
     raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
 
 
-def _record_repeat(*, partner: Partner, row: dict[str, Any]) -> PostbackResult | None:
+def _record_repeat(
+    *, partner: Partner, row: dict[str, Any], existing: PartnerConversion | None = None
+) -> PostbackResult | None:
     """A postback for a conversion_id that has an original: duplicate, update or stale.
 
     The original is locked (row lock on PostgreSQL; SQLite's IMMEDIATE transaction
-    serializes writers), so racing updates apply one after the other.
+    serializes writers), so racing updates apply one after the other. `existing` is a
+    stored rejected row being reprocessed: it becomes the duplicate instead of a new row.
+    Returns None when there is no original (any more).
     """
     alias = partner.database_alias
     with transaction.atomic(using=alias):
@@ -144,8 +151,7 @@ def _record_repeat(*, partner: Partner, row: dict[str, Any]) -> PostbackResult |
             return None
         changes = conversion_changes(original=original, incoming=row)
         if not changes:
-            duplicate = PartnerConversion(**row, is_duplicate=True, duplicate_of_id=original.pk)
-            duplicate.save(using=alias, force_insert=True)
+            duplicate = _duplicate_store(alias=alias, row=row, original=original, existing=existing)
             return PostbackResult(outcome="duplicate", conversion=duplicate)
         before, after = original.status, row.get("status") or original.status
         applied = transition_permitted(before, after, partner.status_transitions)
@@ -160,6 +166,9 @@ def _record_repeat(*, partner: Partner, row: dict[str, Any]) -> PostbackResult |
             raw_data=row["raw_data"],
             request_ip=row["request_ip"],
         ).save(using=alias, force_insert=True)
+        if existing is not None:
+            # A reprocessed row is accounted for by the history now; it stops being rejected.
+            _duplicate_store(alias=alias, row=row, original=original, existing=existing)
         if not applied:
             return PostbackResult(outcome="duplicate", conversion=original, changes=changes, note=note)
         for name, (_old, new) in changes.items():
@@ -170,6 +179,21 @@ def _record_repeat(*, partner: Partner, row: dict[str, Any]) -> PostbackResult |
             updated_fields.append("status_raw")
         original.save(using=alias, update_fields=updated_fields)
         return PostbackResult(outcome="updated", conversion=original, changes=changes)
+
+
+def _duplicate_store(
+    *, alias: str, row: dict[str, Any], original: PartnerConversion, existing: PartnerConversion | None
+) -> PartnerConversion:
+    if existing is None:
+        duplicate = PartnerConversion(**row, is_duplicate=True, duplicate_of_id=original.pk)
+        duplicate.save(using=alias, force_insert=True)
+        return duplicate
+    existing.processing_error = None
+    existing.is_processed = False
+    existing.is_duplicate = True
+    existing.duplicate_of_id = original.pk
+    existing.save(using=alias, update_fields=[*MAPPED_COLUMNS, *SETTLED_COLUMNS])
+    return existing
 
 
 def conversion_changes(*, original: PartnerConversion, incoming: dict[str, Any]) -> dict[str, list[Any]]:
@@ -204,11 +228,17 @@ def _record_rejected(*, alias: str, row: dict[str, Any], mapped: MappedPostback,
 
 def conversion_reprocess(*, partner: Partner, conversion: PartnerConversion) -> PostbackResult:
     """Re-run mapping and validation on a rejected row's raw data with the partner's current
-    mapping; the row becomes the original or a duplicate exactly as a fresh postback would,
-    or stays rejected with the new errors. Rows that are not rejected are left alone."""
+    mapping; the row becomes the original, a duplicate or an update of the original exactly
+    as a fresh postback would, or stays rejected with the new errors. Rows that are not
+    rejected are left alone."""
     alias = partner.database_alias
     params = dict(conversion.raw_data or {})
-    mapped = postback_map(mapping=partner.parameter_mapping, params=params, tz=partner_timezone(partner.timezone))
+    mapped = postback_map(
+        mapping=partner.parameter_mapping,
+        params=params,
+        tz=partner_timezone(partner.timezone),
+        status_mapping=partner.status_mapping,
+    )
     if RAW_BODY_PARAM in params:
         # The body could not be read when it arrived; re-reading the same bytes cannot succeed.
         mapped.errors = {"body": "was unreadable when received", **mapped.errors}
@@ -220,34 +250,29 @@ def conversion_reprocess(*, partner: Partner, conversion: PartnerConversion) -> 
             row.processing_error = "; ".join(f"{name}: {message}" for name, message in mapped.errors.items())
             row.save(using=alias, update_fields=["processing_error", "updated_at"])
             return PostbackResult(outcome="error", conversion=row, errors=mapped.errors)
-        for name in CANONICAL_FIELDS:
+        for name in MAPPED_COLUMNS:
             setattr(row, name, mapped.values.get(name))
         row.processing_error = None
         row.is_processed = True
-        update_fields = [*CANONICAL_FIELDS, "processing_error", "is_processed", "is_duplicate", "duplicate_of"]
-        update_fields.append("updated_at")
+        row.is_duplicate = False
+        row.duplicate_of_id = None
         try:
             # The partial unique index decides, as for a fresh postback, whether this is the original.
             with transaction.atomic(using=alias):
-                row.save(using=alias, update_fields=update_fields)
+                row.save(using=alias, update_fields=[*MAPPED_COLUMNS, *SETTLED_COLUMNS])
             return PostbackResult(outcome="success", conversion=row)
         except IntegrityError:
-            original = (
-                PartnerConversion.objects.using(alias)
-                .filter(
-                    partner_id=row.partner_id,
-                    conversion_id=row.conversion_id,
-                    is_duplicate=False,
-                    processing_error__isnull=True,
-                )
-                .only("pk")
-                .get()
-            )
-            row.is_processed = False
-            row.is_duplicate = True
-            row.duplicate_of_id = original.pk
-            row.save(using=alias, update_fields=update_fields)
-            return PostbackResult(outcome="duplicate", conversion=row)
+            incoming = {
+                **mapped.values,
+                "partner_id": row.partner_id,
+                "raw_data": row.raw_data,
+                "request_ip": row.request_ip,
+            }
+            result = _record_repeat(partner=partner, row=incoming, existing=row)
+            if result is None:  # the original vanished meanwhile: this row is the original now
+                row.save(using=alias, update_fields=[*MAPPED_COLUMNS, *SETTLED_COLUMNS])
+                return PostbackResult(outcome="success", conversion=row)
+            return result
 
 
 def storable_json(value: Any) -> Any:

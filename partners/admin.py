@@ -11,17 +11,18 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from partners.databases import partner_database_register
 from partners.forms import PartnerAdminForm, TestPostbackForm
 from partners.mapping import postback_url_template
 from partners.models import Partner
 from partners.selectors import partner_directory
+from partners.services import partner_secret_clear, partner_secret_rotate
 
 
 def partner_conversions_since(partner: Partner, since: datetime | None = None) -> int | None:
@@ -58,13 +59,23 @@ class PartnerAdmin(admin.ModelAdmin):
     list_display_links = ("partner_code", "partner_name")
     list_filter = ("is_active", "enable_logging", "cloud_run_region")
     search_fields = ("partner_code", "partner_name", "endpoint_path", "database_name")
-    readonly_fields = ("created_at", "updated_at")
-    # Lifecycle and security settings join these sections as they are added.
+    readonly_fields = ("created_at", "updated_at", "secret_state", "rejections_recent")
     fieldsets = (
         ("Identity", {"fields": ("partner_code", "partner_name", "is_active")}),
         ("Endpoint", {"fields": ("endpoint_path", "timezone", "enable_logging")}),
         ("Database", {"fields": ("database_name", "database_url")}),
         ("Parameter mapping", {"fields": ("parameter_mapping",)}),
+        (
+            "Statuses",
+            {
+                "fields": ("status_mapping", "status_transitions"),
+                "description": "Our statuses: pending, approved, rejected, paid. Map the partner's values onto them, "
+                'e.g. {"1": "approved", "2": "pending", "cancelled": "rejected"}. Permitted changes besides '
+                "pending → approved | rejected, approved → rejected | paid, as [from, to] pairs, "
+                'e.g. [["rejected", "approved"]].',
+            },
+        ),
+        ("Security", {"fields": ("secret_state", "allowed_ips", "rejections_recent")}),
         ("Limits", {"fields": ("max_daily_requests", "data_retention_days")}),
         (
             "Cloud Run",
@@ -81,6 +92,30 @@ class PartnerAdmin(admin.ModelAdmin):
         midnight = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
         count = partner_conversions_since(partner, midnight)
         return "unavailable" if count is None else f"{count:,}"
+
+    @admin.display(description="postback secret")
+    def secret_state(self, partner: Partner) -> str:
+        if not partner.pk:
+            return "Save the partner first; then a secret can be generated."
+        url = reverse("admin:partners_partner_secret", args=[partner.pk])
+        state = "Set (never shown again)" if partner.has_postback_secret else "Not set: anyone with the URL can post"
+        return format_html('{} &mdash; <a class="button" href="{}">Rotate or remove…</a>', state, url)
+
+    @admin.display(description="refused postbacks (7 days)")
+    def rejections_recent(self, partner: Partner) -> str:
+        from conversions.rejections import rejection_counts
+
+        if not partner.pk:
+            return "-"
+        try:
+            counts = rejection_counts(partner=partner, days=7)
+        except DatabaseError:
+            return "unavailable"
+        if not counts:
+            return "none"
+        return format_html_join(
+            format_html("<br>"), "{}: {} × {} ({})", ((c.day, c.count, c.reason, c.http_status) for c in counts)
+        )
 
     @admin.display(description="conversions")
     def conversions_link(self, partner: Partner) -> str:
@@ -100,7 +135,12 @@ class PartnerAdmin(admin.ModelAdmin):
                 "<path:object_id>/test-postback/",
                 self.admin_site.admin_view(self.test_postback_view),
                 name="partners_partner_test_postback",
-            )
+            ),
+            path(
+                "<path:object_id>/secret/",
+                self.admin_site.admin_view(self.secret_view),
+                name="partners_partner_secret",
+            ),
         ]
         return extra + urls
 
@@ -132,6 +172,36 @@ class PartnerAdmin(admin.ModelAdmin):
             extra_context["kept_database"] = partner.database_name
             extra_context["kept_conversions"] = partner_conversions_since(partner)
         return super().delete_view(request, object_id, extra_context)
+
+    def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Rotate (show the new secret once, never stored in a message) or remove the secret."""
+        partner = self.get_object(request, object_id)
+        if partner is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, partner):
+            raise PermissionDenied
+        new_secret = None
+        if request.method == "POST":
+            action = request.POST.get("action")
+            if action == "rotate":
+                new_secret = partner_secret_rotate(partner=partner)
+                self.log_change(request, partner, "Rotated the postback secret.")
+            elif action == "remove":
+                partner_secret_clear(partner=partner)
+                self.log_change(request, partner, "Removed the postback secret.")
+                self.message_user(request, "The postback secret is removed.", messages.WARNING)
+                return HttpResponseRedirect(reverse("admin:partners_partner_change", args=[partner.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": partner,
+            "title": f"Postback secret: {partner.partner_name}",
+            "new_secret": new_secret,
+            "change_url": reverse("admin:partners_partner_change", args=[partner.pk]),
+        }
+        response = TemplateResponse(request, "admin/partners/partner/secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
     def test_postback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         from conversions.dry_run import postback_dry_run

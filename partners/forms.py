@@ -144,6 +144,12 @@ class PartnerAdminForm(forms.ModelForm):
         self.provision_result: ProvisionResult | None = None
         self.stored_database_url = self.instance.database_url if self.instance.pk else ""
 
+    def clean_status_mapping(self) -> dict[str, str]:
+        return self.cleaned_data.get("status_mapping") or {}
+
+    def clean_status_transitions(self) -> list[list[str]]:
+        return self.cleaned_data.get("status_transitions") or []
+
     def clean_database_url(self) -> str:
         value = self.cleaned_data.get("database_url", "").strip()
         if self.stored_database_url and value == url_mask_password(self.stored_database_url):

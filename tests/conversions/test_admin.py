@@ -165,10 +165,11 @@ def test_export_streams_the_filtered_rows_as_csv(analyst, involve):
 
 def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager, involve):
     post(manager, "/partner/involve/event?conversion_id=T1")  # original
-    post(manager, "/partner/involve/event?tx=T1&amount=3")  # rejected: no conversion_id
+    post(manager, "/partner/involve/event?tx=T1")  # rejected: no conversion_id
+    post(manager, "/partner/involve/event?tx=T1&amount=3")  # rejected; carries an amount T1 lacks
     post(manager, "/partner/involve/event?tx=T2&amount=4")  # rejected
     post(manager, "/partner/involve/event?tx=T3&usd_payout=abc")  # rejected, stays so
-    assert partner_rows(involve).filter(processing_error__isnull=False).count() == 3
+    assert partner_rows(involve).filter(processing_error__isnull=False).count() == 4
 
     # the account manager fixes the mapping: the partner sends its id as `tx`
     Partner.objects.filter(pk=involve.pk).update(
@@ -179,20 +180,31 @@ def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager, in
         {"action": "reprocess_rejected", "select_across": "1", "index": "0", "_selected_action": ["1"]},
         follow=True,
     )
-    assert "Reprocessed 3 rejected postback(s): 1 original, 1 duplicate, 1 still rejected." in page_text(response)
-    rows = {row.raw_data.get("tx"): row for row in partner_rows(involve).filter(raw_data__has_key="tx")}
-    original = partner_rows(involve).get(conversion_id="T1", is_duplicate=False)
-    assert (rows["T1"].outcome, rows["T1"].duplicate_of_id, rows["T1"].conversion_id) == (
-        "duplicate",
-        original.pk,
-        "T1",
+    assert (
+        "Reprocessed 4 rejected postback(s): 1 original, 1 duplicate, 1 update of an original, 1 still rejected."
+        in page_text(response)
     )
+    rows = {
+        (row.raw_data.get("tx"), row.raw_data.get("amount")): row
+        for row in partner_rows(involve).filter(raw_data__has_key="tx")
+    }
+    original = partner_rows(involve).get(conversion_id="T1", is_duplicate=False)
+    for key in [("T1", None), ("T1", "3")]:
+        assert (rows[key].outcome, rows[key].duplicate_of_id, rows[key].conversion_id) == (
+            "duplicate",
+            original.pk,
+            "T1",
+        )
+    # the second carried an amount the original lacked: applied as an update, as a fresh postback would be
+    assert str(original.usd_sale_amount) == "3.00"
+    rows["T2"] = rows[("T2", "4")]
+    rows["T3"] = rows[("T3", None)]
     assert rows["T2"].outcome == "original" and rows["T2"].conversion_id == "T2"
     assert str(rows["T2"].usd_sale_amount) == "4.00" and rows["T2"].is_processed
     assert rows["T3"].outcome == "rejected" and "usd_payout: 'abc' is not a number" in rows["T3"].processing_error
     assert original.outcome == "original"
     entry = LogEntry.objects.get(object_id=str(involve.pk))
-    assert entry.get_change_message().startswith("Reprocessed 3 rejected postback(s)")
+    assert entry.get_change_message().startswith("Reprocessed 4 rejected postback(s)")
     assert entry.user.username == "manager"
 
 
@@ -277,3 +289,29 @@ def test_an_unreachable_partner_database_is_a_message_not_a_500(analyst, live_db
         from partners.databases import partner_database_unregister
 
         partner_database_unregister(partner.database_alias)
+
+
+def test_detail_page_shows_the_lifecycle_history_and_local_amounts(analyst, involve):
+    from tests.conftest import fixture_queries
+
+    created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    post(analyst, f"/partner/involve/event?{created}")
+    post(analyst, f"/partner/involve/event?{approved}")
+    post(analyst, f"/partner/involve/event?{created}")  # a stale retry
+    original = partner_rows(involve).get(is_duplicate=False)
+
+    page = analyst.get(f"{LIST_URL}{original.pk}/change/?partner=involve_asia")
+    text = page_text(page)
+    history = re.search(r'<table id="conversion-history">.*?</table>', page.content.decode(), re.S).group(0)
+    rows = re.findall(r"<tr><td>", history)
+    assert len(rows) == 2
+    assert "pending → approved" in unescape(history) and "approved → pending" in unescape(history)
+    assert "usd_earning: 4.67 -> 4.94" in unescape(history)
+    assert "not applied (stale: status 'pending' after 'approved' is not applied)" in unescape(history)
+    assert "MYR" in text and "415.80" in text and "22.00" in text
+
+    base = f"{LIST_URL}?partner=involve_asia"
+    assert listed_ids(analyst.get(base + "&currency=myr")) == ["IA-900001"]
+    assert listed_ids(analyst.get(base + "&currency=SGD")) == []
+    assert listed_ids(analyst.get(base + "&status=approved")) == ["IA-900001"]
+    assert listed_ids(analyst.get(base + "&status=pending")) == []

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.admin.models import ADDITION, LogEntry
 from django.contrib.auth.models import Group, User
 from django.db import connections
+from django.test import Client
 
 from partners.databases import partner_database_unregister
 from partners.models import Partner
@@ -240,9 +241,18 @@ def test_test_postback_shows_fields_ignored_and_errors_storing_nothing(manager_c
     assert "Would be recorded (HTTP 200)" in ok and "1.26" in ok
     as_json = page_text(manager_client.post(url, {"payload": '{"conversion_id": "J1", "aff_sub2": 7}'}))
     assert "Would be recorded (HTTP 200)" in as_json
-    manager_client.get("/partner/involve/event?conversion_id=IA-10")
+    manager_client.get("/partner/involve/event?conversion_id=IA-10&usd_payout=1.255&conversion_status=pending")
     again = page_text(manager_client.post(url, {"payload": full_url}))
     assert "Would be a duplicate (HTTP 200): this conversion_id is already recorded" in again
+    approved = page_text(
+        manager_client.post(url, {"payload": full_url + "&conversion_status=approved&usd_sale_amount=9"})
+    )
+    assert "Would update the recorded conversion (HTTP 200, updated): status pending → approved" in approved
+    assert "usd_sale_amount None → 9.00" in approved
+    involve.status_mapping = {"1": "rejected"}
+    involve.save()
+    stale = page_text(manager_client.post(url, {"payload": full_url + "&conversion_status=bogus"}))
+    assert "conversion_status: 'bogus' is not a known status (known: 1, approved, paid, pending, rejected)" in stale
     assert partner_rows(involve).count() == 1
     broken = page_text(manager_client.post(url, {"payload": '{"conversion_id": '}))
     assert "body: is not valid JSON" in broken
@@ -278,3 +288,72 @@ def test_analyst_can_view_but_not_change_or_add_partners(analyst_client, involve
     assert analyst_client.get(ADD_URL).status_code == 403
     involve.refresh_from_db()
     assert involve.partner_name == "InvolveAsia"
+
+
+def test_status_mapping_and_transitions_are_edited_and_validated(manager_client, involve):
+    url = f"/admin/partners/partner/{involve.pk}/change/"
+    bad = manager_client.post(
+        url,
+        form_data(
+            [("conversion_id", "conversion_id")],
+            partner_code="involve_asia",
+            endpoint_path="/involve/event",
+            database_name="involve_asia_db",
+            database_url=involve.database_url,
+            status_mapping='{"1": "won"}',
+            status_transitions='[["rejected", "approved"]]',
+        ),
+    )
+    assert bad.status_code == 200
+    assert "'1' maps to 'won', which is not one of our statuses" in page_text(bad)
+    good = manager_client.post(
+        url,
+        form_data(
+            [("conversion_id", "conversion_id"), ("status", "state")],
+            partner_code="involve_asia",
+            endpoint_path="/involve/event",
+            database_name="involve_asia_db",
+            database_url=involve.database_url,
+            status_mapping='{"1": "approved", "2": "pending"}',
+            status_transitions='[["rejected", "approved"]]',
+        ),
+        follow=True,
+    )
+    assert good.status_code == 200, page_text(good)
+    involve.refresh_from_db()
+    assert involve.status_mapping == {"1": "approved", "2": "pending"}
+    assert involve.status_transitions == [["rejected", "approved"]]
+    assert manager_client.get("/partner/involve/event?conversion_id=S1&state=2").json()["status"] == "success"
+    assert manager_client.get("/partner/involve/event?conversion_id=S1&state=1").json()["status"] == "updated"
+
+
+def test_secret_is_rotated_shown_once_and_never_in_the_form(manager_client, users, involve):
+    change = manager_client.get(f"/admin/partners/partner/{involve.pk}/change/")
+    assert "Not set: anyone with the URL can post" in page_text(change)
+    secret_url = f"/admin/partners/partner/{involve.pk}/secret/"
+    analyst = Client()
+    analyst.force_login(users["analyst"])
+    assert analyst.get(secret_url).status_code == 403
+    assert analyst.post(secret_url, {"action": "rotate"}).status_code == 403
+
+    rotated = manager_client.post(secret_url, {"action": "rotate"})
+    secret = re.search(r'<code id="new-secret"[^>]*>([^<]+)</code>', rotated.content.decode()).group(1)
+    assert "no-store" in rotated["Cache-Control"]
+    involve.refresh_from_db()
+    assert involve.postback_secret == secret
+    change = manager_client.get(f"/admin/partners/partner/{involve.pk}/change/").content.decode()
+    assert secret not in change and "Set (never shown again)" in change
+    assert "This partner has a postback secret" in change
+    assert manager_client.get("/partner/involve/event?conversion_id=K1").status_code == 403
+    assert manager_client.get(f"/partner/involve/event?conversion_id=K1&token={secret}").status_code == 200
+    assert LogEntry.objects.filter(object_id=str(involve.pk), change_message="Rotated the postback secret.").exists()
+
+    manager_client.post(secret_url, {"action": "remove"})
+    involve.refresh_from_db()
+    assert involve.postback_secret == ""
+
+
+def test_refused_postbacks_are_shown_on_the_partner_page(manager_client, involve):
+    manager_client.get("/partner/involve/event?usd_payout=1")  # 400: no conversion_id
+    page = page_text(manager_client.get(f"/admin/partners/partner/{involve.pk}/change/"))
+    assert "1 × invalid_data (400)" in page
