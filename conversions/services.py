@@ -9,7 +9,7 @@ from typing import Any, Literal
 from django.db import DatabaseError, IntegrityError, transaction
 
 from conversions.models import PartnerConversion
-from partners.databases import PartnerDatabaseUnavailable
+from partners.databases import PartnerDatabaseUnavailable, database_breaker
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
 from partners.models import Partner
 
@@ -64,6 +64,7 @@ def conversion_record(
         "request_ip": client_ip,
     }
     alias = partner.database_alias
+    database_breaker.check(alias)
     try:
         if not mapped.is_valid:
             return _record_rejected(alias=alias, row=row, mapped=mapped, steps=steps)
@@ -71,6 +72,7 @@ def conversion_record(
             logger.info("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
         return _record_valid(alias=alias, row={**row, **mapped.values}, steps=steps)
     except DatabaseError as exc:
+        database_breaker.record(alias, exc)
         raise PartnerDatabaseUnavailable(alias, str(exc).strip() or exc.__class__.__name__) from exc
 
 

@@ -85,13 +85,22 @@ TEMPLATES = [
 # partner's own database, registered at runtime by partners.databases.
 DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=60)
 DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=5)
-DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=0)
+# A stuck partner database must fail that partner's postbacks fast (503), not hold
+# every worker thread; migrations lift these limits (partners.apps).
+DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=5000)
+DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=2000)
+# Seconds a partner database that failed to answer is not retried (its postbacks get 503 at once).
+DB_BREAKER_SECONDS = env.float("DB_BREAKER_SECONDS", default=2.0)
+# 0 = persistent per-thread connections; N = a psycopg pool of N connections per alias per worker.
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=0)
 SQLITE_BUSY_TIMEOUT = env.int("SQLITE_BUSY_TIMEOUT", default=20)
 DATABASE_OPTIONS = {
     "base_dir": BASE_DIR,
     "conn_max_age": DB_CONN_MAX_AGE,
     "connect_timeout": DB_CONNECT_TIMEOUT,
     "statement_timeout_ms": DB_STATEMENT_TIMEOUT_MS,
+    "lock_timeout_ms": DB_LOCK_TIMEOUT_MS,
+    "pool_max_size": DB_POOL_MAX_SIZE,
     "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
 }
 DATABASES = {
@@ -113,6 +122,9 @@ PARTNER_CACHE_SECONDS = env.float("PARTNER_CACHE_SECONDS", default=5.0)
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 # Retry-After (seconds) sent with a 503 when a partner database is unreachable.
 POSTBACK_RETRY_AFTER = env.int("POSTBACK_RETRY_AFTER", default=30)
+
+# Benchmark only: mounts bench/minimal_view.py at /bench/insert (bench/postback_bench.py).
+BENCH_MINIMAL_VIEW = env.bool("BENCH_MINIMAL_VIEW", default=False)
 
 # --- Internationalisation --------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
@@ -10,3 +11,9 @@ urlpatterns = [
     path("info", InfoView.as_view(), name="info"),
     path("partner/<path:endpoint_path>", PostbackView.as_view(), name="postback"),
 ]
+
+if settings.BENCH_MINIMAL_VIEW:
+    # The benchmark's floor (bench/postback_bench.py); never enabled in production.
+    from bench.minimal_view import minimal_insert
+
+    urlpatterns.append(path("bench/insert", minimal_insert))
