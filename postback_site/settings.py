@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from partners.dbconfig import database_settings
 
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "postback_site.observability.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -151,18 +153,30 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
 
+# --- Observability ---------------------------------------------------------------
+# `GET /metrics` answers a `Bearer METRICS_TOKEN` or a client in METRICS_ALLOWED_IPS (IPs or CIDRs).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+# Project id for Cloud Logging trace links (`projects/<id>/traces/<trace>`).
+GOOGLE_CLOUD_PROJECT = env.str("GOOGLE_CLOUD_PROJECT", default="")
+
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOG_FILE = env.str("LOG_FILE", default="")
+# `plain` for people, `json` for Cloud Logging (one object per line).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not '{LOG_FORMAT}'")
 _log_handlers = ["console"]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "postback_site.observability.CloudLoggingFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": _log_handlers, "level": LOG_LEVEL},
     "loggers": {
@@ -175,7 +189,7 @@ if LOG_FILE:
         # Watched: an external logrotate can move the file under several workers.
         "class": "logging.handlers.WatchedFileHandler",
         "filename": LOG_FILE,
-        "formatter": "plain",
+        "formatter": LOG_FORMAT,
         "encoding": "utf-8",
     }
     _log_handlers.append("file")
