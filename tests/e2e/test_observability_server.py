@@ -1,0 +1,79 @@
+"""Metrics summed over gunicorn workers, and JSON logs, from a real server."""
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.e2e.server import fetch, manage, running_server, service_env
+
+pytestmark = pytest.mark.e2e
+
+
+def scrape(base: str, token: str) -> str:
+    request = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return response.read().decode()
+
+
+def value(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def test_metrics_sum_every_worker_and_logs_are_json(postgres_env, tmp_path):
+    metrics_dir = tmp_path / "prom"
+    env = {
+        **postgres_env,
+        "METRICS_TOKEN": "scrape-me",
+        "LOG_FORMAT": "json",
+        "GOOGLE_CLOUD_PROJECT": "acme",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    log = tmp_path / "server.log"
+    with running_server(env, log, workers=2, threads=4) as base:
+        urls = [f"{base}/partner/involve/event?conversion_id=m{i % 40}" for i in range(120)]
+        with ThreadPoolExecutor(8) as pool:
+            assert {status for status, _ in pool.map(fetch, urls)} == {200}
+        status, _ = fetch(base + "/partner/involve/event?usd_payout=x")
+        assert status == 400
+        text = scrape(base, "scrape-me")
+        assert fetch(base + "/metrics")[0] == 401
+        pids = {path.name.split("_")[-1] for path in metrics_dir.glob("counter_*.db")}
+    assert value(text, 'postback_requests_total{outcome="success",partner="involve_asia"}') == 40
+    assert value(text, 'postback_requests_total{outcome="duplicate",partner="involve_asia"}') == 80
+    assert value(text, 'postback_requests_total{outcome="rejected",partner="involve_asia"}') == 1
+    assert value(text, 'postback_request_duration_seconds_count{partner="involve_asia"}') == 121
+    assert value(text, 'postback_database_connections_opened_total{alias="involve_asia_db"}') >= 1
+    assert len(pids) >= 2, "both workers should have answered some postbacks"
+
+    records = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    requests = [r for r in records if r["logger"] == "postback_site.request" and "partner" in r]
+    assert len(requests) == 121
+    assert {r["outcome"] for r in requests} == {"success", "duplicate", "rejected"}
+    assert all(r["severity"] == "INFO" and r["httpRequest"]["status"] in (200, 400) for r in requests)
+
+
+def test_owned_metrics_directory_is_removed_on_exit(tmp_path):
+    env = service_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
+        PARTNER_DATABASE_URL=f"sqlite:///{tmp_path}/{{name}}.sqlite3",
+        METRICS_ALLOWED_IPS="127.0.0.1",
+        TMPDIR=str(tmp_path / "tmp"),
+    )
+    (tmp_path / "tmp").mkdir()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    assert manage(env, "init_partners").returncode == 0
+    with running_server(env, tmp_path / "server.log") as base:
+        fetch(base + "/partner/rector/event?conversion_id=x1")
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'postback_requests_total{outcome="success",partner="rector"} 1.0' in text
+        directories = [
+            line for line in (tmp_path / "server.log").read_text().splitlines() if "postback-metrics-" in line
+        ]
+    assert directories == []
