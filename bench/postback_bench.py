@@ -148,6 +148,42 @@ def count_originals(database: str) -> int:
         ).fetchone()[0]
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def server_cpu_seconds(master: int, database_prefix: str) -> tuple[float, float]:
+    """CPU seconds used so far by gunicorn's workers and by our PostgreSQL backends.
+
+    Robust to other load on the machine, unlike requests/s: divided by the requests
+    served, it is what one postback costs.
+    """
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    workers.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    with psycopg.connect(**SERVER, autocommit=True) as conn:
+        backends = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname LIKE %s AND pid <> pg_backend_pid()",
+            [database_prefix + "%"],
+        ).fetchall()
+    return (
+        sum(process_cpu_seconds(pid) for pid in workers + [master]),
+        sum(process_cpu_seconds(pid) for (pid,) in backends),
+    )
+
+
 def run_wrk(wrk: str, base: str, mode: str, round_id: str, args: argparse.Namespace, workdir: Path) -> dict:
     script = workdir / f"{mode}.lua"
     values = {"mode": mode, "prefix": round_id + mode, "round": round_id, "tail": QUERY_TAIL}
@@ -164,10 +200,14 @@ def run_wrk(wrk: str, base: str, mode: str, round_id: str, args: argparse.Namesp
         str(script),
         base,
     ]
+    before = server_cpu_seconds(args.server_pid, args.database_prefix)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    after = server_cpu_seconds(args.server_pid, args.database_prefix)
     line = next(line for line in output.splitlines() if line.startswith("BENCH "))
     result = json.loads(line[len("BENCH ") :])
     result["rps"] = result["requests"] / result["seconds"]
+    result["app_cpu_ms"] = (after[0] - before[0]) * 1000 / max(result["requests"], 1)
+    result["db_cpu_ms"] = (after[1] - before[1]) * 1000 / max(result["requests"], 1)
     return result
 
 
@@ -180,6 +220,9 @@ def main() -> None:
     parser.add_argument("--workers", help="WEB_CONCURRENCY (default: gunicorn.conf.py's)")
     parser.add_argument("--threads", help="GUNICORN_THREADS (default: gunicorn.conf.py's)")
     parser.add_argument("--loads", default=",".join(LOADS), help=f"comma-separated subset of {','.join(LOADS)}")
+    parser.add_argument(
+        "--no-step-logs", action="store_true", help="turn InvolveAsia's enable_logging off (one summary line each)"
+    )
     parser.add_argument("--keep-log", action="store_true", help="print the server log's path and keep it")
     args = parser.parse_args()
     loads = [load for load in args.loads.split(",") if load]
@@ -209,6 +252,20 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "manage.py", "init_partners"], cwd=PROJECT_DIR, env=env, check=True, capture_output=True
         )
+        if args.no_step_logs:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "shell",
+                    "-c",
+                    "from partners.models import Partner; Partner.objects.update(enable_logging=False)",
+                ],
+                cwd=PROJECT_DIR,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         with open(log_path, "w") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "postback_site/gunicorn.conf.py"],
@@ -217,6 +274,8 @@ def main() -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        args.server_pid = server.pid
+        args.database_prefix = prefix
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -241,8 +300,9 @@ def main() -> None:
 
         workers = env.get("WEB_CONCURRENCY", "default")
         threads = env.get("GUNICORN_THREADS", "default")
+        steps = "off" if args.no_step_logs else "on"
         print(
-            f"postback bench: {os.cpu_count()} CPUs, gunicorn workers={workers} threads={threads}, "
+            f"postback bench: {os.cpu_count()} CPUs, step logs {steps}, gunicorn workers={workers} threads={threads}, "
             f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, {args.rounds} round(s)"
         )
         results: dict[str, list[dict]] = {load: [] for load in loads}
@@ -255,17 +315,21 @@ def main() -> None:
                 print(
                     f"  round {round_number + 1} {load:<9} {result['rps']:8.0f} req/s  "
                     f"p50 {result['p50_us'] / 1000:6.2f} ms  p90 {result['p90_us'] / 1000:6.2f} ms  "
-                    f"p99 {result['p99_us'] / 1000:6.2f} ms  success {result['success']:6d}  "
+                    f"p99 {result['p99_us'] / 1000:6.2f} ms  cpu/request app {result['app_cpu_ms']:.2f} ms "
+                    f"db {result['db_cpu_ms']:.2f} ms  success {result['success']:6d}  "
                     f"duplicate {result['duplicate']:6d}  rejected {result['rejected']:6d}  "
                     f"non-2xx {result['non2xx']}  socket errors {result['socket_errors']}",
                     flush=True,
                 )
 
         print(f"\nmedians over {args.rounds} round(s), {args.connections} connections:")
-        print(f"  {'load':<10}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'vs minimal':>12}{'non-2xx':>9}")
+        print(
+            f"  {'load':<10}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'vs minimal':>12}{'non-2xx':>9}"
+            f"{'app cpu ms':>12}{'db cpu ms':>11}"
+        )
+        keys = ("rps", "p50_us", "p90_us", "p99_us", "app_cpu_ms", "db_cpu_ms")
         median = {
-            load: {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50_us", "p90_us", "p99_us")}
-            for load, runs in results.items()
+            load: {key: statistics.median(r[key] for r in runs) for key in keys} for load, runs in results.items()
         }
         for load, values in median.items():
             ratios = [r["rps"] / m["rps"] for r, m in zip(results[load], results.get("minimal", []), strict=False)]
@@ -274,6 +338,7 @@ def main() -> None:
             print(
                 f"  {load:<10}{values['rps']:8.0f}{values['p50_us'] / 1000:9.2f}{values['p90_us'] / 1000:9.2f}"
                 f"{values['p99_us'] / 1000:9.2f}{ratio} {non2xx:8d}"
+                f"{values['app_cpu_ms']:12.2f}{values['db_cpu_ms']:11.2f}"
             )
 
         stored = count_originals(f"{prefix}involve_asia_db")

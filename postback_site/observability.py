@@ -7,6 +7,9 @@ the middleware records the postback metrics and, with LOG_FORMAT=json, one reque
 
 import json
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -91,6 +94,7 @@ class ObservabilityMiddleware:
             **trace_fields(meta.get("HTTP_X_CLOUD_TRACE_CONTEXT", ""), settings.GOOGLE_CLOUD_PROJECT),
         }
         token = _context.set(context)
+        RequestBufferedHandler.start_request()
         try:
             response = self.get_response(request)
             elapsed = time.perf_counter() - started
@@ -110,6 +114,85 @@ class ObservabilityMiddleware:
             return response
         finally:
             _context.reset(token)
+            RequestBufferedHandler.end_request()
+
+
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger message`, formatting the timestamp once per second, not per record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging API)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class RequestBufferedHandler(logging.Handler):
+    """Writes a request's log lines to stderr in one write() when the request ends.
+
+    The step logs are ~20 lines per postback; one system call instead of twenty keeps
+    them cheap. Lines outside a request, and WARNING and above, are written at once;
+    writes are cut at line boundaries under PIPE_BUF so workers never interleave a line.
+    """
+
+    CHUNK = 4096
+    _local = threading.local()
+    _instances: list["RequestBufferedHandler"] = []
+
+    def __init__(self, fd: int | None = None) -> None:
+        super().__init__()
+        self.fd = sys.stderr.fileno() if fd is None else fd
+        self._pending = threading.local()
+        RequestBufferedHandler._instances.append(self)
+
+    @classmethod
+    def start_request(cls) -> None:
+        cls._local.active = True
+
+    @classmethod
+    def end_request(cls) -> None:
+        cls._local.active = False
+        for handler in cls._instances:
+            handler.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "replace")
+        except Exception:
+            self.handleError(record)
+            return
+        lines = getattr(self._pending, "lines", None)
+        if lines is None:
+            lines = self._pending.lines = []
+        lines.append(line)
+        if record.levelno >= logging.WARNING or not getattr(self._local, "active", False):
+            self.flush()
+
+    def flush(self) -> None:
+        lines = getattr(self._pending, "lines", None)
+        if not lines:
+            return
+        self._pending.lines = []
+        chunk = b""
+        for line in lines:
+            if chunk and len(chunk) + len(line) > self.CHUNK:
+                self._write(chunk)
+                chunk = b""
+            chunk += line
+        self._write(chunk)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # a closed stderr must not fail the request
 
 
 class CloudLoggingFormatter(logging.Formatter):
