@@ -159,18 +159,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def server_cpu_seconds(master: int, database_prefix: str) -> tuple[float, float]:
-    """CPU seconds used so far by gunicorn's workers and by our PostgreSQL backends.
+def server_cpu_seconds(master: int, database_prefix: str) -> dict[int, float]:
+    """CPU seconds used so far by gunicorn (master and workers) and our PostgreSQL backends, by pid.
 
     Robust to other load on the machine, unlike requests/s: divided by the requests
-    served, it is what one postback costs.
+    served, it is what one postback costs. Negative pids mark database backends.
     """
-    workers = []
+    usage = {master: process_cpu_seconds(master)}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
-                    workers.append(int(entry.name))
+                    usage[int(entry.name)] = process_cpu_seconds(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
     with psycopg.connect(**SERVER, autocommit=True) as conn:
@@ -178,10 +178,15 @@ def server_cpu_seconds(master: int, database_prefix: str) -> tuple[float, float]
             "SELECT pid FROM pg_stat_activity WHERE datname LIKE %s AND pid <> pg_backend_pid()",
             [database_prefix + "%"],
         ).fetchall()
-    return (
-        sum(process_cpu_seconds(pid) for pid in workers + [master]),
-        sum(process_cpu_seconds(pid) for (pid,) in backends),
-    )
+    usage.update({-pid: process_cpu_seconds(pid) for (pid,) in backends})
+    return usage
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(app, database) CPU seconds between two snapshots; processes that ended are not counted."""
+    app = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items() if pid > 0)
+    database = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items() if pid < 0)
+    return app, database
 
 
 def run_wrk(wrk: str, base: str, mode: str, round_id: str, args: argparse.Namespace, workdir: Path) -> dict:
@@ -206,8 +211,9 @@ def run_wrk(wrk: str, base: str, mode: str, round_id: str, args: argparse.Namesp
     line = next(line for line in output.splitlines() if line.startswith("BENCH "))
     result = json.loads(line[len("BENCH ") :])
     result["rps"] = result["requests"] / result["seconds"]
-    result["app_cpu_ms"] = (after[0] - before[0]) * 1000 / max(result["requests"], 1)
-    result["db_cpu_ms"] = (after[1] - before[1]) * 1000 / max(result["requests"], 1)
+    app, database = cpu_used(before, after)
+    result["app_cpu_ms"] = app * 1000 / max(result["requests"], 1)
+    result["db_cpu_ms"] = database * 1000 / max(result["requests"], 1)
     return result
 
 

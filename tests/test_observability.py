@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import pytest
 
@@ -143,3 +144,46 @@ def test_metrics_count_database_errors_by_alias(client, live_db, settings):
     text = client.get("/metrics", **auth).content.decode()
     assert sample(text, "postback_database_errors_total", alias="gone_db") - before == 1
     assert sample(text, "postback_requests_total", partner="gone", outcome="unavailable") >= 1
+
+
+def test_request_lines_are_written_together_when_the_request_ends():
+    from postback_site.observability import RequestBufferedHandler
+
+    read_fd, write_fd = os.pipe()
+    handler = RequestBufferedHandler(fd=write_fd)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("tests.buffered")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        log.info("outside a request")  # written at once
+        assert os.read(read_fd, 65536) == b"outside a request\n"
+        RequestBufferedHandler.start_request()
+        log.info("step 1")
+        log.info("step 2")
+        os.set_blocking(read_fd, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_fd, 65536)
+        log.warning("a warning flushes")
+        assert os.read(read_fd, 65536) == b"step 1\nstep 2\na warning flushes\n"
+        for index in range(300):
+            log.info("line %03d %s", index, "x" * 40)
+        RequestBufferedHandler.end_request()
+        data = os.read(read_fd, 1 << 20)
+        assert data.splitlines() == [f"line {i:03d} {'x' * 40}".encode() for i in range(300)]
+    finally:
+        RequestBufferedHandler.end_request()
+        log.removeHandler(handler)
+        RequestBufferedHandler._instances.remove(handler)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_plain_format_keeps_time_level_logger_message():
+    from postback_site.observability import PlainFormatter
+
+    record = logging.LogRecord("conversions.ingest", logging.INFO, "", 0, "步驟%d", (1,), None)
+    text = PlainFormatter().format(record)
+    assert text.endswith(" INFO conversions.ingest 步驟1")
+    assert len(text.split(" ")[1].split(",")[1]) == 3  # milliseconds
