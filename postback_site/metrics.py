@@ -38,11 +38,13 @@ DATABASE_ERRORS = Counter(
     "postback_database_errors", "Postbacks answered 503 because a database failed, by alias.", ["alias"]
 )
 CONNECTIONS_OPENED = Counter(
-    "postback_database_connections_opened", "New database connections opened, by alias.", ["alias"]
+    "postback_database_connections_opened",
+    "New persistent database connections opened, by alias (pooled ones: the pool gauge).",
+    ["alias"],
 )
 POOL = Gauge(
     "postback_database_pool_connections",
-    "psycopg pool connections per alias (state: size, available, waiting), summed over workers.",
+    "psycopg pool per alias (state: size, available, waiting, opened), summed over workers.",
     ["alias", "state"],
     multiprocess_mode="livesum",
 )
@@ -51,7 +53,9 @@ _pool_refreshed_at = float("-inf")
 
 
 def _count_connection(sender, connection, **kwargs) -> None:
-    CONNECTIONS_OPENED.labels(alias=connection.alias).inc()
+    # With a pool Django signals every checkout; the pool's own stats count its connections.
+    if "pool" not in connection.settings_dict.get("OPTIONS", {}):
+        CONNECTIONS_OPENED.labels(alias=connection.alias).inc()
 
 
 connection_created.connect(_count_connection, dispatch_uid="postback_site.metrics.connections")
@@ -83,6 +87,7 @@ def _pool_gauges_refresh(force: bool = False) -> None:
         POOL.labels(alias=alias, state="size").set(stats.get("pool_size", 0))
         POOL.labels(alias=alias, state="available").set(stats.get("pool_available", 0))
         POOL.labels(alias=alias, state="waiting").set(stats.get("requests_waiting", 0))
+        POOL.labels(alias=alias, state="opened").set(stats.get("connections_num", 0))
 
 
 def metrics_access_error(request: HttpRequest) -> JsonResponse | None:

@@ -77,3 +77,26 @@ def test_owned_metrics_directory_is_removed_on_exit(tmp_path):
             line for line in (tmp_path / "server.log").read_text().splitlines() if "postback-metrics-" in line
         ]
     assert directories == []
+
+
+def test_pooled_connections_serve_postbacks_and_show_in_metrics(postgres_env, tmp_path):
+    env = {**postgres_env, "DB_POOL_MAX_SIZE": "3", "METRICS_TOKEN": "scrape-me"}
+    with running_server(env, tmp_path / "server.log", workers=2, threads=4) as base:
+        urls = [f"{base}/partner/rector/event?conversion_id=p{i}" for i in range(80)]
+        with ThreadPoolExecutor(8) as pool:
+            assert [body["status"] for _, body in pool.map(fetch, urls)] == ["success"] * 80
+        text = scrape(base, "scrape-me")
+    # a pool per worker and database: size is bounded, and connections are reused
+    assert 1 <= value(text, 'postback_database_pool_connections{alias="rector_db",state="size"}') <= 6
+    assert 1 <= value(text, 'postback_database_pool_connections{alias="rector_db",state="opened"}') <= 6
+
+
+def test_an_instance_serves_only_its_partners(postgres_env, tmp_path):
+    env = {**postgres_env, "POSTBACK_PARTNERS": "rector"}
+    with running_server(env, tmp_path / "server.log") as base:
+        assert fetch(base + "/partner/rector/event?conversion_id=only1")[0] == 200
+        status, body = fetch(base + "/partner/involve/event?conversion_id=only1")
+        assert (status, body["message"]) == (404, "No active partner at endpoint '/involve/event'")
+        status, body = fetch(base + "/health")
+        assert (status, body["databases"]) == (200, {"default": "ok", "rector_db": "ok"})
+        assert [partner["code"] for partner in fetch(base + "/info")[1]["partners"]] == ["rector"]
