@@ -122,15 +122,15 @@ class PlainFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-        self._second = -1
-        self._stamp = ""
+        self._stamp = (-1, "")  # (second, text), replaced as one object so threads never mix them
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging API)
         second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
+        cached_second, text = self._stamp
+        if second != cached_second:
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._stamp = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
 
 class RequestBufferedHandler(logging.Handler):
@@ -160,6 +160,14 @@ class RequestBufferedHandler(logging.Handler):
         cls._local.active = False
         for handler in cls._instances:
             handler.flush()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: lines collect per thread and each write() is whole, so request
+        # threads never wait on each other to log.
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

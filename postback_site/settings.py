@@ -169,11 +169,11 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="plain").lower()
 if LOG_FORMAT not in {"plain", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not '{LOG_FORMAT}'")
 _log_handlers = ["console"]
-# No format here uses the caller's file/line or thread/process names; not collecting
-# them halves the cost of a log record (the step logs write ~20 per postback).
+# No format here uses the caller's file/line or thread names; not collecting them
+# halves the cost of a log record (the step logs write ~20 per postback). The process
+# id stays: gunicorn's own log lines print it.
 logging._srcfile = None
 logging.logThreads = False
-logging.logProcesses = False
 logging.logMultiprocessing = False
 LOGGING = {
     "version": 1,

@@ -48,8 +48,11 @@ def test_metrics_sum_every_worker_and_logs_are_json(postgres_env, tmp_path):
     assert value(text, 'postback_database_connections_opened_total{alias="involve_asia_db"}') >= 1
     assert len(pids) >= 2, "both workers should have answered some postbacks"
 
+    text_log = log.read_text()
+    assert "Logging error" not in text_log
+    assert "Booting worker with pid" in text_log  # gunicorn's own lines still format
     records = []
-    for line in log.read_text().splitlines():
+    for line in text_log.splitlines():
         if line.startswith("{"):
             records.append(json.loads(line))
     requests = [r for r in records if r["logger"] == "postback_site.request" and "partner" in r]
