@@ -45,7 +45,8 @@ def test_metrics_sum_every_worker_and_logs_are_json(postgres_env, tmp_path):
     assert value(text, 'postback_requests_total{outcome="duplicate",partner="involve_asia"}') == 80
     assert value(text, 'postback_requests_total{outcome="rejected",partner="involve_asia"}') == 1
     assert value(text, 'postback_request_duration_seconds_count{partner="involve_asia"}') == 121
-    assert value(text, 'postback_database_connections_opened_total{alias="involve_asia_db"}') >= 1
+    # persistent connections: at most one per worker thread, not one per request
+    assert 1 <= value(text, 'postback_database_connections_opened_total{alias="involve_asia_db"}') <= 8
     assert len(pids) >= 2, "both workers should have answered some postbacks"
 
     text_log = log.read_text()
