@@ -10,7 +10,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.request_meta import secret_masked
-from partners.databases import PartnerDatabaseUnavailable
+from partners.databases import PartnerDatabaseUnavailable, database_breaker
 from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
 from partners.models import Partner
@@ -84,6 +84,7 @@ def conversion_record(
         "request_ip": client_ip,
     }
     alias = partner.database_alias
+    database_breaker.check(alias)
     try:
         if not mapped.is_valid:
             return _record_rejected(alias=alias, row=row, mapped=mapped, steps=steps)
@@ -91,6 +92,7 @@ def conversion_record(
             logger.info("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
         return _record_valid(partner=partner, row={**row, **mapped.values}, steps=steps)
     except DatabaseError as exc:
+        database_breaker.record(alias, exc)
         raise PartnerDatabaseUnavailable(alias, str(exc).strip() or exc.__class__.__name__) from exc
 
 

@@ -24,6 +24,7 @@ from conversions.services import RAW_BODY_PARAM, PostbackResult, conversion_as_d
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
+from postback_site.observability import postback_observe
 
 logger = logging.getLogger("conversions.ingest")
 
@@ -71,6 +72,7 @@ class PostbackView(APIView):
                 {"status": "error", "message": f"No active partner at endpoint '/{endpoint_path.strip('/')}'"},
                 status=404,
             )
+        postback_observe(partner)
         steps = partner.enable_logging and logger.isEnabledFor(logging.INFO)
         if steps:
             logger.info("🚀 開始處理動態Partner Postback: endpoint_path=%s", endpoint_path)

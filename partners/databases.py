@@ -8,13 +8,14 @@ so a partner added after start-up works in every worker without a restart.
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 from partners.dbconfig import POSTGRES_ENGINE, SQLITE_ENGINE, database_settings, url_mask_password
@@ -37,6 +38,39 @@ class PartnerDatabaseUnavailable(Exception):
         super().__init__(f"database '{alias}': {reason}")
         self.alias = alias
         self.reason = reason
+
+
+class DatabaseBreaker:
+    """Per-process memory of partner databases that just failed to answer.
+
+    After a connection failure or a timeout, the partner's postbacks answer 503 at once
+    for DB_BREAKER_SECONDS instead of each waiting out the timeout again, so a stuck
+    database cannot hold every worker thread while other partners wait.
+    """
+
+    def __init__(self) -> None:
+        self._open_until: dict[tuple, tuple[float, str]] = {}
+
+    @staticmethod
+    def _key(alias: str) -> tuple:
+        config = connections.settings.get(alias) or {}
+        return (alias, config.get("HOST"), config.get("PORT"), config.get("NAME"))
+
+    def check(self, alias: str) -> None:
+        """Raise PartnerDatabaseUnavailable while `alias` is in its back-off window."""
+        state = self._open_until.get(self._key(alias))
+        if state is not None and time.monotonic() < state[0]:
+            raise PartnerDatabaseUnavailable(alias, f"failing, not retried for a few seconds: {state[1]}")
+
+    def record(self, alias: str, exc: DatabaseError) -> None:
+        """Open the breaker for `alias` when `exc` says the database is unreachable or stuck."""
+        seconds = settings.DB_BREAKER_SECONDS
+        if seconds > 0 and isinstance(exc, OperationalError):
+            reason = (str(exc).strip() or exc.__class__.__name__).splitlines()[0]
+            self._open_until[self._key(alias)] = (time.monotonic() + seconds, reason)
+
+
+database_breaker = DatabaseBreaker()
 
 
 def partner_database_url(partner: Any) -> str:

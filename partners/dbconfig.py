@@ -23,9 +23,16 @@ def database_settings(
     conn_max_age: int | None = 60,
     connect_timeout: int = 5,
     statement_timeout_ms: int = 0,
+    lock_timeout_ms: int = 0,
+    pool_max_size: int = 0,
     sqlite_busy_timeout: int = 20,
 ) -> dict[str, Any]:
-    """Return a full DATABASES entry for `url` with the engine's production options."""
+    """Return a full DATABASES entry for `url` with the engine's production options.
+
+    PostgreSQL gets bounded connect/statement/lock timeouts (0 = off) and, when
+    `pool_max_size` > 0, a psycopg connection pool of that size per process instead of
+    persistent per-thread connections.
+    """
     config = environ.Env.db_url_config(url)
     engine = config["ENGINE"]
     options: dict[str, Any] = dict(config.get("OPTIONS") or {})
@@ -43,8 +50,22 @@ def database_settings(
         )
     elif engine == POSTGRES_ENGINE:
         options.setdefault("connect_timeout", connect_timeout)
-        if statement_timeout_ms:
-            options.setdefault("options", f"-c statement_timeout={statement_timeout_ms}")
+        server_options = [
+            f"-c {name}={value}"
+            for name, value in (("statement_timeout", statement_timeout_ms), ("lock_timeout", lock_timeout_ms))
+            if value
+        ]
+        if server_options:
+            options.setdefault("options", " ".join(server_options))
+        if pool_max_size > 0:
+            # Django's pool replaces persistent connections (it refuses CONN_MAX_AGE with it);
+            # waiting for a free connection is bounded like connecting is.
+            options.setdefault(
+                "pool",
+                {"min_size": 1, "max_size": pool_max_size, "timeout": connect_timeout, "max_idle": 300},
+            )
+    if "pool" in options:
+        conn_max_age = 0
     return {
         "ENGINE": engine,
         "NAME": name,

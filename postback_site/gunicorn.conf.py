@@ -1,6 +1,9 @@
 """gunicorn configuration, from the environment (`gunicorn -c postback_site/gunicorn.conf.py`)."""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 wsgi_app = "postback_site.wsgi:application"
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
@@ -16,3 +19,29 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Load the app before forking: workers share the imported code and start faster.
 preload_app = True
+# Several servers on one machine (tests, benchmarks) must not share a control socket.
+control_socket_disable = True
+
+# Workers write Prometheus samples into one directory that /metrics sums; it must be
+# set before prometheus_client is imported (preload_app imports the app right after).
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+_metrics_dir_owned = not _metrics_dir
+if _metrics_dir_owned:
+    _metrics_dir = tempfile.mkdtemp(prefix="postback-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+else:
+    # Samples from a previous run would be summed in: start empty.
+    Path(_metrics_dir).mkdir(parents=True, exist_ok=True)
+    for stale in Path(_metrics_dir).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_owned:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ Every variable is optional: with none set the service runs on SQLite files under
 `var/` (the embedded default). README.md lists each variable.
 """
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -70,6 +71,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "postback_site.observability.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -103,13 +105,22 @@ TEMPLATES = [
 # partner's own database, registered at runtime by partners.databases.
 DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=60)
 DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=5)
-DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=0)
+# A stuck partner database must fail that partner's postbacks fast (503), not hold
+# every worker thread; migrations lift these limits (partners.apps).
+DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=5000)
+DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=2000)
+# Seconds a partner database that failed to answer is not retried (its postbacks get 503 at once).
+DB_BREAKER_SECONDS = env.float("DB_BREAKER_SECONDS", default=2.0)
+# 0 = persistent per-thread connections; N = a psycopg pool of N connections per alias per worker.
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=0)
 SQLITE_BUSY_TIMEOUT = env.int("SQLITE_BUSY_TIMEOUT", default=20)
 DATABASE_OPTIONS = {
     "base_dir": BASE_DIR,
     "conn_max_age": DB_CONN_MAX_AGE,
     "connect_timeout": DB_CONNECT_TIMEOUT,
     "statement_timeout_ms": DB_STATEMENT_TIMEOUT_MS,
+    "lock_timeout_ms": DB_LOCK_TIMEOUT_MS,
+    "pool_max_size": DB_POOL_MAX_SIZE,
     "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
 }
 DATABASES = {
@@ -154,6 +165,9 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 
+# Benchmark only: mounts bench/minimal_view.py at /bench/insert (bench/postback_bench.py).
+BENCH_MINIMAL_VIEW = env.bool("BENCH_MINIMAL_VIEW", default=False)
+
 # --- Internationalisation --------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -192,18 +206,37 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- Observability ---------------------------------------------------------------
+# `GET /metrics` answers a `Bearer METRICS_TOKEN` or a client in METRICS_ALLOWED_IPS (IPs or CIDRs).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+# Project id for Cloud Logging trace links (`projects/<id>/traces/<trace>`).
+GOOGLE_CLOUD_PROJECT = env.str("GOOGLE_CLOUD_PROJECT", default="")
+
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOG_FILE = env.str("LOG_FILE", default="")
+# `plain` for people, `json` for Cloud Logging (one object per line).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").lower()
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not '{LOG_FORMAT}'")
 _log_handlers = ["console"]
+# No format here uses the caller's file/line or thread names; not collecting them
+# halves the cost of a log record (the step logs write ~20 per postback). The process
+# id stays: gunicorn's own log lines print it.
+logging._srcfile = None
+logging.logThreads = False
+logging.logMultiprocessing = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"()": "postback_site.observability.PlainFormatter"},
+        "json": {"()": "postback_site.observability.CloudLoggingFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # Buffers a request's lines and writes them to stderr in one call when it ends.
+        "console": {"class": "postback_site.observability.RequestBufferedHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": _log_handlers, "level": LOG_LEVEL},
     "loggers": {
@@ -216,7 +249,7 @@ if LOG_FILE:
         # Watched: an external logrotate can move the file under several workers.
         "class": "logging.handlers.WatchedFileHandler",
         "filename": LOG_FILE,
-        "formatter": "plain",
+        "formatter": LOG_FORMAT,
         "encoding": "utf-8",
     }
     _log_handlers.append("file")

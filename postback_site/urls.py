@@ -1,15 +1,18 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from conversions.api import ConversionListView, ConversionStatsView
 from conversions.views import PostbackView
+from postback_site.metrics import metrics_view
 from postback_site.views import HealthView, InfoView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", HealthView.as_view(), name="health"),
     path("info", InfoView.as_view(), name="info"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # Before the catch-all postback route: these suffixes are reserved (Partner.clean).
@@ -17,3 +20,9 @@ urlpatterns = [
     path("partner/<path:endpoint_path>/conversions", ConversionListView.as_view(), name="partner-conversions"),
     path("partner/<path:endpoint_path>", PostbackView.as_view(), name="postback"),
 ]
+
+if settings.BENCH_MINIMAL_VIEW:
+    # The benchmark's floor (bench/postback_bench.py); never enabled in production.
+    from bench.minimal_view import minimal_insert
+
+    urlpatterns.append(path("bench/insert", minimal_insert))

@@ -1,0 +1,27 @@
+"""Fixtures for tests that run real servers."""
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import POSTGRES_SERVER
+from tests.e2e.server import manage, service_env
+
+
+@pytest.fixture
+def postgres_env():
+    prefix = f"test_pb_scale_{uuid.uuid4().hex[:8]}_"
+    env = service_env(
+        DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
+        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
+    )
+    init = manage(env, "init_partners")
+    assert init.returncode == 0, init.stderr
+    env["_PREFIX"] = prefix
+    yield env
+    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
+        for (name,) in rows:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
