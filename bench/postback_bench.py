@@ -6,7 +6,8 @@
 Starts the production server (gunicorn with postback_site/gunicorn.conf.py) against
 PostgreSQL on its own freshly created databases (dropped afterwards), drives it with wrk
 (installed with apt-get when missing and running as root) and prints requests/s and
-p50/p90/p99 latency for: new conversions, duplicates, a 90/10 new/repeat mix, rejected
+p50/p90/p99 latency for: new conversions, status updates of the conversions just
+created (the lifecycle's update path), duplicates, a 90/10 new/repeat mix, rejected
 postbacks, and a minimal view that only INSERTs one row, with the ratios. Afterwards it
 checks that the partner database holds exactly as many originals as the 200 `success`
 responses counted by wrk (nothing lost, nothing doubled).
@@ -35,12 +36,12 @@ QUERY_TAIL = (
     "&usd_payout=4.67&aff_sub=sub123&aff_sub2=media456&aff_sub3=click789&conversion_currency=MYR"
 )
 TAIL_MS = 300
-LOADS = ("minimal", "new", "duplicate", "mix", "invalid")
+LOADS = ("minimal", "new", "update", "duplicate", "mix", "invalid")
 
 LUA = r"""
 local mode, prefix, round, tail = "%(mode)s", "%(prefix)s", "%(round)s", "%(tail)s"
 local threads, counter = {}, 0
-success, duplicate, rejected, non2xx = 0, 0, 0, 0
+success, duplicate, updated, rejected, non2xx = 0, 0, 0, 0, 0
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_usec; } bench_timeval;
@@ -72,6 +73,11 @@ function request()
   elseif mode == "mix" and counter %% 10 == 0 and counter > 10 then
     id = prefix .. tid .. "-" .. (counter - 5)  -- a repeat of a conversion sent just before
   end
+  if mode == "update" then
+    -- approves the conversions the `new` load of this round created (each once)
+    id = round .. "new" .. tid .. "-" .. counter
+    return wrk.format("GET", "/partner/involve/event?conversion_id=" .. id .. tail .. "&conversion_status=approved")
+  end
   if mode == "minimal" then
     return wrk.format("GET", "/bench/insert?conversion_id=" .. id)
   elseif mode == "invalid" then
@@ -86,6 +92,8 @@ function response(status, headers, body)
       success = success + 1
     elseif string.find(body, '"status":%%s*"duplicate"') then
       duplicate = duplicate + 1
+    elseif string.find(body, '"status":%%s*"updated"') then
+      updated = updated + 1
     end
   elseif status == 400 then
     rejected = rejected + 1
@@ -96,19 +104,20 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local s, d, r, n = 0, 0, 0, 0
+  local s, d, u, r, n = 0, 0, 0, 0, 0
   for _, thread in ipairs(threads) do
     s = s + thread:get("success")
     d = d + thread:get("duplicate")
+    u = u + thread:get("updated")
     r = r + thread:get("rejected")
     n = n + thread:get("non2xx")
   end
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests": %%d, "seconds": %%.3f, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, ' ..
-    '"success": %%d, "duplicate": %%d, "rejected": %%d, "non2xx": %%d, "socket_errors": %%d}\n',
+    '"success": %%d, "duplicate": %%d, "updated": %%d, "rejected": %%d, "non2xx": %%d, "socket_errors": %%d}\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), s, d, r, n, e.connect + e.read + e.write + e.timeout))
+    latency:percentile(99), s, d, u, r, n, e.connect + e.read + e.write + e.timeout))
 end
 """
 
@@ -324,7 +333,8 @@ def main() -> None:
                     f"p50 {result['p50_us'] / 1000:6.2f} ms  p90 {result['p90_us'] / 1000:6.2f} ms  "
                     f"p99 {result['p99_us'] / 1000:6.2f} ms  cpu/request app {result['app_cpu_ms']:.2f} ms "
                     f"db {result['db_cpu_ms']:.2f} ms  success {result['success']:6d}  "
-                    f"duplicate {result['duplicate']:6d}  rejected {result['rejected']:6d}  "
+                    f"duplicate {result['duplicate']:6d}  updated {result['updated']:6d}  "
+                    f"rejected {result['rejected']:6d}  "
                     f"non-2xx {result['non2xx']}  socket errors {result['socket_errors']}",
                     flush=True,
                 )
@@ -348,6 +358,9 @@ def main() -> None:
                 f"{values['app_cpu_ms']:12.2f}{values['db_cpu_ms']:11.2f}"
             )
 
+        if "update" in results and "new" in results:
+            ratios = [u["rps"] / n["rps"] for u, n in zip(results["update"], results["new"], strict=False)]
+            print(f"\nupdate path (status changes) vs insert path (new): {statistics.median(ratios) * 100:.0f}%")
         stored = count_originals(f"{prefix}involve_asia_db")
         verdict = "OK" if stored == successes else "MISMATCH"
         print(f"\nstored originals {stored} == 200 success responses {successes}: {verdict}")

@@ -11,21 +11,22 @@ _TABLE = DailyCounter._meta.db_table
 # One statement on PostgreSQL and SQLite (3.35+): the row lock taken by ON CONFLICT
 # makes concurrent increments from any worker or instance serialise, never lose a count.
 _UPSERT = (
-    f"INSERT INTO {_TABLE} (partner_id, day, name, count, last_at) VALUES (%s, %s, %s, 1, %s) "  # noqa: S608
-    f"ON CONFLICT (partner_id, day, name) DO UPDATE SET count = {_TABLE}.count + 1, last_at = excluded.last_at "
+    f"INSERT INTO {_TABLE} (partner_id, day, name, count, last_at) VALUES (%s, %s, %s, %s, %s) "  # noqa: S608
+    f"ON CONFLICT (partner_id, day, name) DO UPDATE SET count = {_TABLE}.count + excluded.count, "
+    "last_at = excluded.last_at "
     "RETURNING count"
 )
 
 
 def daily_counter_increment(
-    *, alias: str, partner_id: int, day: datetime.date, name: str, now: datetime.datetime
+    *, alias: str, partner_id: int, day: datetime.date, name: str, now: datetime.datetime, by: int = 1
 ) -> int:
-    """Add one to the partner's `name` counter for `day`; return the new count."""
+    """Add `by` to the partner's `name` counter for `day`; return the new count."""
     connection = connections[alias]
     ops = connection.ops
     with connection.cursor() as cursor:
         cursor.execute(
             _UPSERT,
-            [partner_id, ops.adapt_datefield_value(day), name, ops.adapt_datetimefield_value(now)],
+            [partner_id, ops.adapt_datefield_value(day), name, by, ops.adapt_datetimefield_value(now)],
         )
         return cursor.fetchone()[0]

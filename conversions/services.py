@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.utils import timezone
 
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.request_meta import secret_masked
@@ -51,21 +52,20 @@ def conversion_record(
     headers: dict[str, str],
     client_ip: str | None,
     errors: dict[str, str] | None = None,
+    trace: list[str] | None = None,
 ) -> PostbackResult:
     """Map, validate and store one postback in the partner's database.
 
     `errors` carries problems found before mapping (an unreadable body, say); the
-    postback is then stored as rejected with them. Raises PartnerDatabaseUnavailable
-    when nothing could be stored, so the sender retries.
+    postback is then stored as rejected with them. `trace`, when given, collects the
+    step log lines (the caller logs them as one record). Raises
+    PartnerDatabaseUnavailable when nothing could be stored, so the sender retries.
     """
     # Before anything is logged or stored: the partner's secret never leaves the request.
     params = secret_masked(params, secret=partner.postback_secret)
     headers = secret_masked(headers, secret=partner.postback_secret)
-    steps = partner.enable_logging and logger.isEnabledFor(logging.INFO)
-    if steps:
-        logger.info("📊 步驟2: 收集原始數據")
-        logger.info("📋 原始參數: %s", params)
-        logger.info("🔄 步驟3: 參數映射處理")
+    if trace is not None:
+        trace += ("📊 步驟2: 收集原始數據", f"📋 原始參數: {params}", "🔄 步驟3: 參數映射處理")
     mapped = postback_map(
         mapping=partner.parameter_mapping,
         params=params,
@@ -74,9 +74,8 @@ def conversion_record(
     )
     if errors:
         mapped.errors = {**errors, **mapped.errors}
-    if steps:
-        for name, source in mapped.sources.items():
-            logger.info("  映射: %s -> %s = %s", name, source, params[source])
+    if trace is not None:
+        trace += (f"  映射: {name} -> {source} = {params[source]}" for name, source in mapped.sources.items())
     row = {
         "partner_id": partner.pk,
         "raw_data": storable_json(params),
@@ -87,39 +86,37 @@ def conversion_record(
     database_breaker.check(alias)
     try:
         if not mapped.is_valid:
-            return _record_rejected(alias=alias, row=row, mapped=mapped, steps=steps)
-        if steps:
-            logger.info("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
-        return _record_valid(partner=partner, row={**row, **mapped.values}, steps=steps)
+            return _record_rejected(alias=alias, row=row, mapped=mapped, trace=trace)
+        if trace is not None:
+            trace.append("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
+        return _record_valid(partner=partner, row={**row, **mapped.values}, trace=trace)
     except DatabaseError as exc:
         database_breaker.record(alias, exc)
         raise PartnerDatabaseUnavailable(alias, str(exc).strip() or exc.__class__.__name__) from exc
 
 
-def _record_valid(*, partner: Partner, row: dict[str, Any], steps: bool) -> PostbackResult:
+def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | None) -> PostbackResult:
     # The common case is one INSERT in autocommit: the partial unique index decides,
     # atomically, whether this is the original. Losing the race raises IntegrityError.
     alias = partner.database_alias
     for _attempt in range(3):
         conversion = PartnerConversion(**row, is_processed=True)
-        if steps:
-            logger.info("💾 步驟5: 創建轉化記錄")
+        if trace is not None:
+            trace.append("💾 步驟5: 創建轉化記錄")
         try:
             conversion.save(using=alias, force_insert=True)
         except IntegrityError:
             pass
         else:
-            if steps:
-                logger.info("✅ 步驟6: 標記為已處理")
+            if trace is not None:
+                trace.append("✅ 步驟6: 標記為已處理")
             return PostbackResult(outcome="success", conversion=conversion)
         result = _record_repeat(partner=partner, row=row)
         if result is not None:
-            if steps:
-                logger.info(
-                    "🔁 已有轉化: conversion_id=%s, outcome=%s %s",
-                    row["conversion_id"],
-                    result.outcome,
-                    result.note or result.changes or "",
+            if trace is not None:
+                trace.append(
+                    f"🔁 已有轉化: conversion_id={row['conversion_id']}, outcome={result.outcome} "
+                    f"{result.note or result.changes or ''}"
                 )
             return result
         # The original vanished in between (retention purge): try again as the original.
@@ -131,24 +128,16 @@ def _record_repeat(
 ) -> PostbackResult | None:
     """A postback for a conversion_id that has an original: duplicate, update or stale.
 
-    The original is locked (row lock on PostgreSQL; SQLite's IMMEDIATE transaction
-    serializes writers), so racing updates apply one after the other. `existing` is a
-    stored rejected row being reprocessed: it becomes the duplicate instead of a new row.
-    Returns None when there is no original (any more).
+    The original is read without a lock; an update is applied with a compare-and-set
+    (the UPDATE matches only if the original still has the state that was read, and
+    its row lock serializes racing updates), re-read and re-decided when it lost. A
+    duplicate or a stale change needs no lock: the state only moves forward, so what
+    was stale stays stale. `existing` is a stored rejected row being reprocessed: it
+    becomes the duplicate instead of a new row. Returns None when there is no original.
     """
     alias = partner.database_alias
-    with transaction.atomic(using=alias):
-        original = (
-            PartnerConversion.objects.using(alias)
-            .select_for_update()
-            .filter(
-                partner_id=row["partner_id"],
-                conversion_id=row["conversion_id"],
-                is_duplicate=False,
-                processing_error__isnull=True,
-            )
-            .first()
-        )
+    for _attempt in range(5):
+        original = _original_read(alias=alias, partner_id=row["partner_id"], conversion_id=row["conversion_id"])
         if original is None:
             return None
         changes = conversion_changes(original=original, incoming=row)
@@ -158,7 +147,7 @@ def _record_repeat(
         before, after = original.status, row.get("status") or original.status
         applied = transition_permitted(before, after, partner.status_transitions)
         note = "" if applied else f"stale: status '{after}' after '{before}' is not applied"
-        ConversionChange(
+        change = ConversionChange(
             conversion_id=original.pk,
             from_status=before,
             to_status=after,
@@ -167,20 +156,57 @@ def _record_repeat(
             note=note,
             raw_data=row["raw_data"],
             request_ip=row["request_ip"],
-        ).save(using=alias, force_insert=True)
-        if existing is not None:
-            # A reprocessed row is accounted for by the history now; it stops being rejected.
-            _duplicate_store(alias=alias, row=row, original=original, existing=existing)
+        )
+        with transaction.atomic(using=alias):
+            if applied and not _original_update(alias=alias, original=original, changes=changes, row=row):
+                continue  # changed since it was read: decide again on its new state
+            change.save(using=alias, force_insert=True)
+            if existing is not None:
+                # A reprocessed row is accounted for by the history now; it stops being rejected.
+                _duplicate_store(alias=alias, row=row, original=original, existing=existing)
         if not applied:
             return PostbackResult(outcome="duplicate", conversion=original, changes=changes, note=note)
         for name, (_old, new) in changes.items():
             setattr(original, name, new)
-        updated_fields = [*changes, "updated_at"]
         if "status" in changes:
             original.status_raw = row.get("status_raw")
-            updated_fields.append("status_raw")
-        original.save(using=alias, update_fields=updated_fields)
         return PostbackResult(outcome="updated", conversion=original, changes=changes)
+    raise PartnerDatabaseUnavailable(alias, f"conversion {row['conversion_id']} kept changing; retry")
+
+
+_TABLE = PartnerConversion._meta.db_table
+# Raw SQL on the repeat path: building these through the ORM costs more than the queries.
+_ORIGINAL_SQL = (
+    f"SELECT * FROM {_TABLE} WHERE partner_id = %s AND conversion_id = %s "  # noqa: S608
+    "AND is_duplicate = %s AND processing_error IS NULL"
+)
+
+
+def _original_read(*, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
+    query = PartnerConversion.objects.raw(_ORIGINAL_SQL, [partner_id, conversion_id, False], using=alias)
+    return next(iter(query), None)
+
+
+def _original_update(
+    *, alias: str, original: PartnerConversion, changes: dict[str, list[Any]], row: dict[str, Any]
+) -> bool:
+    """Apply `changes` if the original still has the lifecycle state it was read with."""
+    connection = connections[alias]
+    same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
+    values = {name: new for name, (_old, new) in changes.items()}
+    if "status" in changes:
+        values["status_raw"] = row.get("status_raw")
+    values["updated_at"] = timezone.now()
+    meta = PartnerConversion._meta
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(name)} = %s" for name in values)
+    guards = " AND ".join(f"{quote(name)} {same} %s" for name in LIFECYCLE_FIELDS)
+    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    params.append(original.pk)
+    params += [meta.get_field(name).get_db_prep_save(getattr(original, name), connection) for name in LIFECYCLE_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {_TABLE} SET {assignments} WHERE id = %s AND {guards}", params)  # noqa: S608
+        return cursor.rowcount == 1
 
 
 def _duplicate_store(
@@ -211,7 +237,9 @@ def _jsonable(changes: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {name: [None if v is None else str(v) for v in pair] for name, pair in changes.items()}
 
 
-def _record_rejected(*, alias: str, row: dict[str, Any], mapped: MappedPostback, steps: bool) -> PostbackResult:
+def _record_rejected(
+    *, alias: str, row: dict[str, Any], mapped: MappedPostback, trace: list[str] | None
+) -> PostbackResult:
     # Keep what validated, plus every raw parameter, so nothing is lost and the row
     # can be reprocessed once the mapping or the sender is fixed.
     values = dict(mapped.values)
@@ -223,8 +251,8 @@ def _record_rejected(*, alias: str, row: dict[str, Any], mapped: MappedPostback,
         processing_error="; ".join(f"{name}: {message}" for name, message in mapped.errors.items()),
     )
     conversion.save(using=alias, force_insert=True)
-    if steps:
-        logger.info("❌ 拒絕: %s", conversion.processing_error)
+    if trace is not None:
+        trace.append(f"❌ 拒絕: {conversion.processing_error}")
     return PostbackResult(outcome="error", conversion=conversion, errors=mapped.errors)
 
 

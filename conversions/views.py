@@ -73,15 +73,20 @@ class PostbackView(APIView):
                 status=404,
             )
         postback_observe(partner)
-        steps = partner.enable_logging and logger.isEnabledFor(logging.INFO)
-        if steps:
-            logger.info("🚀 開始處理動態Partner Postback: endpoint_path=%s", endpoint_path)
-            logger.info("🔍 步驟1: 查找Partner配置")
-            logger.info("✅ 找到Partner: %s (code: %s)", partner.partner_name, partner.partner_code)
+        # The step logs of one postback are one log record (one line each step): cheap
+        # on the hot path, and one entry per postback in structured logs.
+        trace = [] if partner.enable_logging and logger.isEnabledFor(logging.INFO) else None
+        if trace is not None:
+            trace += (
+                f"🚀 開始處理動態Partner Postback: endpoint_path={endpoint_path}",
+                "🔍 步驟1: 查找Partner配置",
+                f"✅ 找到Partner: {partner.partner_name} (code: {partner.partner_code})",
+            )
         ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
         try:
             params, body_errors, rejection = _checked_params(request, partner, ip)
             if rejection is not None:
+                _trace_log(trace, f"⛔ 拒絕: {rejection.reason}")
                 return _rejected(partner, rejection, ip)
             result = conversion_record(
                 partner=partner,
@@ -89,21 +94,21 @@ class PostbackView(APIView):
                 headers=headers_for_storage(request.headers),
                 client_ip=ip,
                 errors=body_errors,
+                trace=trace,
             )
         except PartnerDatabaseUnavailable as exc:
+            _trace_log(trace, "⛔ 數據庫不可用")
             logger.error("postback partner=%s outcome=unavailable %s", partner.partner_code, exc)
             return _unavailable(f"The database of partner '{partner.partner_code}' is unavailable; retry later")
         if result.outcome == "error":
             rejection_record(partner=partner, reason="invalid_data")
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         conversion_id = result.conversion.conversion_id
-        if steps:
-            logger.info(
-                "🎉 Partner Postback處理完成: partner=%s, conversion_id=%s, outcome=%s, time=%.2fms",
-                partner.partner_name,
-                conversion_id,
-                result.outcome,
-                elapsed_ms,
+        if trace is not None:
+            _trace_log(
+                trace,
+                f"🎉 Partner Postback處理完成: partner={partner.partner_name}, conversion_id={conversion_id}, "
+                f"outcome={result.outcome}, time={elapsed_ms:.2f}ms",
             )
         else:
             logger.info(
@@ -114,6 +119,12 @@ class PostbackView(APIView):
                 elapsed_ms,
             )
         return Response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
+
+
+def _trace_log(trace: list[str] | None, last_line: str) -> None:
+    if trace is not None:
+        trace.append(last_line)
+        logger.info("\n".join(trace))
 
 
 def _checked_params(

@@ -148,6 +148,9 @@ POSTBACK_MAX_PARAMS = env.int("POSTBACK_MAX_PARAMS", default=100)
 POSTBACK_MAX_PARAM_NAME_LENGTH = env.int("POSTBACK_MAX_PARAM_NAME_LENGTH", default=100)
 POSTBACK_MAX_PARAM_VALUE_LENGTH = env.int("POSTBACK_MAX_PARAM_VALUE_LENGTH", default=2048)
 # Shared daily quota counter; without it the counter lives in each partner's database.
+# Far from a partner's daily limit, each process adds to the shared counter in batches.
+QUOTA_BATCH_SIZE = env.int("QUOTA_BATCH_SIZE", default=50)
+QUOTA_FLUSH_SECONDS = env.float("QUOTA_FLUSH_SECONDS", default=1.0)
 REDIS_URL = env.str("REDIS_URL", default="")
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="postback")
 REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=0.5)

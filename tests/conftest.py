@@ -74,9 +74,13 @@ def database_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database
 
 @pytest.fixture(autouse=True)
 def _fresh_partner_directory() -> Iterator[None]:
+    from conversions.quota import quota_ledger
+
     partner_directory.clear()
+    quota_ledger.clear()
     yield
     partner_directory.clear()
+    quota_ledger.clear()
 
 
 @pytest.fixture(params=BACKENDS)

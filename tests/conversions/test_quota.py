@@ -112,3 +112,57 @@ def test_redis_down_falls_back_to_the_partner_database(client, make_partner, set
     assert statuses == [200, 200, 429]
     assert partner_rows(partner).count() == 2
     assert "counting in the partner database" in caplog.text
+
+
+def stored_count(partner) -> int:
+    from conversions.models import DailyCounter
+
+    row = DailyCounter.objects.using(partner.database_alias).filter(partner_id=partner.pk, name="requests").first()
+    return row.count if row else 0
+
+
+def test_far_from_the_limit_counts_are_added_in_batches(make_partner, settings, counter_store):
+    settings.QUOTA_BATCH_SIZE = 5
+    settings.QUOTA_FLUSH_SECONDS = 3600
+    partner = make_partner("rector", max_daily_requests=10_000)
+    for _ in range(12):
+        assert partner_quota_consume(partner=partner) is None
+    if counter_store == "database":
+        assert stored_count(partner) == 10  # two batches of 5 added; 2 still counted locally
+    for _ in range(3):
+        partner_quota_consume(partner=partner)
+    if counter_store == "database":
+        assert stored_count(partner) == 15
+
+
+def test_the_flush_interval_bounds_how_long_counts_stay_local(make_partner, settings):
+    settings.REDIS_URL = ""
+    settings.QUOTA_BATCH_SIZE = 1000
+    settings.QUOTA_FLUSH_SECONDS = 0
+    partner = make_partner("rector", max_daily_requests=1_000_000)
+    partner_quota_consume(partner=partner)
+    partner_quota_consume(partner=partner)
+    assert stored_count(partner) == 2
+
+
+def test_near_the_limit_every_postback_is_counted_exactly(make_partner, settings, counter_store):
+    settings.QUOTA_BATCH_SIZE = 5
+    settings.QUOTA_FLUSH_SECONDS = 3600
+    # margin = max(limit // 10, 10 batches) = 50: batches up to 150, exact after
+    partner = make_partner("rector", max_daily_requests=200)
+    results = [partner_quota_consume(partner=partner) for _ in range(210)]
+    assert sum(r is None for r in results) == 200
+    assert [r.reason for r in results[200:]] == ["quota_exceeded"] * 10
+    if counter_store == "database":
+        assert stored_count(partner) == 210
+
+
+def test_batched_counting_is_exact_under_concurrency(make_partner, settings):
+    settings.REDIS_URL = ""
+    settings.QUOTA_BATCH_SIZE = 4
+    settings.QUOTA_FLUSH_SECONDS = 3600
+    partner = make_partner("rector", max_daily_requests=100)
+    results = run_concurrently(lambda i: partner_quota_consume(partner=partner), 40)
+    results += run_concurrently(lambda i: partner_quota_consume(partner=partner), 80)
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert sum(r is None for r in results) == 100
