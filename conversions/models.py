@@ -95,7 +95,7 @@ class PartnerConversion(models.Model):
             # the next. offer_name stays out: one long name would overflow a btree entry.
             models.Index(
                 fields=["received_at"],
-                include=["partner_id", "offer_id", "is_duplicate", "usd_sale_amount", "usd_earning"],
+                include=["partner_id", "offer_id", "is_duplicate", "status", "usd_sale_amount", "usd_earning"],
                 condition=Q(processing_error__isnull=True),
                 name="stats_accepted",
             ),

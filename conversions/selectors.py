@@ -18,6 +18,7 @@ from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, TruncDate
 
 from conversions.models import PartnerConversion
+from partners.lifecycle import STATUSES
 from partners.models import Partner
 
 # Columns the API shows, in model order; columns added to the model later show up by
@@ -32,7 +33,7 @@ DATETIME_ATTNAMES = tuple(f.attname for f in CONVERSION_FIELDS if isinstance(f, 
 TEXT_SUFFIX = "_as_text"
 
 TIME_FIELDS = ("received_at", "conversion_datetime")
-TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status")
+TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status", "currency")
 OUTCOMES = ("original", "duplicate", "rejected")
 
 
@@ -124,6 +125,11 @@ class DayTotals(Totals):
 
 
 @dataclass
+class StatusTotals(Totals):
+    status: str | None = None
+
+
+@dataclass
 class OfferTotals(Totals):
     offer_id: str | None = None
     offer_name: str | None = None
@@ -135,6 +141,7 @@ class ConversionStats:
     totals: Totals
     days: list[DayTotals]
     top_offers: list[OfferTotals]
+    by_status: list[StatusTotals]
 
 
 def conversion_queryset(*, partner: Partner, filters: ConversionFilters) -> QuerySet[PartnerConversion]:
@@ -242,6 +249,9 @@ def _iso_utc(text: str | None) -> str | None:
     return text if text.endswith("+00:00") else text + "+00:00"
 
 
+STATUS_ORDER = {status: index for index, status in enumerate(STATUSES)}
+
+
 def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) -> ConversionStats:
     """Counts by outcome, original amounts, a per-day (UTC) series and the top offers.
 
@@ -257,7 +267,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
     accepted = (
         in_range.filter(processing_error__isnull=True)
         .annotate(_day=day)
-        .values("_day", "offer_id", "is_duplicate")
+        .values("_day", "offer_id", "is_duplicate", "status")
         .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
         .order_by()
     )
@@ -277,6 +287,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
     totals = Totals()
     by_day: dict[date, DayTotals] = {}
     by_offer: dict[tuple[str, str], OfferTotals] = {}
+    by_status: dict[str | None, StatusTotals] = {}
     for group in accepted:
         amounts = {
             "outcome": "duplicate" if group["is_duplicate"] else "original",
@@ -286,6 +297,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
         }
         totals.add(**amounts)
         by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+        by_status.setdefault(group["status"], StatusTotals(status=group["status"])).add(**amounts)
         if group["offer_id"] is not None:
             key = ("offer_id", group["offer_id"])
             by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
@@ -315,7 +327,14 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
                 .values_list("offer_name", flat=True)
                 .first()
             )
-    return ConversionStats(time_range=time_range, totals=totals, days=_every_day(time_range, by_day), top_offers=offers)
+    statuses = sorted(by_status.values(), key=lambda totals: STATUS_ORDER.get(totals.status, len(STATUS_ORDER)))
+    return ConversionStats(
+        time_range=time_range,
+        totals=totals,
+        days=_every_day(time_range, by_day),
+        top_offers=offers,
+        by_status=statuses,
+    )
 
 
 def _every_day(time_range: TimeRange, by_day: dict[date, DayTotals]) -> list[DayTotals]:

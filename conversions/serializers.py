@@ -19,6 +19,7 @@ from conversions.selectors import (
     InvalidCursor,
     TimeRange,
 )
+from partners.lifecycle import STATUSES
 from partners.mapping import DATETIME_MAX, DATETIME_MIN
 
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -113,6 +114,12 @@ class ConversionQuerySerializer(QuerySerializer):
         fields = _time_fields()
         for name in TEXT_FILTERS:
             fields[name] = serializers.CharField(required=False, help_text=f"Exact `{name}`.")
+        fields["status"] = serializers.ChoiceField(
+            choices=STATUSES, required=False, help_text="Our status: " + ", ".join(STATUSES) + "."
+        )
+        fields["currency"] = serializers.RegexField(
+            r"^[A-Za-z]{3}$", required=False, help_text="ISO 4217 code of the local amounts, e.g. MYR."
+        )
         fields["is_duplicate"] = serializers.BooleanField(
             required=False, allow_null=True, default=None, help_text="`true`: only duplicates; `false`: none."
         )
@@ -144,9 +151,15 @@ class ConversionQuerySerializer(QuerySerializer):
                 attrs["cursor"] = Cursor.decode(attrs["cursor"])
             except InvalidCursor as exc:
                 raise serializers.ValidationError({"cursor": [str(exc)]}) from exc
+        if "currency" in attrs:
+            attrs["currency"] = attrs["currency"].upper()
         attrs["filters"] = ConversionFilters(
             time_range=attrs["time_range"],
-            text={name: attrs[name] for name in TEXT_FILTERS if name in attrs},
+            text={
+                name: attrs[name].upper() if name == "currency" else attrs[name]
+                for name in TEXT_FILTERS
+                if name in attrs
+            },
             is_duplicate=attrs.get("is_duplicate"),
             has_error=attrs.get("has_error"),
         )
@@ -236,6 +249,17 @@ class OfferTotalsSerializer(TotalsSerializer):
         return {"offer_id": fields.pop("offer_id"), "offer_name": fields.pop("offer_name"), **fields}
 
 
+class StatusTotalsSerializer(TotalsSerializer):
+    """Accepted postbacks by our status (null: the partner sent none): approved revenue apart from pending."""
+
+    status = serializers.CharField(allow_null=True)
+    rejected = None
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        return {"status": fields.pop("status"), **fields}
+
+
 class RangeSerializer(serializers.Serializer):
     time_field = serializers.CharField()
     start = serializers.DateTimeField(help_text="Inclusive.")
@@ -248,6 +272,9 @@ class StatsSerializer(serializers.Serializer):
     totals = TotalsSerializer(source="stats.totals")
     days = DayTotalsSerializer(source="stats.days", many=True, help_text="Every UTC day of the range.")
     top_offers = OfferTotalsSerializer(source="stats.top_offers", many=True, help_text="By originals, then sales.")
+    by_status = StatusTotalsSerializer(
+        source="stats.by_status", many=True, help_text="Originals and their amounts by status (pending, approved...)."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):

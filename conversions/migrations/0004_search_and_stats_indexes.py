@@ -42,7 +42,7 @@ class Migration(migrations.Migration):
             index=models.Index(
                 condition=models.Q(("processing_error__isnull", True)),
                 fields=["received_at"],
-                include=("partner_id", "offer_id", "is_duplicate", "usd_sale_amount", "usd_earning"),
+                include=("partner_id", "offer_id", "is_duplicate", "status", "usd_sale_amount", "usd_earning"),
                 name="stats_accepted",
             ),
         ),

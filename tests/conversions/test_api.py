@@ -417,6 +417,8 @@ INVALID = [
     (CONVERSIONS, "cursor=MjAyNXxhYmM", "cursor"),
     (CONVERSIONS, "format=xml", "format"),
     (CONVERSIONS, "sub_id=", "sub_id"),
+    (CONVERSIONS, "status=won", "status"),
+    (CONVERSIONS, "currency=US$", "currency"),
     (CONVERSIONS, "subid=s1", "subid"),
     (CONVERSIONS, "to=9999-12-31", "to"),
     (CONVERSIONS, "from=1900-01-01T00:00:00Z", "from"),
@@ -469,3 +471,29 @@ def test_errors_of_a_csv_request_are_json_too(api, involve):
     invalid = api.get(f"{CONVERSIONS}?format=csv&has_error=perhaps")
     assert invalid.status_code == 400 and invalid["Content-Type"] == "application/json"
     assert list(invalid.json()["errors"]) == ["has_error"]
+
+
+def test_lifecycle_status_currency_filters_and_stats_by_status(api, involve):
+    from tests.conftest import fixture_queries
+
+    created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    api.get(f"/partner/involve/event?{created}")  # pending, then approved: 4.94 earned
+    api.get(f"/partner/involve/event?{approved}")
+    api.get("/partner/involve/event?conversion_id=P1&usd_sale_amount=10&usd_payout=1&conversion_status=pending")
+    api.get("/partner/involve/event?conversion_id=P2&usd_sale_amount=20&usd_payout=2&conversion_status=pending")
+    api.get("/partner/involve/event?conversion_id=P2&usd_sale_amount=20&usd_payout=2&conversion_status=pending")
+    api.get("/partner/involve/event?conversion_id=N1&usd_sale_amount=5&usd_payout=0.5")
+
+    assert ids(api.get(f"{CONVERSIONS}?status=approved")) == ["IA-900001"]
+    assert sorted(ids(api.get(f"{CONVERSIONS}?status=pending"))) == ["P1", "P2", "P2"]
+    assert ids(api.get(f"{CONVERSIONS}?currency=myr")) == ["IA-900001"]
+    row = api.get(f"{CONVERSIONS}?conversion_id=IA-900001").json()["results"][0]
+    assert (row["status"], row["status_raw"], row["currency"]) == ("approved", "approved", "MYR")
+    assert (row["sale_amount_local"], row["payout_local"], row["usd_earning"]) == ("415.80", "22.00", "4.94")
+
+    by_status = {entry["status"]: entry for entry in api.get(STATS).json()["by_status"]}
+    assert list(by_status) == ["pending", "approved", None]
+    assert (by_status["approved"]["originals"], by_status["approved"]["usd_earning"]) == (1, "4.94")
+    assert by_status["pending"]["originals"] == 2 and by_status["pending"]["duplicates"] == 1
+    assert (by_status["pending"]["usd_sale_amount"], by_status["pending"]["usd_earning"]) == ("30.00", "3.00")
+    assert (by_status[None]["originals"], by_status[None]["usd_sale_amount"]) == (1, "5.00")
