@@ -5,6 +5,7 @@ killed mid-load loses no conversion that was answered 200; a partner whose datab
 hangs gets fast 503s while another partner is still served.
 """
 
+import http.client
 import os
 import signal
 import socket
@@ -34,7 +35,8 @@ def originals(env: dict, database: str) -> Counter:
 def get(url: str) -> tuple[int, dict]:
     try:
         return fetch(url)
-    except OSError as exc:  # a killed worker drops its connections
+    except (OSError, http.client.HTTPException) as exc:
+        # A killed worker drops its connections, possibly mid-response: not an answer.
         return 0, {"error": str(exc)}
 
 
