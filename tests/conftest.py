@@ -197,6 +197,22 @@ def fixture_queries(partner_code: str, name: str = "*") -> list[str]:
 
 
 @pytest.fixture
+def users(live_db) -> dict[str, Any]:
+    """A superuser `root`, and staff users `manager` and `analyst` in the admin groups."""
+    from django.contrib.auth.models import Group, User
+
+    from partners.services import admin_groups_ensure
+
+    admin_groups_ensure()
+    made = {"root": User.objects.create_superuser("root", password="pw-root")}
+    for username, group in (("manager", "Account managers"), ("analyst", "Analysts")):
+        user = User.objects.create_user(username, password="pw-" + username, is_staff=True)
+        user.groups.add(Group.objects.get(name=group))
+        made[username] = user
+    return made
+
+
+@pytest.fixture
 def involve(make_partner) -> Partner:
     return make_partner("involve_asia")
 

@@ -7,26 +7,13 @@ from html import unescape
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Group, User
 
 from conversions.models import PartnerConversion
 from conversions.services import conversion_reprocess
 from partners.models import Partner
-from partners.services import admin_groups_ensure
 from tests.conftest import partner_rows
 
 LIST_URL = "/admin/conversions/partnerconversion/"
-
-
-@pytest.fixture
-def users(live_db):
-    admin_groups_ensure()
-    made = {"root": User.objects.create_superuser("root", password="pw-root")}
-    for username, group in (("manager", "Account managers"), ("analyst", "Analysts")):
-        user = User.objects.create_user(username, password="pw-" + username, is_staff=True)
-        user.groups.add(Group.objects.get(name=group))
-        made[username] = user
-    return made
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from html import unescape
 
 import pytest
 from django.contrib.admin.models import ADDITION, LogEntry
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group
 from django.db import connections
 from django.test import Client
 
@@ -15,17 +15,6 @@ from partners.services import admin_groups_ensure
 from tests.conftest import partner_rows
 
 ADD_URL = "/admin/partners/partner/add/"
-
-
-@pytest.fixture
-def users(live_db):
-    admin_groups_ensure()
-    made = {}
-    for username, group in (("manager", "Account managers"), ("analyst", "Analysts")):
-        user = User.objects.create_user(username, password="pw-" + username, is_staff=True)
-        user.groups.add(Group.objects.get(name=group))
-        made[username] = user
-    return made
 
 
 @pytest.fixture
