@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from partners.databases import partner_database_register
 from partners.forms import PartnerAdminForm, TestPostbackForm
@@ -114,7 +115,9 @@ class PartnerAdmin(admin.ModelAdmin):
         if not counts:
             return "none"
         return format_html_join(
-            format_html("<br>"), "{}: {} × {} ({})", ((c.day, c.count, c.reason, c.http_status) for c in counts)
+            mark_safe("<br>"),
+            "{}: {} × {} ({})",
+            ((c.day, c.count, c.reason, c.http_status) for c in counts),  # noqa: S308
         )
 
     @admin.display(description="conversions")
