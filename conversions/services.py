@@ -2,15 +2,17 @@
 
 import logging
 import zoneinfo
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from conversions.models import ConversionChange, PartnerConversion
+from conversions.models import PartnerConversion
 from conversions.request_meta import secret_masked
+from conversions.statements import change_insert, conversion_insert, original_get, original_update
 from partners.databases import PartnerDatabaseUnavailable, database_breaker
 from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
@@ -97,17 +99,13 @@ def conversion_record(
 
 def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | None) -> PostbackResult:
     # The common case is one INSERT in autocommit: the partial unique index decides,
-    # atomically, whether this is the original. Losing the race raises IntegrityError.
+    # atomically, whether this is the original; when another row is, nothing is written.
     alias = partner.database_alias
     for _attempt in range(3):
-        conversion = PartnerConversion(**row, is_processed=True)
         if trace is not None:
             trace.append("💾 步驟5: 創建轉化記錄")
-        try:
-            conversion.save(using=alias, force_insert=True)
-        except IntegrityError:
-            pass
-        else:
+        conversion = conversion_insert(alias=alias, values={**row, "is_processed": True}, original=True)
+        if conversion is not None:
             if trace is not None:
                 trace.append("✅ 步驟6: 標記為已處理")
             return PostbackResult(outcome="success", conversion=conversion)
@@ -137,7 +135,7 @@ def _record_repeat(
     """
     alias = partner.database_alias
     for _attempt in range(5):
-        original = _original_read(alias=alias, partner_id=row["partner_id"], conversion_id=row["conversion_id"])
+        original = original_get(alias=alias, partner_id=row["partner_id"], conversion_id=row["conversion_id"])
         if original is None:
             return None
         changes = conversion_changes(original=original, incoming=row)
@@ -147,75 +145,48 @@ def _record_repeat(
         before, after = original.status, row.get("status") or original.status
         applied = transition_permitted(before, after, partner.status_transitions)
         note = "" if applied else f"stale: status '{after}' after '{before}' is not applied"
-        change = ConversionChange(
-            conversion_id=original.pk,
-            from_status=before,
-            to_status=after,
-            changes=_jsonable(changes),
-            applied=applied,
-            note=note,
-            raw_data=row["raw_data"],
-            request_ip=row["request_ip"],
-        )
-        with transaction.atomic(using=alias):
-            if applied and not _original_update(alias=alias, original=original, changes=changes, row=row):
+        change = {
+            "from_status": before,
+            "to_status": after,
+            "changes": _jsonable(changes),
+            "applied": applied,
+            "note": note,
+            "raw_data": row["raw_data"],
+            "request_ip": row["request_ip"],
+        }
+        values = {name: new for name, (_old, new) in changes.items()}
+        if "status" in changes:
+            values["status_raw"] = row.get("status_raw")
+        values["updated_at"] = timezone.now()
+        # A reprocessed row is accounted for by the history now: it stops being rejected
+        # in the same transaction.
+        with transaction.atomic(using=alias) if existing is not None else nullcontext():
+            if not applied:
+                change_insert(alias=alias, conversion=original, change=change)
+            elif not original_update(
+                alias=alias,
+                original=original,
+                values=values,
+                guards={name: getattr(original, name) for name in LIFECYCLE_FIELDS},
+                change=change,
+            ):
                 continue  # changed since it was read: decide again on its new state
-            change.save(using=alias, force_insert=True)
             if existing is not None:
-                # A reprocessed row is accounted for by the history now; it stops being rejected.
                 _duplicate_store(alias=alias, row=row, original=original, existing=existing)
         if not applied:
             return PostbackResult(outcome="duplicate", conversion=original, changes=changes, note=note)
-        for name, (_old, new) in changes.items():
-            setattr(original, name, new)
-        if "status" in changes:
-            original.status_raw = row.get("status_raw")
+        for name, value in values.items():
+            setattr(original, name, value)
         return PostbackResult(outcome="updated", conversion=original, changes=changes)
     raise PartnerDatabaseUnavailable(alias, f"conversion {row['conversion_id']} kept changing; retry")
-
-
-_TABLE = PartnerConversion._meta.db_table
-# Raw SQL on the repeat path: building these through the ORM costs more than the queries.
-_ORIGINAL_SQL = (
-    f"SELECT * FROM {_TABLE} WHERE partner_id = %s AND conversion_id = %s "  # noqa: S608
-    "AND is_duplicate = %s AND processing_error IS NULL"
-)
-
-
-def _original_read(*, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
-    query = PartnerConversion.objects.raw(_ORIGINAL_SQL, [partner_id, conversion_id, False], using=alias)
-    return next(iter(query), None)
-
-
-def _original_update(
-    *, alias: str, original: PartnerConversion, changes: dict[str, list[Any]], row: dict[str, Any]
-) -> bool:
-    """Apply `changes` if the original still has the lifecycle state it was read with."""
-    connection = connections[alias]
-    same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
-    values = {name: new for name, (_old, new) in changes.items()}
-    if "status" in changes:
-        values["status_raw"] = row.get("status_raw")
-    values["updated_at"] = timezone.now()
-    meta = PartnerConversion._meta
-    quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(name)} = %s" for name in values)
-    guards = " AND ".join(f"{quote(name)} {same} %s" for name in LIFECYCLE_FIELDS)
-    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
-    params.append(original.pk)
-    params += [meta.get_field(name).get_db_prep_save(getattr(original, name), connection) for name in LIFECYCLE_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {_TABLE} SET {assignments} WHERE id = %s AND {guards}", params)  # noqa: S608
-        return cursor.rowcount == 1
 
 
 def _duplicate_store(
     *, alias: str, row: dict[str, Any], original: PartnerConversion, existing: PartnerConversion | None
 ) -> PartnerConversion:
     if existing is None:
-        duplicate = PartnerConversion(**row, is_duplicate=True, duplicate_of_id=original.pk)
-        duplicate.save(using=alias, force_insert=True)
-        return duplicate
+        values = {**row, "is_duplicate": True, "duplicate_of_id": original.pk}
+        return conversion_insert(alias=alias, values=values, original=False)
     existing.processing_error = None
     existing.is_processed = False
     existing.is_duplicate = True
@@ -242,15 +213,13 @@ def _record_rejected(
 ) -> PostbackResult:
     # Keep what validated, plus every raw parameter, so nothing is lost and the row
     # can be reprocessed once the mapping or the sender is fixed.
-    values = dict(mapped.values)
-    conversion_id = values.pop("conversion_id", "")
-    conversion = PartnerConversion(
+    values = {
         **row,
-        **values,
-        conversion_id=conversion_id,
-        processing_error="; ".join(f"{name}: {message}" for name, message in mapped.errors.items()),
-    )
-    conversion.save(using=alias, force_insert=True)
+        **mapped.values,
+        "conversion_id": mapped.values.get("conversion_id", ""),
+        "processing_error": "; ".join(f"{name}: {message}" for name, message in mapped.errors.items()),
+    }
+    conversion = conversion_insert(alias=alias, values=values, original=False)
     if trace is not None:
         trace.append(f"❌ 拒絕: {conversion.processing_error}")
     return PostbackResult(outcome="error", conversion=conversion, errors=mapped.errors)

@@ -1,0 +1,204 @@
+"""The postback path's writes and reads as SQL built once per database vendor.
+
+Building an INSERT through the ORM on every postback costs more CPU than the database
+spends running it. These statements are built once from the models' fields (so they
+follow the schema), take values prepared exactly as the ORM prepares them, and give
+back model instances. Every other read and write goes through the ORM.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+
+from conversions.models import ConversionChange, PartnerConversion
+
+# An original is a row the partial unique index `one_original_per_conversion` covers.
+ORIGINAL_CONDITION = "partner_id = %s AND conversion_id = %s AND NOT is_duplicate AND processing_error IS NULL"
+# What the repeat path reads of an original: everything but the two JSON documents
+# (they stay deferred and load on access).
+ORIGINAL_READ_EXCLUDED = frozenset({"raw_data", "request_headers"})
+# Values the database driver cannot take as they are: prepared by the field, as the ORM does.
+_PREPARED_FIELDS = (models.DateTimeField, models.DecimalField, models.JSONField)
+
+
+class _Table:
+    """One model's insert statement and value preparation on one database vendor."""
+
+    def __init__(self, model: type[models.Model], connection: BaseDatabaseWrapper):
+        meta = model._meta
+        quote = connection.ops.quote_name
+        # Instances are built positionally from (id, *insert values): the key comes first.
+        assert meta.concrete_fields[0].primary_key
+        self.fields = [field for field in meta.concrete_fields if not field.primary_key]
+        self.attnames = [field.attname for field in self.fields]
+        self.table = quote(meta.db_table)
+        columns = ", ".join(quote(field.column) for field in self.fields)
+        placeholders = ", ".join(["%s"] * len(self.fields))
+        self.insert_sql = f"INSERT INTO {self.table} ({columns}) VALUES ({placeholders})"  # noqa: S608
+        self.columns = columns
+        self.prepare: list[Callable[[Any], Any] | None] = [
+            _preparer(field, connection) if isinstance(field, _PREPARED_FIELDS) else None for field in self.fields
+        ]
+        self.defaults: dict[str, Callable[[], Any]] = {}
+        for field in self.fields:
+            if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+                self.defaults[field.attname] = timezone.now
+            elif field.has_default():
+                self.defaults[field.attname] = field.get_default
+            else:
+                self.defaults[field.attname] = _none
+
+    def row_values(self, values: dict[str, Any]) -> list[Any]:
+        """Every column's value in insert order, defaults filled in (auto_now included)."""
+        return [values[name] if name in values else self.defaults[name]() for name in self.attnames]
+
+    def db_values(self, row: Sequence[Any]) -> list[Any]:
+        return [
+            value if prepare is None or value is None else prepare(value)
+            for prepare, value in zip(self.prepare, row, strict=True)
+        ]
+
+
+def _none() -> None:
+    return None
+
+
+def _preparer(field: models.Field, connection: BaseDatabaseWrapper) -> Callable[[Any], Any]:
+    def prepare(value: Any) -> Any:
+        return field.get_db_prep_save(value, connection)
+
+    return prepare
+
+
+@lru_cache(maxsize=64)
+def _tables(alias: str, vendor: str) -> tuple[_Table, _Table, "_OriginalReader"]:
+    # Keyed by alias and vendor: a partner's alias could be re-pointed at another vendor.
+    connection = connections[alias]
+    return (
+        _Table(PartnerConversion, connection),
+        _Table(ConversionChange, connection),
+        _OriginalReader(connection),
+    )
+
+
+def _tables_for(alias: str) -> tuple[_Table, _Table, "_OriginalReader"]:
+    return _tables(alias, connections[alias].vendor)
+
+
+def conversion_insert(*, alias: str, values: dict[str, Any], original: bool) -> PartnerConversion | None:
+    """Insert one conversion row and return it.
+
+    `original=True` inserts it as the original of its conversion_id unless one exists:
+    the partial unique index decides atomically, and None means another row is the
+    original (nothing was written).
+    """
+    table = _tables_for(alias)[0]
+    row = table.row_values(values)
+    sql = table.insert_sql + (" ON CONFLICT DO NOTHING" if original else "") + " RETURNING id"
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, table.db_values(row))
+        inserted = cursor.fetchone()
+    if inserted is None:
+        return None
+    return PartnerConversion.from_db(alias, None, (inserted[0], *row))
+
+
+class _OriginalReader:
+    """SELECT of an original by (partner_id, conversion_id), converted like the ORM does."""
+
+    def __init__(self, connection: BaseDatabaseWrapper):
+        quote = connection.ops.quote_name
+        self.fields = [
+            field for field in PartnerConversion._meta.concrete_fields if field.attname not in ORIGINAL_READ_EXCLUDED
+        ]
+        self.attnames = [field.attname for field in self.fields]
+        columns = ", ".join(quote(field.column) for field in self.fields)
+        table = quote(PartnerConversion._meta.db_table)
+        self.sql = f"SELECT {columns} FROM {table} WHERE {ORIGINAL_CONDITION}"  # noqa: S608
+        self.converters = []
+        for index, field in enumerate(self.fields):
+            expression = field.cached_col
+            found = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
+            if found:
+                self.converters.append((index, expression, found))
+
+    def read(self, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [partner_id, conversion_id])
+            found = cursor.fetchone()
+        if found is None:
+            return None
+        values = list(found)
+        for index, expression, converters in self.converters:
+            for converter in converters:
+                values[index] = converter(values[index], expression, connection)
+        return PartnerConversion.from_db(alias, self.attnames, values)
+
+
+def original_get(*, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
+    """The original of a conversion_id (read without a lock), or None."""
+    return _tables_for(alias)[2].read(alias, partner_id, conversion_id)
+
+
+def original_update(
+    *, alias: str, original: PartnerConversion, values: dict[str, Any], guards: dict[str, Any], change: dict[str, Any]
+) -> bool:
+    """Set `values` on the original and record `change` in its history, atomically, if
+    the original still has the `guards` values (a compare-and-set). False when it has
+    changed since it was read; nothing is written then.
+
+    On PostgreSQL this is one statement: the UPDATE's row lock serializes racing
+    updates, and the history row is inserted only when the UPDATE matched. On SQLite
+    it is an IMMEDIATE transaction of the two statements.
+    """
+    connection = connections[alias]
+    conversions, changes, _reader = _tables_for(alias)
+    meta = PartnerConversion._meta
+    quote = connection.ops.quote_name
+    same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
+    assignments = ", ".join(f"{quote(name)} = %s" for name in values)
+    conditions = " AND ".join(f"{quote(name)} {same} %s" for name in guards)
+    update_params = [_db_value(meta.get_field(name), value, connection) for name, value in values.items()]
+    update_params.append(original.pk)
+    update_params += [_db_value(meta.get_field(name), value, connection) for name, value in guards.items()]
+    update_sql = f"UPDATE {conversions.table} SET {assignments} WHERE id = %s AND {conditions}"  # noqa: S608
+    history = changes.row_values({**change, "conversion_id": original.pk})
+    history_params = changes.db_values(history)
+    if connection.vendor == "postgresql":
+        # The history row takes the updated row's id: inserted only when the UPDATE matched.
+        # (Typed: a bare parameter in a SELECT list would be text, not the column's type.)
+        selected = ", ".join(
+            "id" if field.attname == "conversion_id" else f"CAST(%s AS {field.db_type(connection)})"
+            for field in changes.fields
+        )
+        history_params = [
+            value for name, value in zip(changes.attnames, history_params, strict=True) if name != "conversion_id"
+        ]
+        insert_history = f"INSERT INTO {changes.table} ({changes.columns}) SELECT {selected} FROM updated"  # noqa: S608
+        sql = f"WITH updated AS ({update_sql} RETURNING id) {insert_history} RETURNING 1"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*update_params, *history_params])
+            return cursor.fetchone() is not None
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute(update_sql, update_params)
+        if cursor.rowcount != 1:
+            return False
+        cursor.execute(changes.insert_sql, history_params)
+    return True
+
+
+def change_insert(*, alias: str, conversion: PartnerConversion, change: dict[str, Any]) -> None:
+    """Record a change in the conversion's history without applying it."""
+    changes = _tables_for(alias)[1]
+    row = changes.row_values({**change, "conversion_id": conversion.pk})
+    with connections[alias].cursor() as cursor:
+        cursor.execute(changes.insert_sql, changes.db_values(row))
+
+
+def _db_value(field: models.Field, value: Any, connection: BaseDatabaseWrapper) -> Any:
+    return None if value is None else field.get_db_prep_save(value, connection)
