@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import DatabaseError
-from rest_framework.request import Request
 
 from conversions.models import PartnerConversion
 from conversions.services import conversion_changes, partner_timezone
@@ -61,7 +60,7 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
     else:
         query = urlsplit(text).query if "?" in text else text
         environ = _environ(method="GET", query=query, body=b"", content_type="")
-    params, body_errors = postback_params(Request(WSGIRequest(environ)))
+    params, body_errors = postback_params(WSGIRequest(environ))
     mapped = postback_map(
         mapping=partner.parameter_mapping,
         params=params,

@@ -3,13 +3,17 @@
 Building an INSERT through the ORM on every postback costs more CPU than the database
 spends running it. These statements are built once from the models' fields (so they
 follow the schema), take values prepared exactly as the ORM prepares them, and give
-back model instances. Every other read and write goes through the ORM.
+back model instances. On PostgreSQL they run as server-side prepared statements:
+parsed and planned once per connection, their values sent apart from the SQL. Every
+other read and write goes through the ORM.
 """
 
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
@@ -39,6 +43,9 @@ class _Table:
         columns = ", ".join(quote(field.column) for field in self.fields)
         placeholders = ", ".join(["%s"] * len(self.fields))
         self.insert_sql = f"INSERT INTO {self.table} ({columns}) VALUES ({placeholders})"  # noqa: S608
+        self.insert_returning_sql = f"{self.insert_sql} RETURNING id"
+        # Nothing is written when the row would be a second original (any unique index).
+        self.insert_original_sql = f"{self.insert_sql} ON CONFLICT DO NOTHING RETURNING id"
         self.columns = columns
         self.prepare: list[Callable[[Any], Any] | None] = [
             _preparer(field, connection) if isinstance(field, _PREPARED_FIELDS) else None for field in self.fields
@@ -74,6 +81,28 @@ def _preparer(field: models.Field, connection: BaseDatabaseWrapper) -> Callable[
     return prepare
 
 
+def _execute(alias: str, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """Run one statement on `alias` and return its first row, if it returns rows."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description else None
+    # Django's cursor binds values into the SQL text on the client, so the server parses
+    # and plans every statement anew; a prepared statement does that once per connection.
+    # The connection is managed as Django's cursor() would: health check, errors, logging.
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    started = time.monotonic()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        row = cursor.fetchone() if cursor.description else None
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+    return row
+
+
 @lru_cache(maxsize=64)
 def _tables(alias: str, vendor: str) -> tuple[_Table, _Table, "_OriginalReader"]:
     # Keyed by alias and vendor: a partner's alias could be re-pointed at another vendor.
@@ -98,10 +127,8 @@ def conversion_insert(*, alias: str, values: dict[str, Any], original: bool) -> 
     """
     table = _tables_for(alias)[0]
     row = table.row_values(values)
-    sql = table.insert_sql + (" ON CONFLICT DO NOTHING" if original else "") + " RETURNING id"
-    with connections[alias].cursor() as cursor:
-        cursor.execute(sql, table.db_values(row))
-        inserted = cursor.fetchone()
+    sql = table.insert_original_sql if original else table.insert_returning_sql
+    inserted = _execute(alias, sql, table.db_values(row))
     if inserted is None:
         return None
     return PartnerConversion.from_db(alias, None, (inserted[0], *row))
@@ -127,12 +154,10 @@ class _OriginalReader:
                 self.converters.append((index, expression, found))
 
     def read(self, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
-        connection = connections[alias]
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, [partner_id, conversion_id])
-            found = cursor.fetchone()
+        found = _execute(alias, self.sql, [partner_id, conversion_id])
         if found is None:
             return None
+        connection = connections[alias]
         values = list(found)
         for index, expression, converters in self.converters:
             for converter in converters:
@@ -181,9 +206,7 @@ def original_update(
         ]
         insert_history = f"INSERT INTO {changes.table} ({changes.columns}) SELECT {selected} FROM updated"  # noqa: S608
         sql = f"WITH updated AS ({update_sql} RETURNING id) {insert_history} RETURNING 1"
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*update_params, *history_params])
-            return cursor.fetchone() is not None
+        return _execute(alias, sql, [*update_params, *history_params]) is not None
     with transaction.atomic(using=alias), connection.cursor() as cursor:
         cursor.execute(update_sql, update_params)
         if cursor.rowcount != 1:
@@ -196,8 +219,7 @@ def change_insert(*, alias: str, conversion: PartnerConversion, change: dict[str
     """Record a change in the conversion's history without applying it."""
     changes = _tables_for(alias)[1]
     row = changes.row_values({**change, "conversion_id": conversion.pk})
-    with connections[alias].cursor() as cursor:
-        cursor.execute(changes.insert_sql, changes.db_values(row))
+    _execute(alias, changes.insert_sql, changes.db_values(row))
 
 
 def _db_value(field: models.Field, value: Any, connection: BaseDatabaseWrapper) -> Any:

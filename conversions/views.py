@@ -4,14 +4,14 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import DatabaseError
-from django.http import QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
-from rest_framework.request import Request
-from rest_framework.response import Response
+from django.views import View
 from rest_framework.views import APIView
 
 from conversions.access import postback_access_check
@@ -24,7 +24,7 @@ from conversions.services import RAW_BODY_PARAM, PostbackResult, conversion_as_d
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
-from postback_site.observability import postback_observe
+from postback_site.observability import postback_observe, postback_outcome_observe
 
 logger = logging.getLogger("conversions.ingest")
 
@@ -42,25 +42,33 @@ MESSAGES = {
 
 @postback_schema
 class PostbackView(APIView):
-    """`GET|POST /partner/<endpoint_path>`: a partner reports one conversion."""
+    """`GET|POST /partner/<endpoint_path>`: a partner reports one conversion.
 
-    authentication_classes = ()
-    permission_classes = ()
+    An APIView so that the OpenAPI schema describes it, dispatched the plain Django way:
+    a postback needs none of DRF's request wrapping, authentication, negotiation or
+    rendering (it is always JSON, and its access checks are the partner's own), and on
+    the hot path they cost more than the rest of the view.
+    """
+
     http_method_names = ["get", "post"]
 
-    def perform_content_negotiation(self, request: Request, force: bool = False):
-        # Always JSON. DRF's negotiation reads the query string (?format=), which would
-        # parse a hostile one before our request limits can answer with a clean 400.
-        renderer = self.get_renderers()[0]
-        return renderer, renderer.media_type
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return View.dispatch(self, request, *args, **kwargs)
 
-    def get(self, request: Request, endpoint_path: str) -> Response:
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return json_response(
+            {"status": "error", "message": f"Method {request.method} is not allowed; send GET or POST"},
+            status=405,
+            headers={"Allow": "GET, POST"},
+        )
+
+    def get(self, request: HttpRequest, endpoint_path: str) -> HttpResponse:
         return self._postback(request, endpoint_path)
 
-    def post(self, request: Request, endpoint_path: str) -> Response:
+    def post(self, request: HttpRequest, endpoint_path: str) -> HttpResponse:
         return self._postback(request, endpoint_path)
 
-    def _postback(self, request: Request, endpoint_path: str) -> Response:
+    def _postback(self, request: HttpRequest, endpoint_path: str) -> HttpResponse:
         started = time.perf_counter()
         try:
             partner = partner_get_by_endpoint(endpoint_path)
@@ -68,7 +76,7 @@ class PostbackView(APIView):
             logger.exception("configuration database unavailable")
             return _unavailable("The configuration database is unavailable; retry later")
         if partner is None:
-            return Response(
+            return json_response(
                 {"status": "error", "message": f"No active partner at endpoint '/{endpoint_path.strip('/')}'"},
                 status=404,
             )
@@ -102,6 +110,8 @@ class PostbackView(APIView):
             return _unavailable(f"The database of partner '{partner.partner_code}' is unavailable; retry later")
         if result.outcome == "error":
             rejection_record(partner=partner, reason="invalid_data")
+        else:
+            postback_outcome_observe(result.outcome)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         conversion_id = result.conversion.conversion_id
         if trace is not None:
@@ -118,7 +128,17 @@ class PostbackView(APIView):
                 conversion_id,
                 elapsed_ms,
             )
-        return Response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
+        return json_response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
+
+
+def json_response(body: dict[str, Any], *, status: int, headers: dict[str, str] | None = None) -> HttpResponse:
+    """`body` as compact UTF-8 JSON, as DRF's JSON renderer writes it."""
+    return HttpResponse(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+        content_type="application/json",
+        status=status,
+        headers=headers,
+    )
 
 
 def _trace_log(trace: list[str] | None, last_line: str) -> None:
@@ -128,12 +148,11 @@ def _trace_log(trace: list[str] | None, last_line: str) -> None:
 
 
 def _checked_params(
-    request: Request, partner: Partner, ip: str | None
+    request: HttpRequest, partner: Partner, ip: str | None
 ) -> tuple[dict[str, Any], dict[str, str], PostbackRejection | None]:
     """The postback's parameters once limits, access and quota allow it (in that order:
     the cheap checks first, and a refused client never uses up the partner's quota)."""
-    django_request = request._request
-    rejection = request_size_check(django_request)
+    rejection = request_size_check(request)
     if rejection is not None:
         return {}, {}, rejection
     try:
@@ -149,15 +168,15 @@ def _checked_params(
             client_ip=ip,
             params=params,
             headers=request.headers,
-            query_string=django_request.META.get("QUERY_STRING", "").encode("iso-8859-1", "replace"),
-            body=django_request.body if request.method == "POST" else b"",
+            query_string=request.META.get("QUERY_STRING", "").encode("iso-8859-1", "replace"),
+            body=request.body if request.method == "POST" else b"",
         )
         or partner_quota_consume(partner=partner)
     )
     return params, body_errors, rejection
 
 
-def _rejected(partner: Partner, rejection: PostbackRejection, ip: str | None) -> Response:
+def _rejected(partner: Partner, rejection: PostbackRejection, ip: str | None) -> HttpResponse:
     rejection_record(partner=partner, reason=rejection.reason)
     if rejection.reason != "quota_exceeded":  # that one logs once a day, in partner_quota_consume
         logger.warning(
@@ -176,23 +195,22 @@ def _rejected(partner: Partner, rejection: PostbackRejection, ip: str | None) ->
     if rejection.errors:
         body["errors"] = rejection.errors
     headers = {"Retry-After": str(rejection.retry_after)} if rejection.retry_after else None
-    return Response(body, status=rejection.http_status, headers=headers)
+    return json_response(body, status=rejection.http_status, headers=headers)
 
 
-def postback_params(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
+def postback_params(request: HttpRequest) -> tuple[dict[str, Any], dict[str, str]]:
     """Every parameter received (query string, then the body), and body-level errors.
 
     A parameter received more than once keeps all its values as a list (the last
     one is used for mapping). An unreadable body is kept verbatim under `_raw_body`.
     """
-    params = _querydict_params(request._request.GET)
+    params = _query_params(request)
     if request.method != "POST":
         return params, {}
-    django_request = request._request
-    body = django_request.body
+    body = request.body
     if not body:
         return params, {}
-    content_type = (django_request.content_type or "").lower()
+    content_type = (request.content_type or "").lower()
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             data = json.loads(body, parse_constant=_reject_json_constant)
@@ -203,7 +221,7 @@ def postback_params(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
         return _merge(params, data), {}
     if content_type in FORM_CONTENT_TYPES:
         try:
-            form = django_request.POST
+            form = request.POST
         except MultiPartParserError as exc:
             return _with_raw_body(params, body), {"body": f"is not a valid multipart form ({exc})"}
         return _merge(params, _querydict_params(form)), {}
@@ -211,6 +229,36 @@ def postback_params(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
         "body": f"has unsupported Content-Type '{content_type}'; "
         "send application/x-www-form-urlencoded or application/json"
     }
+
+
+def _query_params(request: HttpRequest) -> dict[str, Any]:
+    """The query string's parameters, decoded and limited exactly as `request.GET` is,
+    without building the QueryDict (its bookkeeping costs more than the parsing)."""
+    query_string = request.META.get("QUERY_STRING", "")
+    if not query_string:
+        return {}
+    encoding = request.encoding or settings.DEFAULT_CHARSET
+    raw = query_string.encode("iso-8859-1")  # PEP 3333: the bytes as received, one char each
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:
+        text = raw.decode("iso-8859-1")
+    try:
+        pairs = parse_qsl(
+            text, keep_blank_values=True, encoding=encoding, max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        )
+    except ValueError as exc:
+        raise TooManyFieldsSent(
+            "The number of GET/POST parameters exceeded settings.DATA_UPLOAD_MAX_NUMBER_FIELDS."
+        ) from exc
+    params: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in params:
+            before = params[key]
+            params[key] = [*before, value] if isinstance(before, list) else [before, value]
+        else:
+            params[key] = value
+    return params
 
 
 def _querydict_params(querydict: QueryDict) -> dict[str, Any]:
@@ -236,8 +284,8 @@ def _reject_json_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _unavailable(message: str) -> Response:
-    return Response(
+def _unavailable(message: str) -> HttpResponse:
+    return json_response(
         {"status": "error", "message": message},
         status=503,
         headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)},

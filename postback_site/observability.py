@@ -47,6 +47,13 @@ def postback_observe(partner: Any) -> None:
         context["database_alias"] = partner.database_alias
 
 
+def postback_outcome_observe(outcome: str) -> None:
+    """Name the current postback's outcome (`success`, `duplicate`, `updated`) for logs and metrics."""
+    context = _context.get()
+    if context is not None:
+        context["outcome"] = outcome
+
+
 def trace_fields(header: str, project: str) -> dict[str, Any]:
     """Cloud Logging trace fields from an `X-Cloud-Trace-Context: TRACE/SPAN;o=1` header."""
     if not header:
@@ -63,13 +70,11 @@ def trace_fields(header: str, project: str) -> dict[str, Any]:
     return fields
 
 
-def postback_outcome(response: HttpResponse) -> str:
-    """`success`/`duplicate` for a 200, else a name for the status code."""
+def postback_outcome(response: HttpResponse, observed: str | None) -> str:
+    """The outcome the view observed for a 200 (`success`, `duplicate`, `updated`), else a
+    name for the status code."""
     if response.status_code == 200:
-        data = getattr(response, "data", None)
-        if isinstance(data, dict) and data.get("status") in {"success", "duplicate"}:
-            return data["status"]
-        return "ok"
+        return observed or "ok"
     return STATUS_OUTCOMES.get(response.status_code, f"http_{response.status_code}")
 
 
@@ -100,7 +105,7 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             match = request.resolver_match
             if match is not None and match.url_name == "postback":
-                context["outcome"] = outcome = postback_outcome(response)
+                context["outcome"] = outcome = postback_outcome(response, context.get("outcome"))
                 partner = context.get("partner", "unknown")
                 metrics.postback_record(
                     partner=partner,
