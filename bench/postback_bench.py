@@ -40,8 +40,10 @@ LOADS = ("minimal", "new", "update", "duplicate", "mix", "invalid")
 
 LUA = r"""
 local mode, prefix, round, tail = "%(mode)s", "%(prefix)s", "%(round)s", "%(tail)s"
+-- update load: how many conversions each thread of this round's `new` load created
+local created = {%(created)s}
 local threads, counter = {}, 0
-success, duplicate, updated, rejected, non2xx = 0, 0, 0, 0, 0
+success, duplicate, updated, rejected, non2xx, fresh = 0, 0, 0, 0, 0, 0
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_usec; } bench_timeval;
@@ -72,11 +74,16 @@ function request()
     id = round .. "dup-" .. (counter %% 100)  -- sent once before the round
   elseif mode == "mix" and counter %% 10 == 0 and counter > 10 then
     id = prefix .. tid .. "-" .. (counter - 5)  -- a repeat of a conversion sent just before
+  else
+    fresh = counter
   end
   if mode == "update" then
-    -- approves the conversions the `new` load of this round created (each once)
-    id = round .. "new" .. tid .. "-" .. counter
-    return wrk.format("GET", "/partner/involve/event?conversion_id=" .. id .. tail .. "&conversion_status=approved")
+    -- Changes the status of the conversions the `new` load of this round created:
+    -- (none) -> approved on the first pass over them, approved -> paid on the second.
+    local count = created[tid] or 1
+    local status = math.floor((counter - 1) / count) %% 2 == 0 and "approved" or "paid"
+    id = round .. "new" .. tid .. "-" .. ((counter - 1) %% count + 1)
+    return wrk.format("GET", "/partner/involve/event?conversion_id=" .. id .. tail .. "&conversion_status=" .. status)
   end
   if mode == "minimal" then
     return wrk.format("GET", "/bench/insert?conversion_id=" .. id)
@@ -105,19 +112,22 @@ end
 
 function done(summary, latency, requests)
   local s, d, u, r, n = 0, 0, 0, 0, 0
+  local created_now = {}
   for _, thread in ipairs(threads) do
     s = s + thread:get("success")
     d = d + thread:get("duplicate")
     u = u + thread:get("updated")
     r = r + thread:get("rejected")
     n = n + thread:get("non2xx")
+    table.insert(created_now, thread:get("fresh"))
   end
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests": %%d, "seconds": %%.3f, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, ' ..
-    '"success": %%d, "duplicate": %%d, "updated": %%d, "rejected": %%d, "non2xx": %%d, "socket_errors": %%d}\n',
+    '"success": %%d, "duplicate": %%d, "updated": %%d, "rejected": %%d, "non2xx": %%d, "socket_errors": %%d, ' ..
+    '"created": [%%s]}\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), s, d, u, r, n, e.connect + e.read + e.write + e.timeout))
+    latency:percentile(99), s, d, u, r, n, e.connect + e.read + e.write + e.timeout, table.concat(created_now, ", ")))
 end
 """
 
@@ -198,9 +208,14 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> tuple[float, 
     return app, database
 
 
-def run_wrk(wrk: str, base: str, mode: str, round_id: str, args: argparse.Namespace, workdir: Path) -> dict:
+def run_wrk(
+    wrk: str, base: str, mode: str, round_id: str, args: argparse.Namespace, workdir: Path, created: list[int] = ()
+) -> dict:
+    """One wrk run of `mode`; `created` is, for the update load, how many conversions
+    each wrk thread of the round's `new` load created."""
     script = workdir / f"{mode}.lua"
     values = {"mode": mode, "prefix": round_id + mode, "round": round_id, "tail": QUERY_TAIL}
+    values["created"] = ", ".join(str(count) for count in created)
     values.update(tail_ms=TAIL_MS, fresh_ms=args.duration * 1000 - TAIL_MS)
     script.write_text(LUA % values)
     command = [
@@ -323,9 +338,12 @@ def main() -> None:
         )
         results: dict[str, list[dict]] = {load: [] for load in loads}
         for round_number in range(args.rounds):
+            created: list[int] = []
             for load in loads:
-                result = run_wrk(wrk, base, load, f"r{round_number}", args, workdir)
+                result = run_wrk(wrk, base, load, f"r{round_number}", args, workdir, created)
                 results[load].append(result)
+                if load == "new":
+                    created = result["created"]
                 if load != "minimal":
                     successes += result["success"]
                 print(

@@ -47,19 +47,19 @@ def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = N
         return None  # 0 = no limit
     now = now or timezone.now()
     local_now = partner_local_now(partner, now)
-    midnight = next_local_midnight(local_now)
     day = local_now.date()
     try:
         count = quota_ledger.consume(
             key=(partner.database_alias, partner.pk, day),
             limit=limit,
-            increment=lambda by: _increment(partner, day, now, midnight, by),
+            increment=lambda by: _increment(partner, day, now, next_local_midnight(local_now), by),
         )
     except DatabaseError as exc:
         # The partner database is away: answer 503 now rather than wait for it twice.
         raise PartnerDatabaseUnavailable(partner.database_alias, str(exc).strip() or exc.__class__.__name__) from exc
     if count <= limit:
         return None
+    midnight = next_local_midnight(local_now)
     retry_after = max(1, math.ceil((midnight - now).total_seconds()))
     if count == limit + 1:
         # Exactly one request sees limit + 1, whichever worker or instance it reaches.

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from conversions.models import PartnerConversion
 from conversions.request_meta import secret_masked
-from conversions.statements import change_insert, conversion_insert, original_get, original_update
+from conversions.statements import change_insert, conversion_insert, original_get, original_insert, original_update
 from partners.databases import PartnerDatabaseUnavailable, database_breaker
 from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
@@ -104,12 +104,12 @@ def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | N
     for _attempt in range(3):
         if trace is not None:
             trace.append("💾 步驟5: 創建轉化記錄")
-        conversion = conversion_insert(alias=alias, values={**row, "is_processed": True}, original=True)
+        conversion, original = original_insert(alias=alias, values={**row, "is_processed": True})
         if conversion is not None:
             if trace is not None:
                 trace.append("✅ 步驟6: 標記為已處理")
             return PostbackResult(outcome="success", conversion=conversion)
-        result = _record_repeat(partner=partner, row=row)
+        result = _record_repeat(partner=partner, row=row, original=original)
         if result is not None:
             if trace is not None:
                 trace.append(
@@ -122,7 +122,11 @@ def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | N
 
 
 def _record_repeat(
-    *, partner: Partner, row: dict[str, Any], existing: PartnerConversion | None = None
+    *,
+    partner: Partner,
+    row: dict[str, Any],
+    existing: PartnerConversion | None = None,
+    original: PartnerConversion | None = None,
 ) -> PostbackResult | None:
     """A postback for a conversion_id that has an original: duplicate, update or stale.
 
@@ -131,11 +135,13 @@ def _record_repeat(
     its row lock serializes racing updates), re-read and re-decided when it lost. A
     duplicate or a stale change needs no lock: the state only moves forward, so what
     was stale stays stale. `existing` is a stored rejected row being reprocessed: it
-    becomes the duplicate instead of a new row. Returns None when there is no original.
+    becomes the duplicate instead of a new row; `original`, the original when it was
+    just read. Returns None when there is no original.
     """
     alias = partner.database_alias
     for _attempt in range(5):
-        original = original_get(alias=alias, partner_id=row["partner_id"], conversion_id=row["conversion_id"])
+        if original is None:
+            original = original_get(alias=alias, partner_id=row["partner_id"], conversion_id=row["conversion_id"])
         if original is None:
             return None
         changes = conversion_changes(original=original, incoming=row)
@@ -170,6 +176,7 @@ def _record_repeat(
                 guards={name: getattr(original, name) for name in LIFECYCLE_FIELDS},
                 change=change,
             ):
+                original = None
                 continue  # changed since it was read: decide again on its new state
             if existing is not None:
                 _duplicate_store(alias=alias, row=row, original=original, existing=existing)
@@ -186,7 +193,7 @@ def _duplicate_store(
 ) -> PartnerConversion:
     if existing is None:
         values = {**row, "is_duplicate": True, "duplicate_of_id": original.pk}
-        return conversion_insert(alias=alias, values=values, original=False)
+        return conversion_insert(alias=alias, values=values)
     existing.processing_error = None
     existing.is_processed = False
     existing.is_duplicate = True
@@ -219,7 +226,7 @@ def _record_rejected(
         "conversion_id": mapped.values.get("conversion_id", ""),
         "processing_error": "; ".join(f"{name}: {message}" for name, message in mapped.errors.items()),
     }
-    conversion = conversion_insert(alias=alias, values=values, original=False)
+    conversion = conversion_insert(alias=alias, values=values)
     if trace is not None:
         trace.append(f"❌ 拒絕: {conversion.processing_error}")
     return PostbackResult(outcome="error", conversion=conversion, errors=mapped.errors)

@@ -74,7 +74,14 @@ def _none() -> None:
     return None
 
 
-def _preparer(field: models.Field, connection: BaseDatabaseWrapper) -> Callable[[Any], Any]:
+def _preparer(field: models.Field, connection: BaseDatabaseWrapper) -> Callable[[Any], Any] | None:
+    if connection.vendor == "postgresql":
+        if isinstance(field, models.JSONField):
+            encoder = field.encoder
+            return lambda value: connection.ops.adapt_json_value(value, encoder)
+        # What the ORM passes on for a Decimal or an aware datetime is the value itself.
+        return None
+
     def prepare(value: Any) -> Any:
         return field.get_db_prep_save(value, connection)
 
@@ -118,20 +125,36 @@ def _tables_for(alias: str) -> tuple[_Table, _Table, "_OriginalReader"]:
     return _tables(alias, connections[alias].vendor)
 
 
-def conversion_insert(*, alias: str, values: dict[str, Any], original: bool) -> PartnerConversion | None:
-    """Insert one conversion row and return it.
-
-    `original=True` inserts it as the original of its conversion_id unless one exists:
-    the partial unique index decides atomically, and None means another row is the
-    original (nothing was written).
-    """
+def conversion_insert(*, alias: str, values: dict[str, Any]) -> PartnerConversion:
+    """Insert one conversion row (a duplicate or a rejected postback) and return it."""
     table = _tables_for(alias)[0]
     row = table.row_values(values)
-    sql = table.insert_original_sql if original else table.insert_returning_sql
-    inserted = _execute(alias, sql, table.db_values(row))
-    if inserted is None:
-        return None
+    inserted = _execute(alias, table.insert_returning_sql, table.db_values(row))
     return PartnerConversion.from_db(alias, None, (inserted[0], *row))
+
+
+def original_insert(*, alias: str, values: dict[str, Any]) -> tuple[PartnerConversion | None, PartnerConversion | None]:
+    """Insert `values` as the original of its conversion_id unless one exists.
+
+    The partial unique index decides atomically. Returns (the new row, None), or
+    (None, the existing original) when another row is the original and nothing was
+    written. On PostgreSQL both are one statement; (None, None) then means the original
+    committed too recently for this statement to read it: read it again.
+    """
+    conversions, _changes, reader = _tables_for(alias)
+    row = conversions.row_values(values)
+    params = conversions.db_values(row)
+    if reader.insert_or_read_sql is None:
+        inserted = _execute(alias, conversions.insert_original_sql, params)
+        if inserted is not None:
+            return PartnerConversion.from_db(alias, None, (inserted[0], *row)), None
+        return None, reader.read(alias, values["partner_id"], values["conversion_id"])
+    found = _execute(alias, reader.insert_or_read_sql, [*params, values["partner_id"], values["conversion_id"]])
+    if found is None:
+        return None, None
+    if found[0]:
+        return PartnerConversion.from_db(alias, None, (found[1], *row)), None
+    return None, reader.instance(alias, found[1:])
 
 
 class _OriginalReader:
@@ -146,6 +169,15 @@ class _OriginalReader:
         columns = ", ".join(quote(field.column) for field in self.fields)
         table = quote(PartnerConversion._meta.db_table)
         self.sql = f"SELECT {columns} FROM {table} WHERE {ORIGINAL_CONDITION}"  # noqa: S608
+        self.insert_or_read_sql = None
+        if connection.vendor == "postgresql":
+            # One statement for an original's INSERT and, when another row is the
+            # original, reading it: a flag, then the new id or the original's columns.
+            insert = _Table(PartnerConversion, connection).insert_original_sql
+            nulls = ", ".join(["NULL"] * (len(self.fields) - 1))
+            new_id = f"SELECT true, id, {nulls} FROM inserted"  # noqa: S608
+            found = self.sql.replace("SELECT ", "SELECT false, ", 1) + " AND NOT EXISTS (SELECT FROM inserted)"  # noqa: S608
+            self.insert_or_read_sql = f"WITH inserted AS ({insert}) {new_id} UNION ALL {found}"
         self.converters = []
         for index, field in enumerate(self.fields):
             expression = field.cached_col
@@ -155,8 +187,9 @@ class _OriginalReader:
 
     def read(self, alias: str, partner_id: int, conversion_id: str) -> PartnerConversion | None:
         found = _execute(alias, self.sql, [partner_id, conversion_id])
-        if found is None:
-            return None
+        return None if found is None else self.instance(alias, found)
+
+    def instance(self, alias: str, found: Sequence[Any]) -> PartnerConversion:
         connection = connections[alias]
         values = list(found)
         for index, expression, converters in self.converters:

@@ -284,8 +284,8 @@ def test_hot_path_queries_no_configuration_and_one_partner_statement(client, inv
     assert len(default_queries) == 0
     # far from the daily limit the quota is counted in batches: only the conversion's INSERT
     assert len(partner_queries) == 1
-    assert partner_queries[0]["sql"].upper().startswith("INSERT INTO")
-    assert "partner_conversions" in partner_queries[0]["sql"]
+    # (on PostgreSQL the same statement reads the original when there is one)
+    assert 'INSERT INTO "partner_conversions"' in partner_queries[0]["sql"]
 
 
 def test_partner_database_down_is_503_and_other_partners_still_work(client, involve, backend):
