@@ -25,13 +25,16 @@ def database_settings(
     statement_timeout_ms: int = 0,
     lock_timeout_ms: int = 0,
     pool_max_size: int = 0,
+    prepared_statements: bool = True,
     sqlite_busy_timeout: int = 20,
 ) -> dict[str, Any]:
     """Return a full DATABASES entry for `url` with the engine's production options.
 
     PostgreSQL gets bounded connect/statement/lock timeouts (0 = off) and, when
     `pool_max_size` > 0, a psycopg connection pool of that size per process instead of
-    persistent per-thread connections.
+    persistent per-thread connections. `prepared_statements` lets the postback's
+    statements (conversions.statements) be prepared once per connection; the ORM's
+    queries are bound client-side and never prepared either way.
     """
     config = environ.Env.db_url_config(url)
     engine = config["ENGINE"]
@@ -57,6 +60,9 @@ def database_settings(
         ]
         if server_options:
             options.setdefault("options", " ".join(server_options))
+        if prepared_statements:
+            # Django turns psycopg's statement preparation off (None) unless asked.
+            options.setdefault("prepare_threshold", 5)
         if pool_max_size > 0:
             # Django's pool replaces persistent connections (it refuses CONN_MAX_AGE with it);
             # waiting for a free connection is bounded like connecting is.

@@ -113,6 +113,9 @@ DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=2000)
 DB_BREAKER_SECONDS = env.float("DB_BREAKER_SECONDS", default=2.0)
 # 0 = persistent per-thread connections; N = a psycopg pool of N connections per alias per worker.
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=0)
+# The postback's statements are prepared server-side once per connection; turn off behind
+# a pooler in transaction mode that cannot keep prepared statements (PgBouncer < 1.21).
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 SQLITE_BUSY_TIMEOUT = env.int("SQLITE_BUSY_TIMEOUT", default=20)
 DATABASE_OPTIONS = {
     "base_dir": BASE_DIR,
@@ -121,6 +124,7 @@ DATABASE_OPTIONS = {
     "statement_timeout_ms": DB_STATEMENT_TIMEOUT_MS,
     "lock_timeout_ms": DB_LOCK_TIMEOUT_MS,
     "pool_max_size": DB_POOL_MAX_SIZE,
+    "prepared_statements": DB_PREPARED_STATEMENTS,
     "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
 }
 DATABASES = {
