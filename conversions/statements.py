@@ -50,6 +50,7 @@ class _Table:
         self.prepare: list[Callable[[Any], Any] | None] = [
             _preparer(field, connection) if isinstance(field, _PREPARED_FIELDS) else None for field in self.fields
         ]
+        self.prepare_by_name = dict(zip(self.attnames, self.prepare, strict=True))
         self.defaults: dict[str, Callable[[], Any]] = {}
         for field in self.fields:
             if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
@@ -62,6 +63,13 @@ class _Table:
     def row_values(self, values: dict[str, Any]) -> list[Any]:
         """Every column's value in insert order, defaults filled in (auto_now included)."""
         return [values[name] if name in values else self.defaults[name]() for name in self.attnames]
+
+    def db_values_of(self, values: dict[str, Any]) -> list[Any]:
+        """Some columns' values (by attname), prepared."""
+        prepare = self.prepare_by_name
+        return [
+            value if value is None or prepare[name] is None else prepare[name](value) for name, value in values.items()
+        ]
 
     def db_values(self, row: Sequence[Any]) -> list[Any]:
         return [
@@ -88,13 +96,13 @@ def _preparer(field: models.Field, connection: BaseDatabaseWrapper) -> Callable[
     return prepare
 
 
-def _execute(alias: str, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-    """Run one statement on `alias` and return its first row, if it returns rows."""
+def _execute(alias: str, sql: str, params: Sequence[Any], *, fetch: bool = True) -> tuple[Any, ...] | None:
+    """Run one statement on `alias` and return its first row (`fetch`: it returns rows)."""
     connection = connections[alias]
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchone() if cursor.description else None
+            return cursor.fetchone() if fetch else None
     # Django's cursor binds values into the SQL text on the client, so the server parses
     # and plans every statement anew; a prepared statement does that once per connection.
     # The connection is managed as Django's cursor() would: health check, errors, logging.
@@ -104,7 +112,7 @@ def _execute(alias: str, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | N
     started = time.monotonic()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
-        row = cursor.fetchone() if cursor.description else None
+        row = cursor.fetchone() if fetch else None
     if connection.queries_logged:
         connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
     return row
@@ -200,44 +208,46 @@ def original_update(
     """
     connection = connections[alias]
     conversions, changes, _reader = _tables_for(alias)
-    meta = PartnerConversion._meta
-    quote = connection.ops.quote_name
-    same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
-    assignments = ", ".join(f"{quote(name)} = %s" for name in values)
-    conditions = " AND ".join(f"{quote(name)} {same} %s" for name in guards)
-    update_params = [_db_value(meta.get_field(name), value, connection) for name, value in values.items()]
-    update_params.append(original.pk)
-    update_params += [_db_value(meta.get_field(name), value, connection) for name, value in guards.items()]
-    update_sql = f"UPDATE {conversions.table} SET {assignments} WHERE id = %s AND {conditions}"  # noqa: S608
-    history = changes.row_values({**change, "conversion_id": original.pk})
-    history_params = changes.db_values(history)
+    update_params = [*conversions.db_values_of(values), original.pk, *conversions.db_values_of(guards)]
+    history_params = changes.db_values(changes.row_values({**change, "conversion_id": original.pk}))
+    sql = _update_sql(alias, connection.vendor, tuple(values), tuple(guards))
     if connection.vendor == "postgresql":
-        # The history row takes the updated row's id: inserted only when the UPDATE matched.
-        # (Typed: a bare parameter in a SELECT list would be text, not the column's type.)
-        selected = ", ".join(
-            "id" if field.attname == "conversion_id" else f"CAST(%s AS {field.db_type(connection)})"
-            for field in changes.fields
-        )
         history_params = [
             value for name, value in zip(changes.attnames, history_params, strict=True) if name != "conversion_id"
         ]
-        insert_history = f"INSERT INTO {changes.table} ({changes.columns}) SELECT {selected} FROM updated"  # noqa: S608
-        sql = f"WITH updated AS ({update_sql} RETURNING id) {insert_history} RETURNING 1"
         return _execute(alias, sql, [*update_params, *history_params]) is not None
     with transaction.atomic(using=alias), connection.cursor() as cursor:
-        cursor.execute(update_sql, update_params)
+        cursor.execute(sql, update_params)
         if cursor.rowcount != 1:
             return False
         cursor.execute(changes.insert_sql, history_params)
     return True
 
 
+@lru_cache(maxsize=256)
+def _update_sql(alias: str, vendor: str, names: tuple[str, ...], guards: tuple[str, ...]) -> str:
+    """The compare-and-set UPDATE of an original (on PostgreSQL, with its history INSERT)."""
+    connection = connections[alias]
+    conversions, changes, _reader = _tables_for(alias)
+    quote = connection.ops.quote_name
+    same = "IS NOT DISTINCT FROM" if vendor == "postgresql" else "IS"
+    assignments = ", ".join(f"{quote(name)} = %s" for name in names)
+    conditions = " AND ".join(f"{quote(name)} {same} %s" for name in guards)
+    update_sql = f"UPDATE {conversions.table} SET {assignments} WHERE id = %s AND {conditions}"  # noqa: S608
+    if vendor != "postgresql":
+        return update_sql
+    # The history row takes the updated row's id: inserted only when the UPDATE matched.
+    # (Typed: a bare parameter in a SELECT list would be text, not the column's type.)
+    selected = ", ".join(
+        "id" if field.attname == "conversion_id" else f"CAST(%s AS {field.db_type(connection)})"
+        for field in changes.fields
+    )
+    insert_history = f"INSERT INTO {changes.table} ({changes.columns}) SELECT {selected} FROM updated"  # noqa: S608
+    return f"WITH updated AS ({update_sql} RETURNING id) {insert_history} RETURNING 1"
+
+
 def change_insert(*, alias: str, conversion: PartnerConversion, change: dict[str, Any]) -> None:
     """Record a change in the conversion's history without applying it."""
     changes = _tables_for(alias)[1]
     row = changes.row_values({**change, "conversion_id": conversion.pk})
-    _execute(alias, changes.insert_sql, changes.db_values(row))
-
-
-def _db_value(field: models.Field, value: Any, connection: BaseDatabaseWrapper) -> Any:
-    return None if value is None else field.get_db_prep_save(value, connection)
+    _execute(alias, changes.insert_sql, changes.db_values(row), fetch=False)
