@@ -69,11 +69,17 @@ class MappedPostback:
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
+    received: tuple[str, ...] = ()
 
     @property
     def is_valid(self) -> bool:
         return not self.errors
+
+    @property
+    def ignored(self) -> list[str]:
+        """Parameters received that fill none of our fields."""
+        used = set(self.sources.values())
+        return [name for name in self.received if name not in used]
 
 
 class CoercionError(ValueError):
@@ -123,8 +129,7 @@ def postback_map(
                 result.errors[name] = f"{source}: must not be empty"
             continue
         result.values[name] = value
-    used = set(result.sources.values())
-    result.ignored = [key for key in params if key not in used]
+    result.received = tuple(params)
     return result
 
 

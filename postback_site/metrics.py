@@ -61,10 +61,19 @@ def _count_connection(sender, connection, **kwargs) -> None:
 connection_created.connect(_count_connection, dispatch_uid="postback_site.metrics.connections")
 
 
+# The labelled series of each (partner, outcome), looked up once: `labels()` costs more
+# than the increment on the hot path.
+_postback_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+
 def postback_record(*, partner: str, outcome: str, seconds: float, database_alias: str | None) -> None:
     """Count one answered postback; `database_alias` when a database made it fail."""
-    POSTBACKS.labels(partner=partner, outcome=outcome).inc()
-    LATENCY.labels(partner=partner).observe(seconds)
+    series = _postback_series.get((partner, outcome))
+    if series is None:
+        series = (POSTBACKS.labels(partner=partner, outcome=outcome), LATENCY.labels(partner=partner))
+        _postback_series[(partner, outcome)] = series
+    series[0].inc()
+    series[1].observe(seconds)
     if database_alias is not None:
         DATABASE_ERRORS.labels(alias=database_alias).inc()
     _pool_gauges_refresh()
