@@ -110,12 +110,27 @@ def _execute(alias: str, sql: str, params: Sequence[Any], *, fetch: bool = True)
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     started = time.monotonic()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors:
+        cursor = _prepared_cursor(connection)
         cursor.execute(sql, params, prepare=True)
         row = cursor.fetchone() if fetch else None
     if connection.queries_logged:
         connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
     return row
+
+
+def _prepared_cursor(connection: BaseDatabaseWrapper) -> psycopg.Cursor:
+    """A server-side binding cursor on the connection's current psycopg connection.
+
+    Kept on the (per-thread) Django connection and made anew when the psycopg
+    connection changes (reconnected, or another one checked out of the pool).
+    """
+    raw = connection.connection
+    cached = getattr(connection, "_postback_cursor", None)
+    if cached is None or cached.connection is not raw or cached.closed:
+        cached = psycopg.Cursor(raw)
+        connection._postback_cursor = cached
+    return cached
 
 
 @lru_cache(maxsize=64)

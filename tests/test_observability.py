@@ -116,17 +116,18 @@ def test_metrics_count_postbacks_by_partner_and_outcome(client, involve, setting
     settings.METRICS_TOKEN = "m-secret"
     auth = {"HTTP_AUTHORIZATION": "Bearer m-secret"}
     before = client.get("/metrics", **auth).content.decode()
-    client.get("/partner/involve/event?conversion_id=m1")
-    client.get("/partner/involve/event?conversion_id=m1")
+    client.get("/partner/involve/event?conversion_id=m1&conversion_status=pending")
+    client.get("/partner/involve/event?conversion_id=m1&conversion_status=pending")
+    client.get("/partner/involve/event?conversion_id=m1&conversion_status=approved")
     client.get("/partner/involve/event?usd_payout=bad")
     text = client.get("/metrics", **auth).content.decode()
     assert text.startswith("# HELP") or "# HELP" in text
-    for outcome, added in (("success", 1), ("duplicate", 1), ("rejected", 1)):
+    for outcome, added in (("success", 1), ("duplicate", 1), ("updated", 1), ("rejected", 1)):
         name = "postback_requests_total"
         labels = {"partner": "involve_asia", "outcome": outcome}
         assert sample(text, name, **labels) - sample(before, name, **labels) == added
     histogram = "postback_request_duration_seconds_count"
-    assert sample(text, histogram, partner="involve_asia") - sample(before, histogram, partner="involve_asia") == 3
+    assert sample(text, histogram, partner="involve_asia") - sample(before, histogram, partner="involve_asia") == 4
 
 
 def test_metrics_count_database_errors_by_alias(client, live_db, settings):

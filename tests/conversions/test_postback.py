@@ -341,3 +341,23 @@ def test_one_summary_line_when_logging_is_off(client, make_partner, caplog):
     messages = [record.getMessage() for record in caplog.records if record.name == "conversions.ingest"]
     assert len(messages) == 1
     assert messages[0].startswith("postback partner=involve_asia outcome=success conversion_id=conv001 time=")
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not-prepared"])
+def test_postback_statements_on_postgres_are_prepared_once_per_connection(
+    client, settings, make_partner, backend, prepared
+):
+    # DB_PREPARED_STATEMENTS=false: the same statements, bound server-side, never prepared
+    settings.DATABASE_OPTIONS = {**settings.DATABASE_OPTIONS, "prepared_statements": prepared}
+    partner = make_partner("involve")
+    for number in range(3):
+        assert client.get(f"/partner/involve/event?conversion_id=p{number}").json()["status"] == "success"
+    approved = client.get("/partner/involve/event?conversion_id=p0&status=approved")
+    assert approved.json()["status"] == "updated"
+    with connections[partner.database_alias].cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        statements = [row[0] for row in cursor.fetchall()]
+    inserts = [sql for sql in statements if sql.startswith('INSERT INTO "partner_conversions"')]
+    assert len(inserts) == (1 if prepared else 0)
+    assert partner_rows(partner).filter(status="approved").count() == 1
