@@ -20,7 +20,8 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Load the app before forking: workers share the imported code and start faster.
 preload_app = True
-GC_THRESHOLD = int(os.environ.get("GC_THRESHOLD", "20000"))
+# Allocations between young-generation collections in a worker (Python's default: 700).
+GC_THRESHOLD = 20_000
 # Several servers on one machine (tests, benchmarks) must not share a control socket.
 control_socket_disable = True
 
