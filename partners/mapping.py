@@ -236,6 +236,8 @@ def coerce_datetime(raw: Any, tz: tzinfo) -> datetime | None:
 
 
 def _is_encodable(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
