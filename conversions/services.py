@@ -14,7 +14,7 @@ from conversions.models import PartnerConversion
 from conversions.request_meta import secret_masked
 from conversions.statements import change_insert, conversion_insert, original_get, original_insert, original_update
 from partners.databases import PartnerDatabaseUnavailable, database_breaker
-from partners.lifecycle import transition_permitted
+from partners.lifecycle import PENDING, transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
 from partners.models import Partner
 
@@ -100,15 +100,22 @@ def conversion_record(
 def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | None) -> PostbackResult:
     # The common case is one INSERT in autocommit: the partial unique index decides,
     # atomically, whether this is the original; when another row is, nothing is written.
+    # A status past pending (approved, rejected, paid) usually reports a change to a
+    # conversion already stored: its original is read first instead of trying an INSERT
+    # that would find it. Either order leaves the decision to the index.
     alias = partner.database_alias
+    read_first = row.get("status") not in (None, PENDING)
     for _attempt in range(3):
-        if trace is not None:
-            trace.append("💾 步驟5: 創建轉化記錄")
-        conversion, original = original_insert(alias=alias, values={**row, "is_processed": True})
-        if conversion is not None:
+        original = None
+        if not read_first:
             if trace is not None:
-                trace.append("✅ 步驟6: 標記為已處理")
-            return PostbackResult(outcome="success", conversion=conversion)
+                trace.append("💾 步驟5: 創建轉化記錄")
+            conversion, original = original_insert(alias=alias, values={**row, "is_processed": True})
+            if conversion is not None:
+                if trace is not None:
+                    trace.append("✅ 步驟6: 標記為已處理")
+                return PostbackResult(outcome="success", conversion=conversion)
+        read_first = False
         result = _record_repeat(partner=partner, row=row, original=original)
         if result is not None:
             if trace is not None:
@@ -117,7 +124,7 @@ def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | N
                     f"{result.note or result.changes or ''}"
                 )
             return result
-        # The original vanished in between (retention purge): try again as the original.
+        # No original (yet, or it vanished in a retention purge): insert it as the original.
     raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
 
 

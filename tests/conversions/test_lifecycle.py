@@ -168,3 +168,27 @@ def test_final_state_does_not_depend_on_arrival_order(client, involve, order):
         client.get(ENDPOINT + f"conversion_id=IA-ORD&usd_payout={index + 1}&conversion_status={steps[index]}")
     original = partner_rows(involve).get(is_duplicate=False)
     assert (original.status, original.usd_earning) == ("paid", Decimal("3.00"))
+
+
+def test_a_status_change_reads_the_original_first_and_inserts_nothing(client, involve):
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    client.get(ENDPOINT + created)
+    with CaptureQueriesContext(connections[involve.database_alias]) as queries:
+        assert client.get(ENDPOINT + approved).json()["status"] == "updated"
+    statements = [query["sql"] for query in queries]
+    assert not any('INSERT INTO "partner_conversions"' in sql for sql in statements)
+    assert partner_rows(involve).count() == 1
+    assert [(before, after, applied) for before, after, applied, _note in history(involve)] == [
+        ("pending", "approved", True)
+    ]
+
+
+def test_a_first_postback_already_approved_becomes_the_original(client, involve):
+    _created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    assert client.get(ENDPOINT + approved).json()["status"] == "success"
+    row = partner_rows(involve).get()
+    assert (row.status, row.is_duplicate, row.processing_error) == ("approved", False, None)
+    assert history(involve) == []
