@@ -22,9 +22,9 @@ from conversions.models import ConversionChange, PartnerConversion
 
 # An original is a row the partial unique index `one_original_per_conversion` covers.
 ORIGINAL_CONDITION = "partner_id = %s AND conversion_id = %s AND NOT is_duplicate AND processing_error IS NULL"
-# What the repeat path reads of an original: everything but the two JSON documents
-# (they stay deferred and load on access).
-ORIGINAL_READ_EXCLUDED = frozenset({"raw_data", "request_headers"})
+# What the repeat path reads of an original: what it compares and answers with; the
+# JSON documents and bookkeeping timestamps stay deferred (they load on access).
+ORIGINAL_READ_EXCLUDED = frozenset({"raw_data", "request_headers", "created_at", "updated_at"})
 # Values the database driver cannot take as they are: prepared by the field, as the ORM does.
 _PREPARED_FIELDS = (models.DateTimeField, models.DecimalField, models.JSONField)
 

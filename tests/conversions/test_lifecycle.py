@@ -180,6 +180,8 @@ def test_a_status_change_reads_the_original_first_and_inserts_nothing(client, in
         assert client.get(ENDPOINT + approved).json()["status"] == "updated"
     statements = [query["sql"] for query in queries]
     assert not any('INSERT INTO "partner_conversions"' in sql for sql in statements)
+    # one read of the original, nothing loaded afterwards
+    assert len([sql for sql in statements if sql.startswith("SELECT")]) == 1
     assert partner_rows(involve).count() == 1
     assert [(before, after, applied) for before, after, applied, _note in history(involve)] == [
         ("pending", "approved", True)
