@@ -25,7 +25,8 @@ ORIGINAL_CONDITION = "partner_id = %s AND conversion_id = %s AND NOT is_duplicat
 # What the repeat path reads of an original: what it compares and answers with; the
 # JSON documents and bookkeeping timestamps stay deferred (they load on access).
 ORIGINAL_READ_EXCLUDED = frozenset({"raw_data", "request_headers", "created_at", "updated_at"})
-# Values the database driver cannot take as they are: prepared by the field, as the ORM does.
+# Columns whose values the field prepares for the database, as the ORM does (on
+# PostgreSQL only JSON needs it: psycopg takes a Decimal or an aware datetime as it is).
 _PREPARED_FIELDS = (models.DateTimeField, models.DecimalField, models.JSONField)
 
 
@@ -35,8 +36,9 @@ class _Table:
     def __init__(self, model: type[models.Model], connection: BaseDatabaseWrapper):
         meta = model._meta
         quote = connection.ops.quote_name
-        # Instances are built positionally from (id, *insert values): the key comes first.
-        assert meta.concrete_fields[0].primary_key
+        if not meta.concrete_fields[0].primary_key:
+            # Instances are built positionally from (id, *insert values).
+            raise TypeError(f"{model.__name__}: the primary key must be the first column")
         self.fields = [field for field in meta.concrete_fields if not field.primary_key]
         self.attnames = [field.attname for field in self.fields]
         self.table = quote(meta.db_table)
