@@ -213,6 +213,20 @@ def users(live_db) -> dict[str, Any]:
 
 
 @pytest.fixture
+def manager_client(client, users):
+    """The test client logged in as the account manager."""
+    client.force_login(users["manager"])
+    return client
+
+
+@pytest.fixture
+def analyst_client(client, users):
+    """The test client logged in as the analyst."""
+    client.force_login(users["analyst"])
+    return client
+
+
+@pytest.fixture
 def involve(make_partner) -> Partner:
     return make_partner("involve_asia")
 

@@ -17,18 +17,6 @@ from tests.conftest import partner_rows
 ADD_URL = "/admin/partners/partner/add/"
 
 
-@pytest.fixture
-def manager_client(client, users):
-    client.force_login(users["manager"])
-    return client
-
-
-@pytest.fixture
-def analyst_client(client, users):
-    client.force_login(users["analyst"])
-    return client
-
-
 def form_data(mapping_rows=(), **fields):
     data = {
         "partner_code": "acme",
