@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
 from django.views import View
 from rest_framework.views import APIView
@@ -30,6 +30,7 @@ logger = logging.getLogger("conversions.ingest")
 
 FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})
 RAW_BODY_KEEP = 65536
+COMPACT_JSON = {"ensure_ascii": False, "separators": (",", ":")}
 
 HTTP_STATUS = {"success": 200, "duplicate": 200, "updated": 200, "error": 400}
 MESSAGES = {
@@ -131,14 +132,9 @@ class PostbackView(APIView):
         return json_response(_postback_body(partner, result, elapsed_ms), status=HTTP_STATUS[result.outcome])
 
 
-def json_response(body: dict[str, Any], *, status: int, headers: dict[str, str] | None = None) -> HttpResponse:
+def json_response(body: dict[str, Any], *, status: int, headers: dict[str, str] | None = None) -> JsonResponse:
     """`body` as compact UTF-8 JSON, as DRF's JSON renderer writes it."""
-    return HttpResponse(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        content_type="application/json",
-        status=status,
-        headers=headers,
-    )
+    return JsonResponse(body, status=status, headers=headers, json_dumps_params=COMPACT_JSON)
 
 
 def _trace_log(trace: list[str] | None, last_line: str) -> None:
