@@ -218,6 +218,7 @@ def test_other_methods_are_405_with_allow(client, involve):
     response = client.put("/partner/involve/event?conversion_id=x")
     assert response.status_code == 405
     assert response["Allow"] == "GET, POST"
+    assert response.json() == {"status": "error", "message": "Method PUT is not allowed; send GET or POST"}
     assert not partner_rows(involve).exists()
 
 
@@ -361,3 +362,13 @@ def test_postback_statements_on_postgres_are_prepared_once_per_connection(
     inserts = [sql for sql in statements if sql.startswith('INSERT INTO "partner_conversions"')]
     assert len(inserts) == (1 if prepared else 0)
     assert partner_rows(partner).filter(status="approved").count() == 1
+
+
+def test_query_string_is_read_exactly_as_django_reads_request_get(client, involve):
+    from django.http import QueryDict
+
+    query = "conversion_id=Q1&a=1&a=2&b=x+y&c=%E2%82%AC&d=%FF&e=&f"
+    assert client.get(f"/partner/involve/event?{query}").json()["status"] == "success"
+    expected = {key: values[0] if len(values) == 1 else values for key, values in QueryDict(query).lists()}
+    assert partner_rows(involve).get().raw_data == expected
+    assert expected["a"] == ["1", "2"] and expected["b"] == "x y" and expected["c"] == "€"
