@@ -38,12 +38,8 @@ QUERY_TAIL = (
 TAIL_MS = 300
 LOADS = ("minimal", "new", "update", "duplicate", "mix", "invalid")
 
-LUA = r"""
-local mode, prefix, round, tail = "%(mode)s", "%(prefix)s", "%(round)s", "%(tail)s"
--- update load: how many conversions each thread of this round's `new` load created
-local created = {%(created)s}
-local threads, counter = {}, 0
-success, duplicate, updated, rejected, non2xx, fresh = 0, 0, 0, 0, 0, 0
+# wrk's Lua has no wall clock: now_ms() from gettimeofday through LuaJIT's FFI.
+LUA_CLOCK = r"""
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_usec; } bench_timeval;
@@ -54,7 +50,15 @@ local function now_ms()
   ffi.C.gettimeofday(tv, nil)
   return tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
 end
-local fresh_until
+"""
+
+LUA = r"""
+local mode, prefix, round, tail = "%(mode)s", "%(prefix)s", "%(round)s", "%(tail)s"
+-- update load: how many conversions each thread of this round's `new` load created
+local created = {%(created)s}
+local threads, counter = {}, 0
+success, duplicate, updated, rejected, non2xx, fresh = 0, 0, 0, 0, 0, 0
+%(clock)slocal fresh_until
 
 function init(args)
   -- In the last %(tail_ms)d ms only repeats are sent, so every new conversion has been
@@ -216,7 +220,7 @@ def run_wrk(
     script = workdir / f"{mode}.lua"
     values = {"mode": mode, "prefix": round_id + mode, "round": round_id, "tail": QUERY_TAIL}
     values["created"] = ", ".join(str(count) for count in created)
-    values.update(tail_ms=TAIL_MS, fresh_ms=args.duration * 1000 - TAIL_MS)
+    values.update(tail_ms=TAIL_MS, fresh_ms=args.duration * 1000 - TAIL_MS, clock=LUA_CLOCK)
     script.write_text(LUA % values)
     command = [
         wrk,
@@ -265,6 +269,7 @@ def main() -> None:
     env.update(
         DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
         PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
         SECRET_KEY="bench-" + "k" * 50,
         BENCH_MINIMAL_VIEW="1",
         HOST="127.0.0.1",

@@ -34,6 +34,7 @@ def main() -> None:
             "DJANGO_SETTINGS_MODULE": "postback_site.settings",
             "DATABASE_URL": f"sqlite:///{tmp}/default.sqlite3",
             "PARTNER_DATABASE_URL": f"postgres://root@127.0.0.1:5432/bench_sec_{token}_{{name}}",
+            "PARTNER_DATABASE_TEMPLATE": f"bench_sec_{token}_template",
             "LOG_LEVEL": "WARNING",
             "REDIS_KEY_PREFIX": f"bench-{token}",
         }

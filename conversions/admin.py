@@ -29,7 +29,7 @@ from django.utils.html import format_html, format_html_join
 
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.services import conversion_reprocess
-from partners.databases import PartnerDatabaseUnavailable, partner_database_register
+from partners.databases import PartnerDatabaseUnavailable
 from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
 
@@ -374,7 +374,7 @@ class PartnerConversionAdmin(admin.ModelAdmin):
 
     def partner_alias(self, request: HttpRequest) -> str:
         partner = self.partner_for(request)
-        return partner_database_register(partner) if partner is not None else DEFAULT_DB_ALIAS
+        return partner.database_alias if partner is not None else DEFAULT_DB_ALIAS
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request)

@@ -10,23 +10,34 @@ _TABLE = DailyCounter._meta.db_table
 
 # One statement on PostgreSQL and SQLite (3.35+): the row lock taken by ON CONFLICT
 # makes concurrent increments from any worker or instance serialise, never lose a count.
+# The new count is never below `floor + by` (GREATEST on PostgreSQL, the two-argument
+# MAX on SQLite): a counter taking over from another store starts where that one was.
 _UPSERT = (
     f"INSERT INTO {_TABLE} (partner_id, day, name, count, last_at) VALUES (%s, %s, %s, %s, %s) "  # noqa: S608
-    f"ON CONFLICT (partner_id, day, name) DO UPDATE SET count = {_TABLE}.count + excluded.count, "
+    f"ON CONFLICT (partner_id, day, name) DO UPDATE SET count = {{greatest}}({_TABLE}.count + %s, excluded.count), "
     "last_at = excluded.last_at "
     "RETURNING count"
 )
+_UPSERTS = {"postgresql": _UPSERT.format(greatest="GREATEST"), "sqlite": _UPSERT.format(greatest="MAX")}
 
 
 def daily_counter_increment(
-    *, alias: str, partner_id: int, day: datetime.date, name: str, now: datetime.datetime, by: int = 1
+    *, alias: str, partner_id: int, day: datetime.date, name: str, now: datetime.datetime, by: int = 1, floor: int = 0
 ) -> int:
-    """Add `by` to the partner's `name` counter for `day`; return the new count."""
+    """Add `by` to the partner's `name` counter for `day`, to at least `floor + by`;
+    return the new count."""
     connection = connections[alias]
     ops = connection.ops
     with connection.cursor() as cursor:
         cursor.execute(
-            _UPSERT,
-            [partner_id, ops.adapt_datefield_value(day), name, by, ops.adapt_datetimefield_value(now)],
+            _UPSERTS[connection.vendor],
+            [
+                partner_id,
+                ops.adapt_datefield_value(day),
+                name,
+                floor + by,  # a new row starts at the floor
+                ops.adapt_datetimefield_value(now),
+                by,
+            ],
         )
         return cursor.fetchone()[0]

@@ -13,7 +13,6 @@ from django.db import DatabaseError
 from conversions.models import PartnerConversion
 from conversions.services import conversion_changes, partner_timezone
 from conversions.views import postback_params
-from partners.databases import partner_database_register
 from partners.lifecycle import transition_permitted
 from partners.mapping import CANONICAL_FIELDS, postback_map
 from partners.models import Partner
@@ -106,7 +105,7 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
 
 
 def _original(*, partner: Partner, conversion_id: str) -> PartnerConversion | None:
-    alias = partner_database_register(partner)
+    alias = partner.database_alias
     return (
         PartnerConversion.objects.using(alias)
         .filter(partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True)

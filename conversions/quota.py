@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError
 from django.utils import timezone
 
 from conversions.counters import daily_counter_increment
 from conversions.rejections import PostbackRejection, partner_local_now
-from partners.databases import PartnerDatabaseUnavailable
+from partners.databases import partner_database
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.security")
@@ -35,6 +34,7 @@ REQUESTS_COUNTER = "requests"
 
 _redis_lock = threading.Lock()
 _redis_clients: dict[str, object] = {}
+_redis_scripts: dict[int, object] = {}
 
 
 def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = None) -> PostbackRejection | None:
@@ -48,15 +48,12 @@ def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = N
     now = now or timezone.now()
     local_now = partner_local_now(partner, now)
     day = local_now.date()
-    try:
-        count = quota_ledger.consume(
-            key=(partner.database_alias, partner.pk, day),
-            limit=limit,
-            increment=lambda by: _increment(partner, day, now, next_local_midnight(local_now), by),
-        )
-    except DatabaseError as exc:
-        # The partner database is away: answer 503 now rather than wait for it twice.
-        raise PartnerDatabaseUnavailable(partner.database_alias, str(exc).strip() or exc.__class__.__name__) from exc
+    # Raises PartnerDatabaseUnavailable when the database counter cannot be reached.
+    count = quota_ledger.consume(
+        key=(partner.database_name, partner.pk, day),
+        limit=limit,
+        increment=lambda by, floor: _increment(partner, day, now, next_local_midnight(local_now), by, floor),
+    )
     if count <= limit:
         return None
     midnight = next_local_midnight(local_now)
@@ -101,8 +98,13 @@ class QuotaLedger:
         self._tallies: dict[tuple, _Tally] = {}
         self._lock = threading.Lock()
 
-    def consume(self, *, key: tuple, limit: int, increment: Callable[[int], int]) -> int:
-        """Count one postback; return its place in the day (allowed while <= `limit`)."""
+    def consume(self, *, key: tuple, limit: int, increment: Callable[[int, int], int]) -> int:
+        """Count one postback; return its place in the day (allowed while <= `limit`).
+
+        `increment(by, floor)` adds `by` to the shared counter and returns its new
+        total, never less than `floor + by` (`floor`: the total this process last saw,
+        so a counter taking over from another store starts where that one was).
+        """
         margin = max(limit // 10, settings.QUOTA_BATCH_SIZE * 10)
         with self._lock:
             tally = self._tallies.get(key)
@@ -132,7 +134,7 @@ class QuotaLedger:
                 tally.queued -= exact
                 tally.flushed_at = time.monotonic()
             try:
-                total = increment(take) if take else tally.shared
+                total = increment(take, tally.shared) if take else tally.shared
             except Exception:
                 with self._lock:
                     tally.unsent += take - exact  # already answered: keep them for the next send
@@ -150,17 +152,70 @@ quota_ledger = QuotaLedger()
 
 
 def _increment(
-    partner: Partner, day: datetime.date, now: datetime.datetime, midnight: datetime.datetime, by: int
+    partner: Partner, day: datetime.date, now: datetime.datetime, midnight: datetime.datetime, by: int, floor: int
 ) -> int:
     client = redis_client()
-    if client is not None:
+    if client is not None and redis_breaker.admit():
         try:
-            return _redis_increment(client, partner, day, midnight, by)
+            total = _redis_increment(client, partner, day, midnight, by, floor)
         except Exception as exc:  # any Redis failure: keep enforcing with the database counter
-            logger.warning("Redis quota counter unavailable (%s); counting in the partner database", exc)
-    return daily_counter_increment(
-        alias=partner.database_alias, partner_id=partner.pk, day=day, name=REQUESTS_COUNTER, now=now, by=by
-    )
+            redis_breaker.failed(exc)
+        else:
+            redis_breaker.answered()
+            return total
+    with partner_database(partner) as alias:
+        return daily_counter_increment(
+            alias=alias, partner_id=partner.pk, day=day, name=REQUESTS_COUNTER, now=now, by=by, floor=floor
+        )
+
+
+class RedisBreaker:
+    """Redis treated like a database that may hang: after a failure (REDIS_TIMEOUT at
+    most) it is skipped for REDIS_BREAKER_SECONDS, counting in the partner database
+    meanwhile; then one request tries it again while the others keep skipping it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._skip_until = 0.0
+        self._probing = False
+
+    def admit(self) -> bool:
+        if not self._skip_until:
+            return True
+        with self._lock:
+            if not self._skip_until:
+                return True
+            if self._probing or time.monotonic() < self._skip_until:
+                return False
+            self._probing = True
+            return True
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            first = not self._skip_until
+            self._skip_until = time.monotonic() + settings.REDIS_BREAKER_SECONDS
+            self._probing = False
+        if first:
+            logger.warning(
+                "Redis quota counter unavailable (%s); counting in the partner databases for %ss",
+                exc,
+                settings.REDIS_BREAKER_SECONDS,
+            )
+
+    def answered(self) -> None:
+        if self._skip_until:
+            with self._lock:
+                self._skip_until = 0.0
+                self._probing = False
+            logger.warning("Redis quota counter answers again; counting in Redis")
+
+    def reset(self) -> None:
+        with self._lock:
+            self._skip_until = 0.0
+            self._probing = False
+
+
+redis_breaker = RedisBreaker()
 
 
 def quota_key(partner: Partner, day: datetime.date) -> str:
@@ -168,14 +223,29 @@ def quota_key(partner: Partner, day: datetime.date) -> str:
     return f"{settings.REDIS_KEY_PREFIX}:quota:{partner.database_name}:{partner.pk}:{day.isoformat()}"
 
 
-def _redis_increment(client, partner: Partner, day: datetime.date, midnight: datetime.datetime, by: int) -> int:
-    key = quota_key(partner, day)
-    pipeline = client.pipeline(transaction=True)
-    pipeline.incrby(key, by)
+# INCRBY that never leaves the total below `floor + by` (the total this process saw in
+# the database counter while Redis was skipped), with the key's expiry, in one call.
+_REDIS_INCREMENT = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+local least = tonumber(ARGV[2]) + tonumber(ARGV[1])
+if total < least then
+    redis.call('SET', KEYS[1], least)
+    total = least
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return total
+"""
+
+
+def _redis_increment(
+    client, partner: Partner, day: datetime.date, midnight: datetime.datetime, by: int, floor: int
+) -> int:
+    script = _redis_scripts.get(id(client))
+    if script is None:
+        script = _redis_scripts[id(client)] = client.register_script(_REDIS_INCREMENT)
     # Kept an hour past midnight so a request in flight at midnight still finds its day.
-    pipeline.expireat(key, int(midnight.timestamp()) + 3600)
-    count, _ = pipeline.execute()
-    return int(count)
+    expire_at = int(midnight.timestamp()) + 3600
+    return int(script(keys=[quota_key(partner, day)], args=[by, floor, expire_at], client=client))
 
 
 def redis_client():

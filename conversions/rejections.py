@@ -4,12 +4,12 @@ import datetime
 import logging
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError
 from django.utils import timezone
 
 from conversions.counters import daily_counter_increment
 from conversions.models import DailyCounter
 from conversions.services import partner_timezone
+from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.security")
@@ -62,25 +62,28 @@ def rejection_record(*, partner: Partner, reason: str, now: datetime.datetime | 
     must not turn a 4xx into a 5xx when the partner database is away."""
     now = now or timezone.now()
     try:
-        daily_counter_increment(
-            alias=partner.database_alias,
-            partner_id=partner.pk,
-            day=partner_local_now(partner, now).date(),
-            name=REJECTED_PREFIX + reason,
-            now=now,
-        )
-    except DatabaseError as exc:
+        with partner_database(partner) as alias:
+            daily_counter_increment(
+                alias=alias,
+                partner_id=partner.pk,
+                day=partner_local_now(partner, now).date(),
+                name=REJECTED_PREFIX + reason,
+                now=now,
+            )
+    except PartnerDatabaseUnavailable as exc:
         logger.error("cannot count rejected postback partner=%s reason=%s: %s", partner.partner_code, reason, exc)
 
 
 def rejection_counts(*, partner: Partner, days: int = 30) -> list[RejectionCount]:
-    """Refused postbacks of the last `days` local days, newest day first."""
+    """Refused postbacks of the last `days` local days, newest day first (raises
+    PartnerDatabaseUnavailable when the partner's database cannot be read)."""
     since = partner_local_now(partner).date() - datetime.timedelta(days=days - 1)
-    rows = (
-        DailyCounter.objects.using(partner.database_alias)
-        .filter(partner_id=partner.pk, day__gte=since, name__startswith=REJECTED_PREFIX)
-        .order_by("-day", "name")
-    )
+    with partner_database(partner) as alias:
+        rows = list(
+            DailyCounter.objects.using(alias)
+            .filter(partner_id=partner.pk, day__gte=since, name__startswith=REJECTED_PREFIX)
+            .order_by("-day", "name")
+        )
     counts = []
     for row in rows:
         reason = row.name.removeprefix(REJECTED_PREFIX)

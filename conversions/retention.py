@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from conversions.models import DailyCounter, PartnerConversion
-from partners.databases import partner_database_register
+from partners.databases import partner_database
 from partners.models import Partner
 
 
@@ -24,7 +24,7 @@ class PurgeResult:
         verb = "would delete" if self.dry_run else "deleted"
         batches = "" if self.dry_run else f" in {self.batches} batch(es)"
         return (
-            f"{self.partner.partner_code} ({self.partner.database_alias}): {verb} {self.conversions} conversion(s)"
+            f"{self.partner.partner_code} ({self.partner.database_name}): {verb} {self.conversions} conversion(s)"
             f"{batches} and {self.counters} daily counter(s) received before {self.cutoff.isoformat()} "
             f"(retention {self.partner.data_retention_days} days)"
         )
@@ -37,24 +37,25 @@ def conversions_purge(
 
     Deletes oldest first, `batch_size` rows per short transaction, so writers of new
     postbacks are never blocked for long and an interrupted run keeps what it did.
+    Raises PartnerDatabaseUnavailable when the partner's database cannot be purged.
     """
-    alias = partner_database_register(partner)
     cutoff = (now or timezone.now()) - datetime.timedelta(days=partner.data_retention_days)
-    expired = PartnerConversion.objects.using(alias).filter(partner_id=partner.pk, received_at__lt=cutoff)
-    old_counters = DailyCounter.objects.using(alias).filter(partner_id=partner.pk, day__lt=cutoff.date())
-    if dry_run:
-        return PurgeResult(partner, cutoff, expired.count(), old_counters.count(), 0, dry_run=True)
-    deleted = batches = 0
-    while True:
-        ids = list(expired.order_by("received_at", "id").values_list("id", flat=True)[:batch_size])
-        if not ids:
-            break
-        with transaction.atomic(using=alias):
-            # The ORM delete also unlinks duplicates whose original goes (duplicate_of SET NULL).
-            PartnerConversion.objects.using(alias).filter(pk__in=ids).delete()
-        deleted += len(ids)
-        batches += 1
-        if len(ids) < batch_size:
-            break
-    counters, _ = old_counters.delete()
+    with partner_database(partner) as alias:
+        expired = PartnerConversion.objects.using(alias).filter(partner_id=partner.pk, received_at__lt=cutoff)
+        old_counters = DailyCounter.objects.using(alias).filter(partner_id=partner.pk, day__lt=cutoff.date())
+        if dry_run:
+            return PurgeResult(partner, cutoff, expired.count(), old_counters.count(), 0, dry_run=True)
+        deleted = batches = 0
+        while True:
+            ids = list(expired.order_by("received_at", "id").values_list("id", flat=True)[:batch_size])
+            if not ids:
+                break
+            with transaction.atomic(using=alias):
+                # The ORM delete also unlinks duplicates whose original goes (duplicate_of SET NULL).
+                PartnerConversion.objects.using(alias).filter(pk__in=ids).delete()
+            deleted += len(ids)
+            batches += 1
+            if len(ids) < batch_size:
+                break
+        counters, _ = old_counters.delete()
     return PurgeResult(partner, cutoff, deleted, counters, batches, dry_run=False)

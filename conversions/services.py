@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from conversions.models import PartnerConversion
 from conversions.request_meta import secret_masked
 from conversions.statements import change_insert, conversion_insert, original_get, original_insert, original_update
-from partners.databases import PartnerDatabaseUnavailable, database_breaker
+from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.lifecycle import PENDING, transition_permitted
 from partners.mapping import CANONICAL_FIELDS, MappedPostback, postback_map
 from partners.models import Partner
@@ -84,17 +84,12 @@ def conversion_record(
         "request_headers": storable_json(headers),
         "request_ip": client_ip,
     }
-    alias = partner.database_alias
-    database_breaker.check(alias)
-    try:
+    with partner_database(partner) as alias:
         if not mapped.is_valid:
             return _record_rejected(alias=alias, row=row, mapped=mapped, trace=trace)
         if trace is not None:
             trace.append("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
         return _record_valid(partner=partner, row={**row, **mapped.values}, trace=trace)
-    except DatabaseError as exc:
-        database_breaker.record(alias, exc)
-        raise PartnerDatabaseUnavailable(alias, str(exc).strip() or exc.__class__.__name__) from exc
 
 
 def _record_valid(*, partner: Partner, row: dict[str, Any], trace: list[str] | None) -> PostbackResult:

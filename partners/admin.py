@@ -10,7 +10,6 @@ from datetime import datetime, time
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,7 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from partners.databases import partner_database_register
+from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.forms import PartnerAdminForm, TestPostbackForm
 from partners.mapping import postback_url_template
 from partners.models import Partner
@@ -31,10 +30,10 @@ def partner_conversions_since(partner: Partner, since: datetime | None = None) -
     from conversions.models import PartnerConversion
 
     try:
-        alias = partner_database_register(partner)
-        rows = PartnerConversion.objects.using(alias).all()
-        return (rows.filter(received_at__gte=since) if since else rows).count()
-    except (DatabaseError, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
+        with partner_database(partner) as alias:
+            rows = PartnerConversion.objects.using(alias).all()
+            return (rows.filter(received_at__gte=since) if since else rows).count()
+    except (PartnerDatabaseUnavailable, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
         return None
 
 
@@ -110,7 +109,7 @@ class PartnerAdmin(admin.ModelAdmin):
             return "-"
         try:
             counts = rejection_counts(partner=partner, days=7)
-        except DatabaseError:
+        except PartnerDatabaseUnavailable:
             return "unavailable"
         if not counts:
             return "none"

@@ -14,27 +14,38 @@ import environ
 
 SQLITE_ENGINE = "django.db.backends.sqlite3"
 POSTGRES_ENGINE = "django.db.backends.postgresql"
+# Django's backends with their connections lent by the process-wide broker
+# (partners.databases.broker): every alias, `default` included, uses these.
+BROKERED_ENGINES = {
+    SQLITE_ENGINE: "partners.databases.backends.sqlite3",
+    POSTGRES_ENGINE: "partners.databases.backends.postgresql",
+}
+SQLITE_ENGINES = frozenset({SQLITE_ENGINE, BROKERED_ENGINES[SQLITE_ENGINE]})
+POSTGRES_ENGINES = frozenset({POSTGRES_ENGINE, BROKERED_ENGINES[POSTGRES_ENGINE]})
 
 
 def database_settings(
     url: str,
     *,
     base_dir: Path,
-    conn_max_age: int | None = 60,
     connect_timeout: int = 5,
     statement_timeout_ms: int = 0,
     lock_timeout_ms: int = 0,
-    pool_max_size: int = 0,
     prepared_statements: bool = True,
+    transaction_pooler: bool = False,
     sqlite_busy_timeout: int = 20,
 ) -> dict[str, Any]:
     """Return a full DATABASES entry for `url` with the engine's production options.
 
-    PostgreSQL gets bounded connect/statement/lock timeouts (0 = off) and, when
-    `pool_max_size` > 0, a psycopg connection pool of that size per process instead of
-    persistent per-thread connections. `prepared_statements` lets the postback's
-    statements (conversions.statements) be prepared once per connection; the ORM's
-    queries are bound client-side and never prepared either way.
+    PostgreSQL gets bounded connect/statement/lock timeouts (0 = off).
+    `prepared_statements` lets the postback's statements (conversions.statements) be
+    prepared once per connection; the ORM's queries are bound client-side and never
+    prepared either way. Behind a pooler in transaction mode (`transaction_pooler`,
+    e.g. PgBouncer) a session outlives no transaction: no settings are sent at connect
+    (put the timeouts on the database role instead) and no server-side cursors are
+    used. Connections come from the process-wide broker: Django gives
+    its connection back at the end of every request (CONN_MAX_AGE 0) and the broker
+    decides what stays open (DB_MAX_CONNECTIONS, DB_IDLE_SECONDS, DB_CONN_MAX_AGE).
     """
     config = environ.Env.db_url_config(url)
     engine = config["ENGINE"]
@@ -58,22 +69,13 @@ def database_settings(
             for name, value in (("statement_timeout", statement_timeout_ms), ("lock_timeout", lock_timeout_ms))
             if value
         ]
-        if server_options:
+        if server_options and not transaction_pooler:
             options.setdefault("options", " ".join(server_options))
         if prepared_statements:
             # Django turns psycopg's statement preparation off (None) unless asked.
             options.setdefault("prepare_threshold", 5)
-        if pool_max_size > 0:
-            # Django's pool replaces persistent connections (it refuses CONN_MAX_AGE with it);
-            # waiting for a free connection is bounded like connecting is.
-            options.setdefault(
-                "pool",
-                {"min_size": 1, "max_size": pool_max_size, "timeout": connect_timeout, "max_idle": 300},
-            )
-    if "pool" in options:
-        conn_max_age = 0
     return {
-        "ENGINE": engine,
+        "ENGINE": BROKERED_ENGINES.get(engine, engine),
         "NAME": name,
         "USER": config.get("USER", ""),
         "PASSWORD": config.get("PASSWORD", ""),
@@ -82,8 +84,9 @@ def database_settings(
         "OPTIONS": options,
         "ATOMIC_REQUESTS": False,
         "AUTOCOMMIT": True,
-        "CONN_MAX_AGE": conn_max_age,
+        "CONN_MAX_AGE": 0,
         "CONN_HEALTH_CHECKS": True,
+        "DISABLE_SERVER_SIDE_CURSORS": transaction_pooler,
         "TIME_ZONE": None,
         "TEST": {
             "CHARSET": None,

@@ -151,7 +151,11 @@ class Partner(models.Model):
 
     @property
     def database_alias(self) -> str:
-        return self.database_name
+        """The Django alias of the partner's database, registered (or re-pointed at the
+        partner's current URL) on first use: `.using(partner.database_alias)` just works."""
+        from partners.databases.registry import alias_ensure
+
+        return alias_ensure(self)
 
     @property
     def has_postback_secret(self) -> bool:

@@ -7,24 +7,26 @@ import time
 from django.conf import settings
 from django.db import DatabaseError
 
-from partners.databases import partner_database_register
 from partners.models import Partner, endpoint_key
 
 logger = logging.getLogger(__name__)
 
 
 class PartnerDirectory:
-    """Active partners by endpoint, reloaded from `default` at most every few seconds.
+    """Active partners by endpoint, reloaded from `default` every PARTNER_CACHE_SECONDS.
 
-    A hit costs no query; a miss (unknown endpoint, or a partner added since the last
-    load) reloads once, so a new partner works in every worker without a restart and
-    each postback does at most one query on `default`.
+    A hit costs no query. A miss (an unknown endpoint, or a partner added since the
+    last load) reloads at once, but at most once per PARTNER_NOT_FOUND_SECONDS per
+    process whatever the endpoint: a new partner works in every worker within that
+    time, and a flood of requests to unknown endpoints costs `default` at most one
+    query per process per PARTNER_NOT_FOUND_SECONDS.
     """
 
     def __init__(self) -> None:
         self._by_endpoint: dict[str, Partner] = {}
         self._by_code: dict[str, Partner] = {}
         self._loaded_at = float("-inf")
+        self._miss_reloaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def by_endpoint(self, endpoint_path: str) -> Partner | None:
@@ -32,38 +34,60 @@ class PartnerDirectory:
         reloaded = self._reload_if_stale()
         partner = self._by_endpoint.get(key)
         if partner is None and not reloaded:
-            self._reload()
+            now = time.monotonic()
+            if now - self._miss_reloaded_at >= settings.PARTNER_NOT_FOUND_SECONDS:
+                self._miss_reloaded_at = now
+                self._reload(wait=True)
+            elif self._lock.locked():
+                with self._lock:
+                    pass  # a reload is under way: what it finds may include this endpoint
             partner = self._by_endpoint.get(key)
         return partner
 
     def active(self) -> list[Partner]:
-        self._reload_if_stale()
+        if not self._reload_if_stale() and not self._by_code:
+            self._reload(wait=True)
         return list(self._by_code.values())
 
     def clear(self) -> None:
+        """Reload on the next lookup (this process changed a partner)."""
         self._loaded_at = float("-inf")
+        self._miss_reloaded_at = float("-inf")
 
     def _reload_if_stale(self) -> bool:
         if time.monotonic() - self._loaded_at < settings.PARTNER_CACHE_SECONDS:
             return False
-        self._reload()
-        return True
+        return self._reload(wait=False)
 
-    def _reload(self) -> None:
-        with self._lock:
+    def _reload(self, *, wait: bool) -> bool:
+        """Read the configuration again; True when this thread did."""
+        # With a configuration in hand, a routine refresh never waits for another
+        # thread's (a slow `default` must not hold every thread): it serves the cached
+        # copy. A lookup that missed waits, and reads again unless that reload began
+        # after it asked.
+        asked = time.monotonic()
+        if not self._lock.acquire(blocking=wait or not self._by_code):
+            return False
+        try:
+            if self._loaded_at >= asked:
+                return False
+            started = time.monotonic()
             try:
                 partners = partner_list_served()
             except DatabaseError:
                 if not self._by_code:
                     raise
-                # Keep serving the last known configuration while `default` is away.
+                # Keep serving the last known configuration while `default` is away,
+                # and try again after PARTNER_CACHE_SECONDS, not on every request.
                 logger.exception("cannot reload partner configuration; serving the cached copy")
-                return
-            for partner in partners:
-                partner_database_register(partner)
+                self._loaded_at = started
+                return False
             self._by_endpoint = {endpoint_key(p.endpoint_path): p for p in partners}
             self._by_code = {p.partner_code: p for p in partners}
-            self._loaded_at = time.monotonic()
+            self._loaded_at = started
+            return True
+        finally:
+            self._lock.release()
 
 
 partner_directory = PartnerDirectory()

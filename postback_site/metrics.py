@@ -10,8 +10,6 @@ import os
 import time
 
 from django.conf import settings
-from django.db import connections
-from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import (
@@ -26,6 +24,7 @@ from prometheus_client import (
 )
 
 from conversions.request_meta import client_ip
+from partners.databases.broker import connection_broker
 
 POSTBACKS = Counter("postback_requests", "Postbacks answered, by partner and outcome.", ["partner", "outcome"])
 LATENCY = Histogram(
@@ -39,26 +38,57 @@ DATABASE_ERRORS = Counter(
 )
 CONNECTIONS_OPENED = Counter(
     "postback_database_connections_opened",
-    "New persistent database connections opened, by alias (pooled ones: the pool gauge).",
+    "Database connections opened, by alias (flat under load: connections are reused).",
     ["alias"],
 )
-POOL = Gauge(
-    "postback_database_pool_connections",
-    "psycopg pool per alias (state: size, available, waiting, opened), summed over workers.",
-    ["alias", "state"],
+CONNECTIONS_CLOSED = Counter(
+    "postback_database_connections_closed",
+    "Database connections closed, by alias and why (idle, evicted, retired, broken, closed).",
+    ["alias", "reason"],
+)
+CONNECTIONS = Gauge(
+    "postback_database_connections",
+    "Database connections held now (state: open, in_use, idle), summed over workers.",
+    ["state"],
     multiprocess_mode="livesum",
 )
-POOL_REFRESH_SECONDS = 1.0
-_pool_refreshed_at = float("-inf")
+CONNECTIONS_LIMIT = Gauge(
+    "postback_database_connections_limit",
+    "DB_MAX_CONNECTIONS summed over workers: the most connections this instance can hold.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_PEAK = Gauge(
+    "postback_database_connections_peak",
+    "Each worker's highest number of open connections since it started, summed (>= the instance's peak).",
+    multiprocess_mode="livesum",
+)
+_connections_refreshed_at = float("-inf")
 
 
-def _count_connection(sender, connection, **kwargs) -> None:
-    # With a pool Django signals every checkout; the pool's own stats count its connections.
-    if "pool" not in connection.settings_dict.get("OPTIONS", {}):
-        CONNECTIONS_OPENED.labels(alias=connection.alias).inc()
+def _connection_event(event: str, alias: str) -> None:
+    # Called by the broker when it opens or closes a connection, and once a second.
+    global _connections_refreshed_at
+    if event == "opened":
+        CONNECTIONS_OPENED.labels(alias=alias).inc()
+    elif event.startswith("closed:"):
+        CONNECTIONS_CLOSED.labels(alias=alias, reason=event.removeprefix("closed:")).inc()
+    now = time.monotonic()
+    if event == "tick" or now - _connections_refreshed_at >= 1.0:
+        _connections_refreshed_at = now
+        connections_gauges_refresh()
 
 
-connection_created.connect(_count_connection, dispatch_uid="postback_site.metrics.connections")
+def connections_gauges_refresh() -> None:
+    """Write this process's connection counts into the gauges."""
+    stats = connection_broker.stats()
+    CONNECTIONS.labels(state="open").set(stats.open)
+    CONNECTIONS.labels(state="in_use").set(stats.in_use)
+    CONNECTIONS.labels(state="idle").set(stats.idle)
+    CONNECTIONS_LIMIT.set(stats.limit)
+    CONNECTIONS_PEAK.set(stats.peak)
+
+
+connection_broker.listen(_connection_event)
 
 
 # The labelled series of each (partner, outcome), looked up once: `labels()` costs more
@@ -76,27 +106,6 @@ def postback_record(*, partner: str, outcome: str, seconds: float, database_alia
     series[1].observe(seconds)
     if database_alias is not None:
         DATABASE_ERRORS.labels(alias=database_alias).inc()
-    _pool_gauges_refresh()
-
-
-def _pool_gauges_refresh(force: bool = False) -> None:
-    # At most once a second per worker: the pool's stats are cheap but not free.
-    global _pool_refreshed_at
-    now = time.monotonic()
-    if not force and now - _pool_refreshed_at < POOL_REFRESH_SECONDS:
-        return
-    _pool_refreshed_at = now
-    for alias, config in list(connections.settings.items()):
-        if "pool" not in config.get("OPTIONS", {}):
-            continue
-        pool = getattr(connections[alias], "_connection_pools", {}).get(alias)
-        if pool is None:
-            continue
-        stats = pool.get_stats()
-        POOL.labels(alias=alias, state="size").set(stats.get("pool_size", 0))
-        POOL.labels(alias=alias, state="available").set(stats.get("pool_available", 0))
-        POOL.labels(alias=alias, state="waiting").set(stats.get("requests_waiting", 0))
-        POOL.labels(alias=alias, state="opened").set(stats.get("connections_num", 0))
 
 
 def metrics_access_error(request: HttpRequest) -> JsonResponse | None:
@@ -146,7 +155,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     refused = metrics_access_error(request)
     if refused is not None:
         return refused
-    _pool_gauges_refresh(force=True)
+    connections_gauges_refresh()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -44,7 +44,7 @@ def postback_observe(partner: Any) -> None:
     context = _context.get()
     if context is not None:
         context["partner"] = partner.partner_code
-        context["database_alias"] = partner.database_alias
+        context["database_alias"] = partner.database_name
 
 
 def postback_outcome_observe(outcome: str) -> None:

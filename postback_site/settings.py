@@ -103,6 +103,22 @@ TEMPLATES = [
 # --- Databases -------------------------------------------------------------------
 # `default` holds configuration only; each partner's conversions live in the
 # partner's own database, registered at runtime by partners.databases.
+#
+# Every connection of a process (to any database) comes from one bounded broker
+# (partners/databases/broker.py): at most DB_MAX_CONNECTIONS per process, in use and
+# idle, whatever the number of partners; an instance holds at most
+# WEB_CONCURRENCY x DB_MAX_CONNECTIONS. A request uses at most two at once (`default`
+# and one partner database), so the limit must exceed the worker's threads.
+GUNICORN_THREADS = env.int("GUNICORN_THREADS", default=4)
+DB_MAX_CONNECTIONS = env.int("DB_MAX_CONNECTIONS", default=max(10, GUNICORN_THREADS + 2))
+if DB_MAX_CONNECTIONS <= GUNICORN_THREADS:
+    raise ImproperlyConfigured(
+        f"DB_MAX_CONNECTIONS ({DB_MAX_CONNECTIONS}) must be larger than GUNICORN_THREADS ({GUNICORN_THREADS})"
+    )
+# 0 = no limit per database beyond DB_MAX_CONNECTIONS; N = at most N per database per process.
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=0)
+# An idle connection is closed after this many seconds; every connection after DB_CONN_MAX_AGE.
+DB_IDLE_SECONDS = env.float("DB_IDLE_SECONDS", default=10.0)
 DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=60)
 DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=5)
 # A stuck partner database must fail that partner's postbacks fast (503), not hold
@@ -111,20 +127,29 @@ DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=5000)
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=2000)
 # Seconds a partner database that failed to answer is not retried (its postbacks get 503 at once).
 DB_BREAKER_SECONDS = env.float("DB_BREAKER_SECONDS", default=2.0)
-# 0 = persistent per-thread connections; N = a psycopg pool of N connections per alias per worker.
-DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=0)
-# The postback's statements are prepared server-side once per connection; turn off behind
-# a pooler in transaction mode that cannot keep prepared statements (PgBouncer < 1.21).
-DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
+# Threads of a process that may work on one database at once (the rest stay free for
+# the other partners when it hangs), and how long a request waits for one of them
+# while the database is answering.
+DB_MAX_THREADS_PER_DATABASE = env.int("DB_MAX_THREADS_PER_DATABASE", default=max(1, (GUNICORN_THREADS + 1) // 2))
+DB_BUSY_WAIT_SECONDS = env.float("DB_BUSY_WAIT_SECONDS", default=0.5)
+# PostgreSQL is reached through a pooler in transaction mode (PgBouncer): no settings sent
+# at connect (put statement_timeout / lock_timeout on the role), no server-side cursors.
+DB_TRANSACTION_POOLER = env.bool("DB_TRANSACTION_POOLER", default=False)
+# The postback's statements are prepared server-side once per connection; off by default
+# behind a transaction pooler (PgBouncer keeps prepared statements from 1.21 on, with
+# max_prepared_statements set: then turn it on).
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=not DB_TRANSACTION_POOLER)
 SQLITE_BUSY_TIMEOUT = env.int("SQLITE_BUSY_TIMEOUT", default=20)
+# New partner databases are copied from a template holding the current schema, named
+# this plus the schema version (one per PostgreSQL server, or per SQLite directory).
+PARTNER_DATABASE_TEMPLATE = env.str("PARTNER_DATABASE_TEMPLATE", default="postback_template")
 DATABASE_OPTIONS = {
     "base_dir": BASE_DIR,
-    "conn_max_age": DB_CONN_MAX_AGE,
     "connect_timeout": DB_CONNECT_TIMEOUT,
     "statement_timeout_ms": DB_STATEMENT_TIMEOUT_MS,
     "lock_timeout_ms": DB_LOCK_TIMEOUT_MS,
-    "pool_max_size": DB_POOL_MAX_SIZE,
     "prepared_statements": DB_PREPARED_STATEMENTS,
+    "transaction_pooler": DB_TRANSACTION_POOLER,
     "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
 }
 DATABASES = {
@@ -142,6 +167,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 POSTBACK_PARTNERS = env.list("POSTBACK_PARTNERS", default=[])
 # How long a worker trusts its cached partner configuration before re-reading it.
 PARTNER_CACHE_SECONDS = env.float("PARTNER_CACHE_SECONDS", default=5.0)
+# An endpoint that matches no partner reloads the configuration at most this often per process.
+PARTNER_NOT_FOUND_SECONDS = env.float("PARTNER_NOT_FOUND_SECONDS", default=1.0)
 # Number of reverse proxies in front of us whose X-Forwarded-For entries we trust.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 # Retry-After (seconds) sent with a 503 when a partner database is unreachable.
@@ -158,6 +185,8 @@ QUOTA_FLUSH_SECONDS = env.float("QUOTA_FLUSH_SECONDS", default=1.0)
 REDIS_URL = env.str("REDIS_URL", default="")
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="postback")
 REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=0.5)
+# After Redis failed to answer, how long the quota is counted in the partner databases instead.
+REDIS_BREAKER_SECONDS = env.float("REDIS_BREAKER_SECONDS", default=10.0)
 
 # --- HTTPS and cookies (on by default in production) -------------------------------
 # Behind a trusted proxy (Cloud Run's front end) the scheme arrives in X-Forwarded-Proto.

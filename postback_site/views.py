@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from partners.databases import database_ping, partner_database_register
+from partners.databases import database_ping, partner_database_ping
 from partners.selectors import partner_list_served
 
 
@@ -32,8 +32,7 @@ class HealthView(APIView):
                 checks[DEFAULT_DB_ALIAS] = str(exc).strip() or "unavailable"
                 partners = []
             for partner in partners:
-                alias = partner_database_register(partner)
-                checks[alias] = database_ping(alias, "SELECT 1 FROM partner_conversions LIMIT 1") or "ok"
+                checks[partner.database_name] = partner_database_ping(partner) or "ok"
         failing = sorted(alias for alias, state in checks.items() if state != "ok")
         body = {"status": "error" if failing else "ok", "databases": checks}
         if failing:

@@ -5,6 +5,7 @@ The configuration database (`default`) is PostgreSQL (pytest-django creates and 
 unique names, and dropped at the end; each test gets empty ones.
 """
 
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,9 +17,12 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
+from django.test import override_settings
 from psycopg import sql
 
-from partners.databases import partner_database_unregister
+from bench.pgbouncer import PgBouncer, PgBouncerMissing
+from partners.databases import connection_broker, partner_database_unregister
+from partners.databases.guard import guards_reset
 from partners.models import Partner
 from partners.selectors import partner_directory
 from partners.services import partner_create, partner_provision
@@ -26,11 +30,37 @@ from partners.services import partner_create, partner_provision
 POSTGRES_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
 BACKENDS = ("sqlite", "postgres")
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
+# TEST_THROUGH_PGBOUNCER=1: the PostgreSQL partner databases are reached through a real
+# PgBouncer in transaction mode, started for the run (`make test` runs the postback
+# tests a second time this way).
+THROUGH_PGBOUNCER = os.environ.get("TEST_THROUGH_PGBOUNCER") == "1"
+# PgBouncer's own bound on server connections in that pass (max_user_connections).
+PGBOUNCER_SERVER_CONNECTIONS = 40
+
+
+@pytest.fixture(scope="session")
+def partner_server_port() -> Iterator[int]:
+    """The port partner databases on PostgreSQL are reached at (PgBouncer's, in that pass)."""
+    if not THROUGH_PGBOUNCER:
+        yield POSTGRES_SERVER["port"]
+        return
+    try:
+        bouncer = PgBouncer(max_server_connections=PGBOUNCER_SERVER_CONNECTIONS)
+    except PgBouncerMissing as exc:
+        raise pytest.UsageError(f"TEST_THROUGH_PGBOUNCER=1: {exc}") from exc
+    options = settings.DATABASE_OPTIONS
+    previous = dict(options)
+    options.update(transaction_pooler=True, prepared_statements=False)
+    yield bouncer.port
+    options.clear()
+    options.update(previous)
+    bouncer.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if engine != "django.db.backends.postgresql":
+    from partners.dbconfig import POSTGRES_ENGINES
+
+    if settings.DATABASES["default"]["ENGINE"] not in POSTGRES_ENGINES:
         raise pytest.UsageError(
             "The test suite needs PostgreSQL for `default`: run `make test`, or set "
             "DATABASE_URL=postgres://root@127.0.0.1:5432/postback"
@@ -40,9 +70,10 @@ def pytest_configure(config: pytest.Config) -> None:
 class DatabasePool:
     """Hands out partner database URLs per backend; drops the PostgreSQL ones at the end."""
 
-    def __init__(self, tmp_dir: Path):
+    def __init__(self, tmp_dir: Path, port: int = POSTGRES_SERVER["port"]):
         self.token = uuid.uuid4().hex[:8]
         self.tmp_dir = tmp_dir
+        self.port = port
         self.postgres_names: set[str] = set()
 
     def url(self, backend: str, name: str) -> str:
@@ -50,15 +81,16 @@ class DatabasePool:
             return f"sqlite:///{self.tmp_dir / name}.sqlite3"
         database = f"test_pb_{self.token}_{name}"
         self.postgres_names.add(database)
-        return f"postgres://root@127.0.0.1:5432/{database}"
+        return f"postgres://root@127.0.0.1:{self.port}/{database}"
 
     def template(self, backend: str) -> str:
         if backend == "sqlite":
             return f"sqlite:///{self.tmp_dir}/tpl_{{name}}.sqlite3"
-        return f"postgres://root@127.0.0.1:5432/test_pb_{self.token}_tpl_{{name}}"
+        return f"postgres://root@127.0.0.1:{self.port}/test_pb_{self.token}_tpl_{{name}}"
 
     def drop_all(self) -> None:
         connections.close_all()
+        connection_broker.close_idle()
         with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
             rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"test_pb_{self.token}_%"])
             for (name,) in rows.fetchall():
@@ -66,21 +98,29 @@ class DatabasePool:
 
 
 @pytest.fixture(scope="session")
-def database_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabasePool]:
-    pool = DatabasePool(tmp_path_factory.mktemp("partner_dbs"))
+def database_pool(tmp_path_factory: pytest.TempPathFactory, partner_server_port: int) -> Iterator[DatabasePool]:
+    pool = DatabasePool(tmp_path_factory.mktemp("partner_dbs"), partner_server_port)
+    # This run's own schema template (PostgreSQL), dropped with its databases.
+    previous_template = settings.PARTNER_DATABASE_TEMPLATE
+    settings.PARTNER_DATABASE_TEMPLATE = f"test_pb_{pool.token}_template"
     yield pool
+    settings.PARTNER_DATABASE_TEMPLATE = previous_template
     pool.drop_all()
 
 
 @pytest.fixture(autouse=True)
 def _fresh_partner_directory() -> Iterator[None]:
-    from conversions.quota import quota_ledger
+    from conversions.quota import quota_ledger, redis_breaker
 
     partner_directory.clear()
     quota_ledger.clear()
+    redis_breaker.reset()
+    guards_reset()
     yield
     partner_directory.clear()
     quota_ledger.clear()
+    redis_breaker.reset()
+    guards_reset()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -106,6 +146,7 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
     yield
     with django_db_blocker.unblock():
         connections.close_all()
+        connection_broker.close_idle()  # PostgreSQL drops no database with a session on it
         teardown_databases(old_config, verbosity=0)
 
 
@@ -164,10 +205,20 @@ def _empty(alias: str) -> None:
         cursor.execute("DELETE FROM partner_conversion_changes")
         cursor.execute("DELETE FROM partner_conversions")
         cursor.execute("DELETE FROM postback_daily_counters")
+    connections[alias].close()  # back to the broker, as a request would leave it
 
 
 def run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
-    """Run target(i) for i in range(count) on `count` threads released together."""
+    """Run target(i) for i in range(count) on `count` threads released together.
+
+    The process is configured as gunicorn would be for `count` request threads: that
+    many may work on one database, with connections for all of them.
+    """
+    with override_settings(DB_MAX_THREADS_PER_DATABASE=count, DB_MAX_CONNECTIONS=count + 2):
+        return _run_concurrently(target, count)
+
+
+def _run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
     barrier = threading.Barrier(count)
     results: list[Any] = [None] * count
 

@@ -344,6 +344,7 @@ def test_one_summary_line_when_logging_is_off(client, make_partner, caplog):
     assert messages[0].startswith("postback partner=involve_asia outcome=success conversion_id=conv001 time=")
 
 
+@pytest.mark.direct_postgres
 @pytest.mark.parametrize("backend", ["postgres"])
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not-prepared"])
 def test_postback_statements_on_postgres_are_prepared_once_per_connection(

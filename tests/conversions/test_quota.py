@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from conversions.quota import next_local_midnight, partner_quota_consume
 from conversions.rejections import rejection_counts
 from tests.conftest import partner_rows, run_concurrently
+from tests.e2e.server import HangingDatabase
 
 URL = "/partner/rector/event"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -166,3 +167,67 @@ def test_batched_counting_is_exact_under_concurrency(make_partner, settings):
     results += run_concurrently(lambda i: partner_quota_consume(partner=partner), 80)
     assert not [r for r in results if isinstance(r, Exception)]
     assert sum(r is None for r in results) == 100
+
+
+def test_a_hung_redis_costs_one_timeout_then_is_skipped_and_the_quota_stays_exact(make_partner, settings, caplog):
+    import time
+
+    from conversions.quota import redis_breaker
+
+    hung = HangingDatabase()  # a Redis that accepts connections and never answers
+    settings.REDIS_URL = f"redis://127.0.0.1:{hung.port}/0"
+    settings.REDIS_TIMEOUT = 0.3
+    settings.REDIS_BREAKER_SECONDS = 30
+    partner = make_partner("rector", max_daily_requests=40)  # exact counting from the first postback
+    try:
+        timings = []
+        results = []
+        for _ in range(45):
+            started = time.monotonic()
+            results.append(partner_quota_consume(partner=partner))
+            timings.append(time.monotonic() - started)
+    finally:
+        hung.close()
+    # the first postback waited out REDIS_TIMEOUT; the others skipped Redis
+    assert 0.25 < timings[0] < 1.0
+    assert max(timings[1:]) < 0.1
+    assert [r is None for r in results] == [True] * 40 + [False] * 5
+    assert stored_count(partner) == 45
+    assert caplog.text.count("Redis quota counter unavailable") == 1
+    assert not redis_breaker.admit()
+
+
+def test_after_its_pause_one_request_tries_redis_again_and_redis_continues_from_the_database_count(
+    make_partner, settings
+):
+    import time
+
+    from conversions.quota import quota_key, redis_breaker
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: refused at once
+    settings.REDIS_BREAKER_SECONDS = 0.2
+    partner = make_partner("rector", max_daily_requests=30)
+    for _ in range(10):
+        assert partner_quota_consume(partner=partner) is None
+    assert stored_count(partner) == 10
+    settings.REDIS_URL = REDIS_URL
+    key = quota_key(partner, partner_local_day(partner))
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(key)
+    try:
+        assert partner_quota_consume(partner=partner) is None  # still skipped: counted in the database
+        time.sleep(0.25)
+        for _ in range(19):
+            assert partner_quota_consume(partner=partner) is None
+        # Redis took over at the database's total: the day's 30 postbacks, then refusals
+        assert int(client.get(key)) == 30
+        assert partner_quota_consume(partner=partner).reason == "quota_exceeded"
+        assert redis_breaker.admit()
+    finally:
+        client.delete(key)
+
+
+def partner_local_day(partner):
+    from conversions.rejections import partner_local_now
+
+    return partner_local_now(partner).date()

@@ -47,6 +47,7 @@ def test_a_locked_partner_table_is_a_503_and_other_partners_are_served(client, i
     assert client.get(OK.format("locked-3")).json()["status"] == "success"
 
 
+@pytest.mark.direct_postgres
 def test_migrations_lift_the_timeouts_and_restore_them(involve):
     alias = involve.database_alias
 
@@ -61,11 +62,10 @@ def test_migrations_lift_the_timeouts_and_restore_them(involve):
     assert show() == ("5s", "2s")
 
 
-def test_pool_option_replaces_persistent_connections():
-    config = database_settings(
-        "postgres://root@127.0.0.1:5432/x", base_dir=settings.BASE_DIR, pool_max_size=6, connect_timeout=3
-    )
-    assert config["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 3, "max_idle": 300}
-    assert config["CONN_MAX_AGE"] == 0
-    plain = database_settings("postgres://root@127.0.0.1:5432/x", base_dir=settings.BASE_DIR, conn_max_age=60)
-    assert "pool" not in plain["OPTIONS"] and plain["CONN_MAX_AGE"] == 60
+def test_every_alias_uses_the_brokered_backends_and_gives_connections_back_each_request():
+    postgres = database_settings("postgres://root@127.0.0.1:5432/x", base_dir=settings.BASE_DIR, connect_timeout=3)
+    sqlite = database_settings("sqlite:///var/x.sqlite3", base_dir=settings.BASE_DIR)
+    assert postgres["ENGINE"] == "partners.databases.backends.postgresql"
+    assert sqlite["ENGINE"] == "partners.databases.backends.sqlite3"
+    assert postgres["CONN_MAX_AGE"] == sqlite["CONN_MAX_AGE"] == 0
+    assert postgres["OPTIONS"]["connect_timeout"] == 3 and "pool" not in postgres["OPTIONS"]

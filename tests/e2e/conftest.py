@@ -6,17 +6,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import POSTGRES_SERVER, THROUGH_PGBOUNCER
 from tests.e2e.server import manage, service_env
 
 
 @pytest.fixture
-def postgres_env():
+def postgres_env(partner_server_port):
+    """A fresh configuration database and partner databases on PostgreSQL (through
+    PgBouncer in the TEST_THROUGH_PGBOUNCER pass), initialised by init_partners."""
     prefix = f"test_pb_scale_{uuid.uuid4().hex[:8]}_"
     env = service_env(
         DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
-        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
+        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:{partner_server_port}/{prefix}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
     )
+    if THROUGH_PGBOUNCER:
+        env["DB_TRANSACTION_POOLER"] = "true"
     init = manage(env, "init_partners")
     assert init.returncode == 0, init.stderr
     env["_PREFIX"] = prefix

@@ -83,16 +83,18 @@ def test_owned_metrics_directory_is_removed_on_exit(tmp_path):
     assert directories == []
 
 
-def test_pooled_connections_serve_postbacks_and_show_in_metrics(postgres_env, tmp_path):
-    env = {**postgres_env, "DB_POOL_MAX_SIZE": "3", "METRICS_TOKEN": "scrape-me"}
+def test_a_per_database_limit_serves_postbacks_and_the_connection_metrics_show_the_bound(postgres_env, tmp_path):
+    env = {**postgres_env, "DB_POOL_MAX_SIZE": "1", "DB_MAX_CONNECTIONS": "6", "METRICS_TOKEN": "scrape-me"}
     with running_server(env, tmp_path / "server.log", workers=2, threads=4) as base:
         urls = [f"{base}/partner/rector/event?conversion_id=p{i}" for i in range(80)]
         with ThreadPoolExecutor(8) as pool:
             assert [body["status"] for _, body in pool.map(fetch, urls)] == ["success"] * 80
         text = scrape(base, "scrape-me")
-    # a pool per worker and database: size is bounded, and connections are reused
-    assert 1 <= value(text, 'postback_database_pool_connections{alias="rector_db",state="size"}') <= 6
-    assert 1 <= value(text, 'postback_database_pool_connections{alias="rector_db",state="opened"}') <= 6
+    # one connection per worker to the partner database, reused for every postback
+    assert 1 <= value(text, 'postback_database_connections_opened_total{alias="rector_db"}') <= 2
+    assert value(text, "postback_database_connections_limit") == 12  # 2 workers x DB_MAX_CONNECTIONS
+    assert 1 <= value(text, "postback_database_connections_peak") <= 12
+    assert value(text, 'postback_database_connections{state="open"}') <= 12
 
 
 def test_an_instance_serves_only_its_partners(postgres_env, tmp_path):

@@ -8,7 +8,6 @@ hangs gets fast 503s while another partner is still served.
 import http.client
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import POSTGRES_SERVER
-from tests.e2e.server import fetch, manage, running_server
+from tests.e2e.server import HangingDatabase, fetch, manage, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -103,33 +102,6 @@ def test_sigkill_of_a_worker_mid_load_loses_no_answered_conversion(postgres_env,
     assert set(stored) <= {f"k-{i}" for i in range(500)}
     # the load went on after the kill: the surviving and respawned workers answered
     assert sum(1 for status, _ in results[200:] if status == 200) > 200
-
-
-class HangingDatabase:
-    """A TCP server that accepts connections and never says a word (a stuck database)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.stopped = True
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 def timed(url: str) -> tuple[int, dict, float]:

@@ -39,6 +39,7 @@ def test_quota_and_secret_hold_across_two_servers(tmp_path, postgres_prefix, sto
     env = service_env(
         DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_prefix}default",
         PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_prefix}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{postgres_prefix}template",
         **extra,
     )
     init = manage(env, "init_partners")

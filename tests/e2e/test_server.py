@@ -84,6 +84,7 @@ def test_postgres_init_partners_creates_databases_and_new_partner_needs_no_resta
     env = service_env(
         DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_names}default",
         PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_names}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{postgres_names}template",
     )
     init = manage(env, "init_partners")
     assert init.returncode == 0, init.stderr

@@ -89,9 +89,7 @@ def test_adding_a_partner_with_a_mapping_table_provisions_its_database(
     assert response.status_code == 200, page_text(response)
     partner = Partner.objects.get(partner_code="acme")
     assert partner.parameter_mapping == {"sub_id": "aff_sub", "conversion_id": "txn", "usd_earning": "payout"}
-    assert "Database acme_db" in page_text(
-        response
-    ) and "applied 4 migration(s): conversions.0001_initial, conversions.0002_lifecycle" in page_text(response)
+    assert "Database acme_db" in page_text(response) and "created from template" in page_text(response)
     with connections["acme_db"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM partner_conversions")
         assert cursor.fetchone() == (0,)

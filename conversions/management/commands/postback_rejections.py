@@ -1,10 +1,9 @@
 """`python manage.py postback_rejections`: refused postbacks per partner, day and reason."""
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
 
 from conversions.rejections import rejection_counts
-from partners.databases import partner_database_register
+from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 
 
@@ -21,10 +20,9 @@ class Command(BaseCommand):
             partners = partners.filter(partner_code__in=options["partner"])
         failures = []
         for partner in partners:
-            partner_database_register(partner)
             try:
                 counts = rejection_counts(partner=partner, days=max(1, options["days"]))
-            except DatabaseError as exc:
+            except PartnerDatabaseUnavailable as exc:
                 failures.append(partner.partner_code)
                 self.stderr.write(f"{partner.partner_code}: FAILED: {exc}")
                 continue

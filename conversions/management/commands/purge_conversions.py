@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 )
             except (DatabaseError, PartnerDatabaseUnavailable) as exc:
                 failures.append(partner.partner_code)
-                self.stderr.write(f"{partner.partner_code} ({partner.database_alias}): FAILED: {exc}")
+                self.stderr.write(f"{partner.partner_code} ({partner.database_name}): FAILED: {exc}")
                 continue
             total += result.conversions
             self.stdout.write(result.describe())

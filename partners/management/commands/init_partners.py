@@ -1,6 +1,7 @@
 """`python manage.py init_partners`: idempotent bootstrap of a fresh install."""
 
 import io
+import time
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
@@ -36,6 +37,8 @@ class Command(BaseCommand):
             self.stdout.write(f"partner {result.partner.partner_code} ({result.partner.endpoint_path}): {state}")
 
         failures = []
+        started = time.monotonic()
+        provisioned = 0
         for partner in Partner.objects.filter(is_active=True).order_by("partner_code"):
             try:
                 provision = partner_provision(partner=partner)
@@ -43,7 +46,9 @@ class Command(BaseCommand):
                 failures.append(partner.partner_code)
                 self.stderr.write(f"database {exc.alias}: FAILED: {exc.reason}")
                 continue
+            provisioned += 1
             self.stdout.write(f"database {provision.describe()}")
+        self.stdout.write(f"provisioned {provisioned} partner database(s) in {time.monotonic() - started:.1f} s")
         if failures:
             raise CommandError(f"could not provision: {', '.join(failures)}")
         self.stdout.write(self.style.SUCCESS("init_partners: done"))

@@ -1,0 +1,111 @@
+"""The multi-database layer: the one way into a partner's database.
+
+Each partner's conversions live in the database named by `Partner.database_name`,
+which is also its Django alias. `Partner.database_alias` registers the alias when it is
+first needed (registry.py); work that must fail fast when the database is sick goes
+through `partner_database(partner)`, which adds the bulkhead and breaker (guard.py)
+and turns database failures into PartnerDatabaseUnavailable. Every connection of the
+process, to any database, comes from one bounded broker (broker.py, used by the
+backends in backends/). Provisioning creates and migrates a partner database
+(provisioning.py); the router keeps the conversions app out of `default`.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+from partners.databases.broker import ConnectionsExhausted, connection_broker
+from partners.databases.guard import PartnerDatabaseUnavailable, database_guard
+from partners.databases.provisioning import (
+    ProvisionResult,
+    database_create_if_missing,
+    partner_database_provision,
+)
+from partners.databases.registry import alias_ensure, alias_unregister, partner_database_url
+from partners.databases.router import PARTNER_APP_LABELS, PartnerDatabaseRequired, PartnerDatabaseRouter
+
+__all__ = [
+    "PARTNER_APP_LABELS",
+    "ConnectionsExhausted",
+    "PartnerDatabaseRequired",
+    "PartnerDatabaseRouter",
+    "PartnerDatabaseUnavailable",
+    "ProvisionResult",
+    "connection_broker",
+    "database_create_if_missing",
+    "database_ping",
+    "partner_database",
+    "partner_database_ping",
+    "partner_database_provision",
+    "partner_database_unregister",
+    "partner_database_url",
+]
+
+
+@contextmanager
+def partner_database(partner: Any) -> Iterator[str]:
+    """Work on the partner's database: yields its alias.
+
+    Refused at once (PartnerDatabaseUnavailable) while the database's breaker is open
+    or its share of this process's threads is taken; any database error inside the
+    block is re-raised as PartnerDatabaseUnavailable, and one that says the database
+    did not answer opens the breaker. The thread's connection goes back to the broker
+    when the block ends (unless a transaction is still open), so code that visits many
+    partners' databases in turn holds one connection at a time.
+    """
+    alias = alias_ensure(partner)
+    guard = database_guard(alias)
+    ticket = guard.admit(alias)
+    failure = None
+    try:
+        yield alias
+    except ConnectionsExhausted as exc:
+        # The process ran out of connections: not this database's fault.
+        raise PartnerDatabaseUnavailable(alias, str(exc)) from exc
+    except (OperationalError, InterfaceError) as exc:
+        failure = _first_line(exc)
+        raise PartnerDatabaseUnavailable(alias, failure) from exc
+    except DatabaseError as exc:
+        # It answered, with an error (e.g. not provisioned): retrying later may work.
+        raise PartnerDatabaseUnavailable(alias, _first_line(exc)) from exc
+    finally:
+        guard.release(ticket, failure=failure)
+        connection = connections[alias]
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def partner_database_unregister(alias: str) -> None:
+    """Forget a registered partner alias (closing its connections)."""
+    alias_unregister(alias)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def partner_database_ping(partner: Any) -> str | None:
+    """None when the partner's database answers with its schema in place, else why not
+    (without waiting on a database whose breaker is open)."""
+    try:
+        with partner_database(partner) as alias, connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1 FROM partner_conversions LIMIT 1")
+            cursor.fetchone()
+    except PartnerDatabaseUnavailable as exc:
+        return exc.reason
+    return None
+
+
+def database_ping(alias: str, query: str = "SELECT 1") -> str | None:
+    """None when `alias` answers `query`, else the reason it does not."""
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(query)
+            cursor.fetchone()
+    except Exception as exc:  # any driver failure means "unreachable" to a health check
+        connections[alias].close()
+        return _first_line(exc)
+    return None
