@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/postback
 
-.PHONY: run test lint install install-dev chromium
+.PHONY: run test lint install install-dev system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,19 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The admin's browser tests drive Debian's Chromium (Playwright's own download is not used).
-chromium:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+# What the tests drive besides Python: Debian's Chromium for the admin's browser tests
+# (Playwright's own download is not used) and a real PgBouncer.
+SYSTEM_PACKAGES := chromium pgbouncer
+system-packages:
+	@missing=""; for package in $(SYSTEM_PACKAGES); do \
+		command -v $$package >/dev/null || [ -x /usr/sbin/$$package ] || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
-test: lint chromium
+# The postback tests run a second time with the PostgreSQL partner databases reached
+# through PgBouncer in transaction mode (the documented layout for many partners).
+PGBOUNCER_TESTS := tests/conversions tests/e2e/test_many_partners.py tests/e2e/test_scale_out.py
+
+test: lint system-packages
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
+	TEST_THROUGH_PGBOUNCER=1 DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PGBOUNCER_TESTS) \
+		-k "not sqlite" -m "not direct_postgres" -p no:cacheprovider
