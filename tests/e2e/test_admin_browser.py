@@ -7,7 +7,9 @@ The screenshots in the README are taken here, so they stay true.
 
 import csv
 import io
+import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -22,7 +24,13 @@ from tests.e2e.server import PROJECT_DIR, fetch, manage, running_server, service
 
 pytestmark = pytest.mark.e2e
 
-SCREENSHOTS = PROJECT_DIR / "docs" / "screenshots"
+# The README's screenshots: written to a temporary folder, and over docs/screenshots/
+# only when asked (SCREENSHOTS_UPDATE=1), so a test run never changes tracked files.
+SCREENSHOTS = (
+    PROJECT_DIR / "docs" / "screenshots"
+    if os.environ.get("SCREENSHOTS_UPDATE") == "1"
+    else Path(tempfile.mkdtemp(prefix="postback-screenshots-"))
+)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -56,6 +64,7 @@ def server(tmp_path, postgres_prefix):
     env = service_env(
         DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_prefix}default",
         PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{postgres_prefix}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{postgres_prefix}template",
     )
     for command in (["init_partners"], ["collectstatic", "--noinput"], ["shell", "-c", CREATE_USERS]):
         done = manage(env, *command)
