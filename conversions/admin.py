@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import BadRequest, ImproperlyConfigured, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
@@ -368,6 +368,12 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             code = request.GET.get(PARTNER_PARAM) or QueryDict(request.GET.get("_changelist_filters", "")).get(
                 PARTNER_PARAM
             )
+            if code:
+                try:
+                    Partner._meta.get_field("partner_code").run_validators(code)
+                except ValidationError:
+                    # Not a code any partner can have (e.g. %00, which PostgreSQL cannot even compare).
+                    raise BadRequest(f"partner: {code[:60]!r} is not a partner code") from None
             partners = Partner.objects.order_by("-is_active", "partner_code")
             request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
         return request._conversions_partner
