@@ -2,7 +2,8 @@
 
 from django.conf import settings
 from django.core.exceptions import BadRequest, DisallowedHost
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from drf_spectacular.types import OpenApiTypes
@@ -14,9 +15,78 @@ from rest_framework.views import APIView
 from partners.databases import database_ping, partner_database_register
 from partners.selectors import partner_list_served
 
+INIT_COMMAND = "python manage.py init_partners"
+NOT_INITIALISED = f"not initialised: run `{INIT_COMMAND}`"
+NOT_PROVISIONED = f"not provisioned: run `{INIT_COMMAND}`"
+PARTNER_APP_LABELS = ("conversions",)
+
+# (alias, host, port, name) of databases found fully migrated: a schema never goes
+# back, so the migration files are read until it is complete, not on every probe.
+_migrated: set[tuple] = set()
+
+
+def _database_key(alias: str) -> tuple:
+    config = connections.settings.get(alias) or {}
+    return (alias, config.get("HOST"), config.get("PORT"), config.get("NAME"))
+
+
+def _unapplied_migrations(alias: str, app_labels: tuple[str, ...] | None = None) -> list[str]:
+    """Migrations (of `app_labels`, else every app) that `migrate` would still apply on `alias`."""
+    key = (*_database_key(alias), app_labels)
+    if key in _migrated:
+        return []
+    executor = MigrationExecutor(connections[alias])
+    targets = [node for node in executor.loader.graph.leaf_nodes() if app_labels is None or node[0] in app_labels]
+    unapplied = [
+        f"{migration.app_label}.{migration.name}" for migration, _backwards in executor.migration_plan(targets)
+    ]
+    if not unapplied:
+        _migrated.add(key)
+    return unapplied
+
+
+def _pending(unapplied: list[str]) -> str:
+    shown = ", ".join(unapplied[:3]) + (", ..." if len(unapplied) > 3 else "")
+    return f"{len(unapplied)} unapplied migration(s) ({shown}): run `{INIT_COMMAND}`"
+
+
+def configuration_database_state() -> str:
+    """'ok', or what keeps `default` from serving: unreachable, not initialised, migrations pending."""
+    if database_ping(DEFAULT_DB_ALIAS, "SELECT 1 FROM partners LIMIT 1") is not None:
+        unreachable = database_ping(DEFAULT_DB_ALIAS, "SELECT 1")
+        if unreachable is not None:
+            return f"unreachable: {unreachable}"
+        return NOT_INITIALISED
+    try:
+        unapplied = _unapplied_migrations(DEFAULT_DB_ALIAS)
+    except DatabaseError as exc:
+        return f"unreachable: {str(exc).strip() or exc.__class__.__name__}"
+    return _pending(unapplied) if unapplied else "ok"
+
+
+def partner_database_state(alias: str) -> str:
+    """'ok', or what keeps a partner's database from storing postbacks."""
+    if database_ping(alias, "SELECT 1 FROM partner_conversions LIMIT 1") is not None:
+        unreachable = database_ping(alias, "SELECT 1")
+        return unreachable if unreachable is not None else NOT_PROVISIONED
+    try:
+        unapplied = _unapplied_migrations(alias, PARTNER_APP_LABELS)
+    except DatabaseError as exc:
+        return str(exc).strip() or exc.__class__.__name__
+    return _pending(unapplied) if unapplied else "ok"
+
+
+def _unavailable(body: dict, message: str) -> Response:
+    body = {**body, "status": "error", "message": message}
+    return Response(body, status=503, headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)})
+
 
 class HealthView(APIView):
-    """`GET /health`: 200 when `default` and every served partner database answer."""
+    """`GET /health`: 200 when `default` and every served partner database can serve.
+
+    503 otherwise, naming each database's problem: unreachable, not initialised or
+    provisioned, or with migrations still to apply (each says to run init_partners).
+    """
 
     authentication_classes = ()
     permission_classes = ()
@@ -25,53 +95,57 @@ class HealthView(APIView):
         operation_id="health", responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT}, tags=["service"]
     )
     def get(self, request: Request) -> Response:
-        checks: dict[str, str] = {}
-        failure = database_ping(DEFAULT_DB_ALIAS, "SELECT 1 FROM partners LIMIT 1")
-        checks[DEFAULT_DB_ALIAS] = failure or "ok"
-        if failure is None:
-            try:
-                partners = partner_list_served()
-            except DatabaseError as exc:
-                checks[DEFAULT_DB_ALIAS] = str(exc).strip() or "unavailable"
-                partners = []
-            for partner in partners:
-                alias = partner_database_register(partner)
-                checks[alias] = database_ping(alias, "SELECT 1 FROM partner_conversions LIMIT 1") or "ok"
+        state = configuration_database_state()
+        checks: dict[str, str] = {DEFAULT_DB_ALIAS: state}
+        if state != "ok":
+            return _unavailable({"databases": checks, "failing": [DEFAULT_DB_ALIAS]}, f"configuration database {state}")
+        try:
+            partners = partner_list_served()
+        except DatabaseError as exc:
+            checks[DEFAULT_DB_ALIAS] = f"unreachable: {str(exc).strip() or exc.__class__.__name__}"
+            partners = []
+        for partner in partners:
+            alias = partner_database_register(partner)
+            checks[alias] = partner_database_state(alias)
         failing = sorted(alias for alias, state in checks.items() if state != "ok")
-        body = {"status": "error" if failing else "ok", "databases": checks}
         if failing:
-            body["failing"] = failing
-            body["message"] = f"Unreachable or not provisioned: {', '.join(failing)}"
-            return Response(body, status=503, headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)})
-        return Response(body)
+            return _unavailable(
+                {"databases": checks, "failing": failing}, f"Unreachable or not provisioned: {', '.join(failing)}"
+            )
+        return Response({"status": "ok", "databases": checks})
 
 
 class InfoView(APIView):
-    """`GET /info`: version and the partners this instance serves (no secrets)."""
+    """`GET /info`: version and the partners this instance serves (no secrets).
+
+    Without a usable configuration database it still answers, 503 with the version and
+    what is wrong, never a 500.
+    """
 
     authentication_classes = ()
     permission_classes = ()
 
-    @extend_schema(operation_id="info", responses={200: OpenApiTypes.OBJECT}, tags=["service"])
+    @extend_schema(
+        operation_id="info", responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT}, tags=["service"]
+    )
     def get(self, request: Request) -> Response:
-        partners = partner_list_served()
-        return Response(
+        body: dict = {"service": "postback", "version": settings.VERSION}
+        try:
+            partners = partner_list_served()
+        except DatabaseError:
+            return _unavailable({**body, "partners": []}, f"configuration database {configuration_database_state()}")
+        body["partners"] = [
             {
-                "service": "postback",
-                "version": settings.VERSION,
-                "partners": [
-                    {
-                        "code": partner.partner_code,
-                        "name": partner.partner_name,
-                        "endpoint": partner.endpoint_path,
-                        "postback_url": request.build_absolute_uri(f"/partner{partner.endpoint_path}"),
-                        "database": partner.database_name,
-                        "timezone": partner.timezone,
-                    }
-                    for partner in partners
-                ],
+                "code": partner.partner_code,
+                "name": partner.partner_name,
+                "endpoint": partner.endpoint_path,
+                "postback_url": request.build_absolute_uri(f"/partner{partner.endpoint_path}"),
+                "database": partner.database_name,
+                "timezone": partner.timezone,
             }
-        )
+            for partner in partners
+        ]
+        return Response(body)
 
 
 # --- Error answers (handler400/403/404/500) ---------------------------------------
