@@ -71,3 +71,18 @@ def test_the_environment_running_the_tests_is_the_dev_lock():
         if installed.get(name) != version
     }
     assert differing == {}
+
+
+def test_the_image_starts_from_an_exact_python_release_and_installs_the_runtime_lock():
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", base), base
+    assert re.search(r"^RUN pip install --require-hashes -r requirements\.lock$", dockerfile, flags=re.MULTILINE)
+    assert "requirements-dev" not in dockerfile
+
+
+def test_make_installs_the_locks_with_hashes():
+    makefile = (PROJECT_DIR / "Makefile").read_text()
+    assert "pip install --quiet --require-hashes -r requirements.lock" in makefile
+    assert "pip install --quiet --require-hashes -r requirements-dev.lock" in makefile
+    assert not re.search(r"pip install [^\n]*-r requirements(-dev)?\.txt", makefile)
