@@ -40,7 +40,10 @@ SECRET_ENV = {
 
 
 class Command(BaseCommand):
-    help = "Print the Cloud Run (Knative) service YAML for one partner, built from its Partner row."
+    help = (
+        "Print the Cloud Run (Knative) service YAML for one partner, built from its Partner row; "
+        "--list: the deployable partners; --init-job: the job that runs init_partners."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("partner_code", nargs="?", help="the partner to deploy, e.g. involve_asia")
