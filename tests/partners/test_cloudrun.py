@@ -192,7 +192,7 @@ def test_deploy_script_dry_run_for_one_partner(partners, tmp_path):
 PUBLIC = "https://postback.example.com"
 # What each Secret Manager reference stands for in these tests.
 SECRET_VALUES = {
-    "postback-database-url": "postgres://root@127.0.0.1:5432/postback",
+    "postback-database-url": "postgres://root@127.0.0.1:1/postback",  # nothing listens: /health says so
     "postback-partner-database-url": "postgres://root@127.0.0.1:5432/{name}",
     "postback-secret-key": "Vq3-zL8mN1xR7cT0bY5wK2pJ9dH4sF6gU_aE8oI3rQ1tZ7kXnM",
     "postback-metrics-token": "metrics-" + "t" * 32,
@@ -298,6 +298,17 @@ def test_the_manifest_environment_boots_django_on_cloud_run_with_check_deploy_cl
     shown = run_with(env, "shell", "-c", code)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip().splitlines()[-1] == f"True False {list(hosts.values())!r}"
+
+    # The startup probe as Cloud Run sends it: plain HTTP to the container, Host: localhost.
+    # It must reach /health (no HTTPS redirect, no DisallowedHost), which then reports the database.
+    probe = (
+        "from django.test import Client; c = Client();"
+        "r = c.get('/health', HTTP_HOST='localhost'); e = c.get('/health', HTTP_HOST='evil.com');"
+        "print(r.status_code, r.json()['failing'], e.status_code, e.json()['status'])"
+    )
+    probed = run_with(env, "shell", "-c", probe)
+    assert probed.returncode == 0, probed.stderr
+    assert probed.stdout.strip().splitlines()[-1] == "503 ['default'] 400 error"
 
 
 def test_init_job_runs_init_partners_from_the_same_image_with_the_services_environment(partners):
