@@ -1,5 +1,8 @@
 # One image for every partner: POSTBACK_PARTNERS selects which partners an instance serves.
-FROM python:3.11-slim
+# Before traffic, the databases are initialised with this image's `python manage.py
+# init_partners` (deploy_multi_partner.sh runs it as a Cloud Run job; README "First boot").
+# tests/e2e/test_image.py builds this file tree and runs this command without Docker.
+FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,11 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080
 
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# The runtime lock only: every package pinned with its hashes, nothing else installed.
+COPY requirements.lock .
+RUN pip install --require-hashes -r requirements.lock
 
 COPY . .
-# Static files are collected at build time and served by whitenoise.
+# Static files are collected at build time and served by whitenoise; only var/ is writable.
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0 \
     && useradd --system --uid 10001 --home-dir /app postback \
     && mkdir -p /app/var \

@@ -1,24 +1,25 @@
 # The two commands a newcomer needs:
 #   make run    start the service on the embedded default (SQLite under var/), port 8000
-#   make test   lint + the whole test suite (needs PostgreSQL on 127.0.0.1:5432)
+#   make test   lint + vulnerability audit + the whole test suite (needs PostgreSQL on 127.0.0.1:5432)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/postback
 
-.PHONY: run test lint install install-dev system-packages
+.PHONY: run test lint audit install install-dev system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt
+# Installs exactly the locks: every package pinned with its hashes (requirements*.txt
+# say how to regenerate them); pip refuses anything unpinned or altered.
+$(VENV)/.runtime: requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+$(VENV)/.dev: requirements.lock requirements-dev.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@ $(VENV)/.runtime
 
 install: $(VENV)/.runtime
@@ -33,6 +34,12 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Known vulnerabilities in any locked package (runtime and test) fail the build.
+# AUDIT_FLAGS=--strict also fails when a package could not be checked.
+AUDIT_FLAGS ?=
+audit: $(VENV)/.dev
+	$(BIN)/pip-audit --progress-spinner off --disable-pip --require-hashes -r requirements-dev.lock $(AUDIT_FLAGS)
+
 # What the tests drive besides Python: Debian's Chromium for the admin's browser tests
 # (Playwright's own download is not used) and a real PgBouncer.
 SYSTEM_PACKAGES := chromium pgbouncer
@@ -45,7 +52,7 @@ system-packages:
 # through PgBouncer in transaction mode (the documented layout for many partners).
 PGBOUNCER_TESTS := tests/conversions tests/e2e/test_many_partners.py tests/e2e/test_scale_out.py
 
-test: lint system-packages
+test: lint audit system-packages
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
 	TEST_THROUGH_PGBOUNCER=1 DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PGBOUNCER_TESTS) \
 		-k "not sqlite" -m "not direct_postgres" -p no:cacheprovider

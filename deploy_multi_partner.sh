@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Deploy one Cloud Run service per active partner, or only the partner named:
+# Initialise the databases, then deploy one Cloud Run service per active partner (or only
+# the partner named):
 #
 #   POSTBACK_IMAGE=asia-southeast1-docker.pkg.dev/PROJECT/postback/postback:TAG ./deploy_multi_partner.sh [partner_code]
 #   DRY_RUN=1 ./deploy_multi_partner.sh          # print the gcloud commands, deploy nothing
 #
-# Each manifest comes from `manage.py cloudrun_manifest <code>` (the Partner row), so this
-# needs DATABASE_URL pointing at the configuration database. Secrets are Secret Manager
-# references in the manifest; create them once (postback-database-url, ...).
+# First the Cloud Run job `postback-init` (POSTBACK_INIT_JOB) runs `python manage.py
+# init_partners` from the same image, with the services' environment, and must succeed:
+# it creates and migrates the configuration database and every active partner's
+# database, so no service starts on a schema it does not know. It runs in
+# POSTBACK_INIT_PROJECT (default GOOGLE_CLOUD_PROJECT) and POSTBACK_INIT_REGION (default
+# asia-southeast1), where the databases and the secrets must be reachable.
+#
+# Then each manifest comes from `manage.py cloudrun_manifest <code>` (the Partner row), so
+# this needs DATABASE_URL pointing at the configuration database. Secrets are Secret
+# Manager references in the manifests; create them once (postback-database-url, ...).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,9 +26,34 @@ fi
 export POSTBACK_IMAGE
 MANIFEST_DIR="${MANIFEST_DIR:-$(mktemp -d -t postback-manifests.XXXXXX)}"
 mkdir -p "$MANIFEST_DIR"
+dry_run=0
+[[ "${DRY_RUN:-0}" == "1" ]] && dry_run=1
 
-# "code service region project", one line per partner to deploy.
-partners="$("$PYTHON" manage.py cloudrun_manifest --list ${1:+"$1"})"
+run() {
+    if (( dry_run )); then echo "$*"; else "$@"; fi
+}
+
+init_job="${POSTBACK_INIT_JOB:-postback-init}"
+init_project="${POSTBACK_INIT_PROJECT:-${GOOGLE_CLOUD_PROJECT:-}}"
+init_region="${POSTBACK_INIT_REGION:-asia-southeast1}"
+init_manifest="$MANIFEST_DIR/$init_job.yaml"
+"$PYTHON" manage.py cloudrun_manifest --init-job --job-name "$init_job" \
+    --project "$init_project" --region "$init_region" > "$init_manifest"
+(( dry_run )) || echo "Initialising the databases: job $init_job in $init_project/$init_region" >&2
+run gcloud run jobs replace "$init_manifest" --region "$init_region" --project "$init_project" --quiet
+run gcloud run jobs execute "$init_job" --region "$init_region" --project "$init_project" --wait --quiet
+
+# "code service region project", one line per partner to deploy (read after the init job:
+# on a fresh install it is what creates the partners).
+# Status 3: the configuration database cannot be read yet (a fresh install before its init job).
+status=0
+partners="$("$PYTHON" manage.py cloudrun_manifest --list ${1:+"$1"})" || status=$?
+if (( status == 3 && dry_run )); then
+    echo "DRY_RUN: the partners cannot be listed before the init job has run; a real run lists them after it" >&2
+    exit 0
+elif (( status )); then
+    exit "$status"
+fi
 if [[ -z "$partners" ]]; then
     echo "No active partner to deploy." >&2
     exit 1
@@ -30,18 +63,13 @@ deployed=0
 while read -r code service region project; do
     manifest="$MANIFEST_DIR/$code.yaml"
     "$PYTHON" manage.py cloudrun_manifest "$code" > "$manifest"
-    command=(gcloud run services replace "$manifest" --region "$region" --project "$project" --quiet)
-    if [[ "${DRY_RUN:-0}" == "1" ]]; then
-        echo "${command[*]}"
-    else
-        echo "Deploying $code as $service in $project/$region" >&2
-        "${command[@]}"
-    fi
+    (( dry_run )) || echo "Deploying $code as $service in $project/$region" >&2
+    run gcloud run services replace "$manifest" --region "$region" --project "$project" --quiet
     deployed=$((deployed + 1))
 done <<< "$partners"
 
-if [[ "${DRY_RUN:-0}" == "1" ]]; then
-    echo "DRY_RUN: $deployed service(s) not deployed; manifests in $MANIFEST_DIR" >&2
+if (( dry_run )); then
+    echo "DRY_RUN: init job and $deployed service(s) not deployed; manifests in $MANIFEST_DIR" >&2
 else
-    echo "Deployed $deployed service(s)." >&2
+    echo "Initialised the databases and deployed $deployed service(s)." >&2
 fi

@@ -6,17 +6,13 @@ changelist always names its partner (`?partner=<code>`) and every query goes thr
 multi-database admin pattern. Nobody edits, adds or deletes conversions here.
 """
 
-import csv
 import datetime
 import json
-from collections.abc import Iterator
-from decimal import Decimal
-from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, SimpleListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import BadRequest, ImproperlyConfigured, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
@@ -27,6 +23,7 @@ from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
+from conversions.exports import conversion_csv_response
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.services import conversion_reprocess
 from partners.databases import PartnerDatabaseUnavailable
@@ -34,31 +31,6 @@ from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
 
 PARTNER_PARAM = "partner"
-EXPORT_COLUMNS = (
-    "id",
-    "conversion_id",
-    "offer_id",
-    "offer_name",
-    "conversion_datetime",
-    "usd_sale_amount",
-    "usd_earning",
-    "media_id",
-    "sub_id",
-    "click_id",
-    "status",
-    "status_raw",
-    "currency",
-    "sale_amount_local",
-    "payout_local",
-    "is_processed",
-    "is_duplicate",
-    "duplicate_of_id",
-    "processing_error",
-    "request_ip",
-    "received_at",
-)
-# Spreadsheets run cells starting with these as formulas; partners control the text.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class CappedCountPaginator(Paginator):
@@ -249,30 +221,6 @@ class DateRangeFilter(admin.FieldListFilter):
         }
 
 
-class EchoBuffer:
-    """csv.writer target that hands each line back instead of storing it."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    if isinstance(value, Decimal):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
-def csv_lines(queryset: QuerySet) -> Iterator[str]:
-    writer = csv.writer(EchoBuffer())
-    yield writer.writerow(EXPORT_COLUMNS)
-    for row in queryset.values_list(*EXPORT_COLUMNS).iterator(chunk_size=2000):
-        yield writer.writerow([csv_cell(value) for value in row])
-
-
 @admin.register(PartnerConversion)
 class PartnerConversionAdmin(admin.ModelAdmin):
     list_display = (
@@ -368,6 +316,12 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             code = request.GET.get(PARTNER_PARAM) or QueryDict(request.GET.get("_changelist_filters", "")).get(
                 PARTNER_PARAM
             )
+            if code:
+                try:
+                    Partner._meta.get_field("partner_code").run_validators(code)
+                except ValidationError:
+                    # Not a code any partner can have (e.g. %00, which PostgreSQL cannot even compare).
+                    raise BadRequest(f"partner: {code[:60]!r} is not a partner code") from None
             partners = Partner.objects.order_by("-is_active", "partner_code")
             request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
         return request._conversions_partner
@@ -518,10 +472,8 @@ class PartnerConversionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected conversions as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet) -> StreamingHttpResponse:
-        partner = self.partner_for(request)
-        response = StreamingHttpResponse(csv_lines(queryset), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{partner.partner_code}-conversions.csv"'
-        return response
+        # The API's exporter: same columns, spelling and formula neutralisation.
+        return conversion_csv_response(queryset, partner=self.partner_for(request))
 
     @admin.action(description="Reprocess selected rejected postbacks", permissions=["reprocess"])
     def reprocess_rejected(self, request: HttpRequest, queryset: QuerySet) -> None:

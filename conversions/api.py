@@ -4,14 +4,11 @@ Both expose revenue, so both need an authenticated user (API token or admin sess
 holding the `conversions.view_partnerconversion` permission. Errors are JSON.
 """
 
-import csv
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import BooleanField
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -23,15 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversions.selectors import (
-    CONVERSION_ATTNAMES,
-    CONVERSION_COLUMNS,
-    CONVERSION_FIELDS,
-    conversion_export_rows,
-    conversion_list,
-    conversion_outcome,
-    conversion_stats,
-)
+from conversions.exports import conversion_csv_response
+from conversions.selectors import conversion_list, conversion_queryset, conversion_stats
 from conversions.serializers import (
     ConversionPageSerializer,
     ConversionQuerySerializer,
@@ -145,7 +135,10 @@ class ConversionListView(PartnerReadView):
         if error is not None:
             return error
         if params["format"] == "csv":
-            return _csv_response(partner, params)
+            queryset = conversion_queryset(partner=partner, filters=params["filters"])
+            return conversion_csv_response(
+                queryset, partner=partner, after=params.get("cursor"), limit=params.get("limit")
+            )
         page = conversion_list(
             partner=partner, filters=params["filters"], limit=params["limit"], after=params.get("cursor")
         )
@@ -156,46 +149,6 @@ class ConversionListView(PartnerReadView):
             next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
         body = {"partner": partner, "limit": params["limit"], "next": next_url, "results": page.rows}
         return Response(ConversionPageSerializer(body).data)
-
-
-def _csv_response(partner: Partner, params: dict[str, Any]) -> StreamingHttpResponse:
-    rows = conversion_export_rows(
-        partner=partner, filters=params["filters"], after=params.get("cursor"), limit=params.get("limit")
-    )
-    response = StreamingHttpResponse(_csv_lines(rows), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{partner.partner_code}-conversions.csv"'
-    return response
-
-
-class _Line:
-    """A file-like object whose write() hands the line back to the generator."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_lines(rows: Iterator[tuple[Any, ...]], lines_per_chunk: int = 500) -> Iterator[str]:
-    writer = csv.writer(_Line())
-    boolean_indexes = [index for index, field in enumerate(CONVERSION_FIELDS) if isinstance(field, BooleanField)]
-    duplicate_index = CONVERSION_ATTNAMES.index("is_duplicate")
-    error_index = CONVERSION_ATTNAMES.index("processing_error")
-    chunk = [writer.writerow((*CONVERSION_COLUMNS, "outcome"))]
-    try:
-        for values in rows:
-            row = list(values)
-            for index in boolean_indexes:
-                row[index] = "true" if row[index] else "false"
-            row.append(conversion_outcome(is_duplicate=values[duplicate_index], processing_error=values[error_index]))
-            chunk.append(writer.writerow(row))
-            if len(chunk) >= lines_per_chunk:
-                yield "".join(chunk)
-                chunk = []
-    except DatabaseError:
-        # The 200 is sent already: re-raising aborts the body (no final chunk), so the
-        # client sees a broken download instead of a silently short file.
-        logger.exception("CSV export interrupted by the database")
-        raise
-    yield "".join(chunk)
 
 
 class ConversionStatsView(PartnerReadView):

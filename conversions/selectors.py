@@ -200,20 +200,20 @@ def conversion_outcome(*, is_duplicate: bool, processing_error: str | None) -> s
 
 def conversion_export_rows(
     *,
-    partner: Partner,
-    filters: ConversionFilters,
+    queryset: QuerySet[PartnerConversion],
     after: Cursor | None = None,
     limit: int | None = None,
     batch_size: int = 5000,
 ) -> Iterator[tuple[Any, ...]]:
-    """Every matching conversion as a tuple of CONVERSION_ATTNAMES, newest first.
+    """Every conversion of `queryset` (one partner's) as a tuple of CONVERSION_ATTNAMES, newest first.
 
     Datetimes come as ISO 8601 text in UTC (`2025-01-15T13:45:10.5+00:00`), formatted
     by the database: loading them as Python datetimes costs more than all the rest of
     an export. Fetched in keyset batches, so memory stays flat however many rows match
     and no database cursor stays open while the client reads slowly.
     """
-    queryset = conversion_queryset(partner=partner, filters=filters)
+    # Keyset batches continue on (received_at, id), whatever order the caller's queryset had.
+    queryset = queryset.order_by("-received_at", "-id")
     as_text = {name: Cast(name, TextField()) for name in DATETIME_ATTNAMES}
     columns = [f"{name}{TEXT_SUFFIX}" if name in as_text else name for name in CONVERSION_ATTNAMES]
     queryset = queryset.annotate(**{f"{name}{TEXT_SUFFIX}": expression for name, expression in as_text.items()})

@@ -1,14 +1,13 @@
-"""ISO 4217 alphabetic codes of current currencies and funds (list of 2024)."""
+"""ISO 4217 alphabetic codes of current currencies and funds, from a maintained source.
 
-ISO_4217_CODES = frozenset(
-    """
-    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN
-    BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP
-    ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK
-    JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK
-    MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN
-    PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB
-    TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG
-    XAU XBA XBB XBC XBD XCD XDR XOF XPD XPF XPT XSU XTS XUA XXX YER ZAR ZMW ZWG ZWL
-    """.split()  # noqa: SIM905 (a readable table of codes)
-)
+The `iso4217` package ships list one exactly as the ISO 4217 maintenance agency
+publishes it, and is re-released with every new list (its version ends with the
+publication date: 1.16.20260101 is the list of 2026-01-01). Codes that enter the list
+(XCG, the Caribbean guilder, since 2025) are accepted and withdrawn ones (ANG, 2025-03)
+refused by moving the pin in requirements.txt and the locks, never by editing code.
+"""
+
+import iso4217
+
+ISO_4217_PUBLISHED = iso4217.__published__
+ISO_4217_CODES = frozenset(currency.code for currency in iso4217.Currency)

@@ -114,7 +114,8 @@ def metrics_access_error(request: HttpRequest) -> JsonResponse | None:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if header:
         scheme, _, supplied = header.partition(" ")
-        if token and scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip(), token):
+        # Bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500).
+        if token and scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode()):
             return None
         return JsonResponse({"status": "error", "message": "Invalid metrics token"}, status=401)
     address = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)

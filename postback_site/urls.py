@@ -21,6 +21,12 @@ urlpatterns = [
     path("partner/<path:endpoint_path>", PostbackView.as_view(), name="postback"),
 ]
 
+# JSON outside the admin (postback_site.views); the admin keeps Django's HTML pages.
+handler400 = "postback_site.views.bad_request"
+handler403 = "postback_site.views.permission_denied"
+handler404 = "postback_site.views.page_not_found"
+handler500 = "postback_site.views.server_error"
+
 if settings.BENCH_MINIMAL_VIEW:
     # The benchmark's floor (bench/postback_bench.py); never enabled in production.
     from bench.minimal_view import minimal_insert

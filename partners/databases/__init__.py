@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
 
 from partners.databases.broker import ConnectionsExhausted, connection_broker
 from partners.databases.guard import PartnerDatabaseUnavailable, database_guard
 from partners.databases.provisioning import (
     ProvisionResult,
     database_create_if_missing,
+    migrations_pending,
     partner_database_provision,
 )
 from partners.databases.registry import alias_ensure, alias_unregister, partner_database_url
@@ -37,7 +38,11 @@ __all__ = [
     "database_create_if_missing",
     "database_ping",
     "partner_database",
-    "partner_database_ping",
+    "INIT_COMMAND",
+    "NOT_INITIALISED",
+    "NOT_PROVISIONED",
+    "migrations_to_apply",
+    "partner_database_state",
     "partner_database_provision",
     "partner_database_unregister",
     "partner_database_url",
@@ -87,16 +92,37 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
-def partner_database_ping(partner: Any) -> str | None:
-    """None when the partner's database answers with its schema in place, else why not
-    (without waiting on a database whose breaker is open)."""
+INIT_COMMAND = "python manage.py init_partners"
+NOT_INITIALISED = f"not initialised: run `{INIT_COMMAND}`"
+NOT_PROVISIONED = f"not provisioned: run `{INIT_COMMAND}`"
+
+
+def migrations_to_apply(unapplied: list[str]) -> str:
+    """What a health check says of a database with migrations still to apply."""
+    shown = ", ".join(unapplied[:3]) + (", ..." if len(unapplied) > 3 else "")
+    return f"{len(unapplied)} unapplied migration(s) ({shown}): run `{INIT_COMMAND}`"
+
+
+def partner_database_state(partner: Any) -> str:
+    """'ok', or what keeps the partner's database from storing postbacks: unreachable,
+    not provisioned, or migrations to apply (without waiting on one whose breaker is open)."""
     try:
-        with partner_database(partner) as alias, connections[alias].cursor() as cursor:
-            cursor.execute("SELECT 1 FROM partner_conversions LIMIT 1")
-            cursor.fetchone()
+        with partner_database(partner) as alias:
+            connection = connections[alias]
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1 FROM partner_conversions LIMIT 1")
+            except DatabaseError as exc:
+                # It answered SELECT 1: a missing table (SQLite says so with an OperationalError).
+                if isinstance(exc, ProgrammingError) or connection.vendor == "sqlite":
+                    return NOT_PROVISIONED
+                raise
+            unapplied = migrations_pending(alias)
     except PartnerDatabaseUnavailable as exc:
         return exc.reason
-    return None
+    return migrations_to_apply(unapplied) if unapplied else "ok"
 
 
 def database_ping(alias: str, query: str = "SELECT 1") -> str | None:

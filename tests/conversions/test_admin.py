@@ -126,7 +126,10 @@ def test_export_streams_the_filtered_rows_as_csv(analyst_client, involve):
     assert response.streaming
     assert response["Content-Disposition"] == 'attachment; filename="involve_asia-conversions.csv"'
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert [(r["conversion_id"], r["is_duplicate"]) for r in rows] == [("E2", "True"), ("E2", "False")]
+    assert [(r["conversion_id"], r["is_duplicate"], r["outcome"]) for r in rows] == [
+        ("E2", "true", "duplicate"),
+        ("E2", "false", "original"),
+    ]
 
     first = partner_rows(involve).get(conversion_id="E1")
     selected = analyst_client.post(

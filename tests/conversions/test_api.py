@@ -14,7 +14,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from conversions.models import PartnerConversion
-from conversions.selectors import CONVERSION_COLUMNS, ConversionFilters, conversion_export_rows
+from conversions.selectors import CONVERSION_COLUMNS, ConversionFilters, conversion_export_rows, conversion_queryset
 from partners.databases import partner_database_unregister
 from partners.services import partner_create
 from tests.conftest import partner_rows
@@ -302,9 +302,10 @@ def test_csv_limit_and_cursor(api, listed):
 def test_export_batches_join_without_gaps(involve):
     for n in range(23):
         add(involve, conversion_id=f"e{n}", received_at=BASE + timedelta(seconds=n // 4))
-    exported = [row[0] for row in conversion_export_rows(partner=involve, filters=ConversionFilters(), batch_size=5)]
+    everything = conversion_queryset(partner=involve, filters=ConversionFilters())
+    exported = [row[0] for row in conversion_export_rows(queryset=everything, batch_size=5)]
     assert exported == list(partner_rows(involve).order_by("-received_at", "-id").values_list("id", flat=True))
-    capped = conversion_export_rows(partner=involve, filters=ConversionFilters(), batch_size=5, limit=12)
+    capped = conversion_export_rows(queryset=everything, batch_size=5, limit=12)
     assert len(list(capped)) == 12
 
 

@@ -159,4 +159,4 @@ def test_account_manager_adds_a_partner_and_analyst_exports_its_conversion(serve
     exported = list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
     assert [(r["conversion_id"], r["sub_id"], r["usd_earning"]) for r in exported] == [("SB-1001", "clk-42", "2.50")]
     assert exported[0]["conversion_datetime"] == "2025-02-01T10:00:00+00:00"
-    assert exported[0]["is_duplicate"] == "False" and exported[0]["processing_error"] == ""
+    assert exported[0]["is_duplicate"] == "false" and exported[0]["processing_error"] == ""

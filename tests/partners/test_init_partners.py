@@ -1,6 +1,8 @@
 """`manage.py init_partners` on PostgreSQL: creates the partner databases itself, twice is a no-op."""
 
 import io
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -11,6 +13,7 @@ from conversions.models import PartnerConversion
 from partners.databases import partner_database_unregister
 from partners.models import Partner
 from tests.conftest import POSTGRES_SERVER
+from tests.e2e.server import PROJECT_DIR, service_env
 
 
 @pytest.fixture
@@ -88,3 +91,34 @@ def test_unreachable_partner_database_fails_the_command_with_the_reason(postgres
     assert "database broken_db: FAILED: cannot reach PostgreSQL at 127.0.0.1:1" in err.getvalue()
     partner_database_unregister("broken_db")
     connections.close_all()
+
+
+def test_concurrent_first_runs_take_turns_on_a_fresh_database(database_pool):
+    # Several instances or job retries may run the first-boot step at once on an empty database.
+    prefix = f"test_pb_{database_pool.token}_turns_"
+    env = service_env(
+        DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
+        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "init_partners"],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0, 0], "\n----\n".join(outputs)
+    assert sum("partner involve_asia (/involve/event): created" in output for output in outputs) == 1
+    assert sum("partner involve_asia (/involve/event): exists, left unchanged" in output for output in outputs) == 2
+    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": f"{prefix}default"}) as conn:
+        assert conn.execute("SELECT partner_code FROM partners ORDER BY 1").fetchall() == [
+            ("involve_asia",),
+            ("rector",),
+        ]
+    assert databases_on_server(prefix) == {f"{prefix}default", f"{prefix}involve_asia_db", f"{prefix}rector_db"}

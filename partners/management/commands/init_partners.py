@@ -1,14 +1,27 @@
-"""`python manage.py init_partners`: idempotent bootstrap of a fresh install."""
+"""`python manage.py init_partners`: idempotent bootstrap of a fresh install.
+
+It is the documented first-boot step of every deployment (the Cloud Run job that
+deploy_multi_partner.sh runs before the services, `docker run ... python manage.py
+init_partners`, `make run`), so several may start at once: on PostgreSQL they take
+turns on an advisory lock of the configuration database.
+"""
 
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from partners.databases import PartnerDatabaseUnavailable, database_create_if_missing
 from partners.models import Partner
 from partners.services import SEED_PARTNERS, admin_groups_ensure, partner_provision, partner_seed
+
+# pg_advisory_lock key of init_partners: the first 8 bytes of "postback" read as a signed integer.
+INIT_LOCK_KEY = int.from_bytes(b"postback", "big", signed=True)
+LOCK_POLL_SECONDS = 0.5
 
 
 class Command(BaseCommand):
@@ -17,14 +30,63 @@ class Command(BaseCommand):
         "changing existing ones) and create + migrate every active partner's database."
     )
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--lock-timeout",
+            type=float,
+            default=600.0,
+            help="seconds to wait for another init_partners on the same configuration database (default 600)",
+        )
+
     def handle(self, *args, **options) -> None:
         try:
-            if database_create_if_missing("default"):
-                self.stdout.write("default: database created")
+            try:
+                created = database_create_if_missing(DEFAULT_DB_ALIAS)
+            except PartnerDatabaseUnavailable:
+                # A concurrent first run may have created it between our look and our CREATE
+                # DATABASE (PostgreSQL then reports a unique violation); a real cause fails again.
+                created = database_create_if_missing(DEFAULT_DB_ALIAS)
         except PartnerDatabaseUnavailable as exc:
             raise CommandError(f"configuration database: {exc.reason}") from exc
+        if created:
+            self.stdout.write("default: database created")
+        with self._init_lock(options["lock_timeout"]):
+            self._initialise()
+        self.stdout.write(self.style.SUCCESS("init_partners: done"))
+
+    @contextmanager
+    def _init_lock(self, timeout: float) -> Iterator[None]:
+        """Hold the configuration database's init lock (PostgreSQL; SQLite serves one machine)."""
+        connection = connections[DEFAULT_DB_ALIAS]
+        if connection.vendor != "postgresql":
+            yield
+            return
+        # Polled, not a blocking pg_advisory_lock: the connection's statement timeout would cut that wait.
+        deadline = time.monotonic() + timeout
+        waiting = False
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [INIT_LOCK_KEY])
+                if cursor.fetchone()[0]:
+                    break
+            if not waiting:
+                self.stdout.write("waiting for another init_partners on this configuration database...")
+                waiting = True
+            if time.monotonic() > deadline:
+                raise CommandError(f"another init_partners still holds the configuration database after {timeout:g}s")
+            time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [INIT_LOCK_KEY])
+            except DatabaseError:
+                pass  # the lock ends with the session anyway; the error that got us here matters more
+
+    def _initialise(self) -> None:
         migrate_output = io.StringIO()
-        call_command("migrate", database="default", interactive=False, verbosity=1, stdout=migrate_output)
+        call_command("migrate", database=DEFAULT_DB_ALIAS, interactive=False, verbosity=1, stdout=migrate_output)
         applied = migrate_output.getvalue().count(" OK")
         self.stdout.write(f"default: {'applied ' + str(applied) + ' migration(s)' if applied else 'schema up to date'}")
 
@@ -51,4 +113,3 @@ class Command(BaseCommand):
         self.stdout.write(f"provisioned {provisioned} partner database(s) in {time.monotonic() - started:.1f} s")
         if failures:
             raise CommandError(f"could not provision: {', '.join(failures)}")
-        self.stdout.write(self.style.SUCCESS("init_partners: done"))
