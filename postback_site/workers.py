@@ -223,6 +223,8 @@ class ChunkedBody:
                 self._state = "size"
             line = self._line(buf)
             if line is None:
+                if self._state == "size" and not self._size_prefix_valid(buf):
+                    raise _chunked_invalid(f"invalid chunk size {bytes(buf[:20]).decode('latin-1')!r}")
                 return False
             if self._state == "size":
                 size = self._size(line)
@@ -261,6 +263,12 @@ class ChunkedBody:
         if b"\n" in line or b"\r" in line:
             raise _chunked_invalid("a line does not end with CRLF")
         return line
+
+    @staticmethod
+    def _size_prefix_valid(buf: bytearray) -> bool:
+        """Whether an incomplete chunk size line can still become a valid one (refuse early)."""
+        size = bytes(buf).partition(b";")[0].rstrip(b" \t\r")
+        return len(size) <= 16 and all(byte in b"0123456789abcdefABCDEF" for byte in size)
 
     @staticmethod
     def _size(line: bytes) -> int:
