@@ -15,6 +15,9 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "postback_site.workers.PostbackWorker"
 # gunicorn's own error and access lines, with tokens and credential headers masked.
 logger_class = "postback_site.workers.PostbackLogger"
+# Static files go out through ordinary writes, which GUNICORN_SEND_TIMEOUT bounds; Python's
+# socket.sendfile() waits without limit for a client that stops reading.
+sendfile = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5

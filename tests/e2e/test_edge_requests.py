@@ -5,12 +5,14 @@ import http.client
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.e2e.raw_http import address, answers, chunked, connect, exchange, read_until_closed, request
-from tests.e2e.server import manage, running_server, service_env
+from tests.e2e.server import PROJECT_DIR, free_port, manage, running_server, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -270,3 +272,65 @@ def test_deadlines_close_slow_and_idle_connections(tmp_path):
         with socket.create_connection(address(base), timeout=5) as sock:
             sock.sendall(request("GET", "/info", headers={"Connection": "close"}))
             assert answers(read_until_closed(sock))[0].status == 200
+
+
+SLOW_READER_APP = """
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(64 << 20))])
+        return (b"x" * 65536 for _ in range(1024))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_a_client_that_stops_reading_gives_its_thread_back(tmp_path):
+    # A WSGI app with a 64 MiB answer, more than the kernel's buffers hold: its writes
+    # block once the client stops reading. Two such clients hold both threads of the
+    # worker until GUNICORN_SEND_TIMEOUT.
+    (tmp_path / "slow_reader_app.py").write_text(SLOW_READER_APP)
+    port = free_port()
+    env = service_env(
+        DJANGO_SETTINGS_MODULE="postback_site.settings",
+        PYTHONPATH=str(PROJECT_DIR),
+        DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
+        PARTNER_DATABASE_URL=f"sqlite:///{tmp_path}/{{name}}.sqlite3",
+        GUNICORN_SEND_TIMEOUT="1",
+    )
+    command = [sys.executable, "-m", "gunicorn", "--chdir", str(tmp_path), "-b", f"127.0.0.1:{port}", "-w", "1"]
+    command += ["--threads", "2", "-k", "postback_site.workers.PostbackWorker", "slow_reader_app:app"]
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert answers(exchange(base, request("GET", "/", headers={"Connection": "close"})))[0].status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
+                time.sleep(0.2)
+        readers = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(address(base))
+            sock.sendall(request("GET", "/big"))
+            readers.append(sock)
+        time.sleep(0.5)  # both threads are writing, and stuck
+        started = time.monotonic()
+        with connect(base, timeout=15) as sock:
+            sock.sendall(request("GET", "/", headers={"Connection": "close"}))
+            assert answers(read_until_closed(sock, timeout=15))[0].status == 200
+        assert time.monotonic() - started < 5
+        for sock in readers:
+            sock.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert "its client read nothing for 1s" in (tmp_path / "server.log").read_text()
