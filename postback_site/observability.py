@@ -116,30 +116,38 @@ def _cloud_trace_parse(header: str) -> tuple[str, str, bool] | None:
 
 
 # --- Secrets in logged text -------------------------------------------------------
-# A `name=value` pair of a query string (at the start, or after ?, &, ; or a space).
-_QUERY_PAIR = re.compile(r"(^|[?&;\s\"'(,])([^=&;?#\s\"']+)=([^&;#\s\"']*)")
+# Where a query parameter's name starts and ends, in a URL or in free text.
+_NAME_START = frozenset("?&; \t\r\n\"'(,")
+_NAME_END = "=&;?# \t\r\n\"'"
+_VALUE_END = re.compile(r"[&;# \t\r\n\"']")
+_QUERY_SEPARATORS = re.compile(r"([&;])")
 # A credential header written as `Name: value` or `'Name': 'value'`.
 _CREDENTIAL_HEADER = re.compile(
     r"(\b(?:" + "|".join(re.escape(name) for name in sorted(SENSITIVE_HEADERS)) + r")\b[\"']?\s*[:=]\s*[\"']?)"
     r"([^\"'\r\n,}]+)",
     re.IGNORECASE,
 )
-# Cheap test first: most lines mention neither a token nor a credential header.
-_SECRET_HINT = re.compile(r"oken|%|uthoriz|ignatur|ookie", re.IGNORECASE)
+# A line that mentions none of these (lower-cased) has no credential header to mask.
+_HEADER_WORDS = ("authoriz", "signatur", "cookie", "postback-token")
 
 
-def _pair_masked(match: re.Match) -> str:
-    before, name, value = match.groups()
-    if value and unquote_plus(name).lower() in SECRET_PARAMS:
-        return f"{before}{name}={MASK}"
-    return match.group(0)
+def _secret_param(name: str) -> bool:
+    """Whether a query parameter name (as sent, maybe percent-encoded) is a secret's."""
+    if "%" in name or "+" in name:
+        name = unquote_plus(name)
+    return name.lower() in SECRET_PARAMS
 
 
 def query_masked(query: str) -> str:
     """A query string with the value of each `token` parameter replaced by ****."""
-    if "=" not in query or not _SECRET_HINT.search(query):
+    if "=" not in query or ("oken" not in query.lower() and "%" not in query):
         return query
-    return _QUERY_PAIR.sub(_pair_masked, query)
+    pieces = _QUERY_SEPARATORS.split(query)  # names and values, with the separators between
+    for index in range(0, len(pieces), 2):
+        name, _, value = pieces[index].partition("=")
+        if value and _secret_param(name):
+            pieces[index] = f"{name}={MASK}"
+    return "".join(pieces)
 
 
 def url_masked(url: str) -> str:
@@ -150,10 +158,40 @@ def url_masked(url: str) -> str:
 
 def log_text_masked(text: str) -> str:
     """A log line with `token=` values in the URLs it mentions, and the values of credential
-    headers (Authorization, X-Postback-Token, X-Postback-Signature, Cookie...), masked."""
-    if not _SECRET_HINT.search(text):
-        return text
-    return _CREDENTIAL_HEADER.sub(lambda match: match.group(1) + MASK, _QUERY_PAIR.sub(_pair_masked, text))
+    headers (Authorization, X-Postback-Token, X-Postback-Signature, Cookie...), masked.
+
+    Cheap when there is nothing to mask, as in almost every line. (A parameter name that
+    spells `token` with a percent-escape before its `oken` is masked only where URLs are
+    logged, by url_masked.)
+    """
+    lowered = text.lower()
+    if "oken" in lowered:
+        text = _token_values_masked(text, lowered)
+    if any(word in lowered for word in _HEADER_WORDS):
+        text = _CREDENTIAL_HEADER.sub(lambda match: match.group(1) + MASK, text)
+    return text
+
+
+def _token_values_masked(text: str, lowered: str) -> str:
+    """`text` with the value of every `...oken=value` pair whose name is `token` masked."""
+    pieces = []
+    done = 0  # text[:done] is in pieces
+    found = lowered.find("oken")
+    while found >= 0:
+        start = found
+        while start > done and text[start - 1] not in _NAME_START:
+            start -= 1
+        end = found + 4
+        while end < len(text) and text[end] not in _NAME_END:
+            end += 1
+        if end < len(text) and text[end] == "=" and _secret_param(text[start:end]):
+            value_end = _VALUE_END.search(text, end + 1)
+            value_end = value_end.start() if value_end else len(text)
+            if value_end > end + 1:
+                pieces += (text[done : end + 1], MASK)
+                done = end = value_end
+        found = lowered.find("oken", max(end, found + 4))
+    return "".join(pieces) + text[done:] if pieces else text
 
 
 def access_atoms_masked(atoms: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,10 +202,22 @@ def access_atoms_masked(atoms: Mapping[str, Any]) -> dict[str, Any]:
         if key.startswith("{") and _header_sensitive(_atom_header(key)):
             masked[key] = MASK
         elif isinstance(value, str):
-            masked[key] = log_text_masked(value)
+            masked[key] = _atom_masked(key, value)
         else:
             masked[key] = value
     return masked
+
+
+def _atom_masked(key: str, value: str) -> str:
+    if key in ("q", "{query_string}e"):
+        return query_masked(value)
+    if key == "r":  # METHOD TARGET PROTOCOL
+        method, space, rest = value.partition(" ")
+        target, space2, protocol = rest.rpartition(" ")
+        return f"{method}{space}{url_masked(target)}{space2}{protocol}" if space2 else log_text_masked(value)
+    if "?" in value and "://" in value[:12] or value.startswith("/"):  # a URL: the referer, RAW_URI
+        return url_masked(value)
+    return log_text_masked(value)
 
 
 def _header_sensitive(name: str) -> bool:

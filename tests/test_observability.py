@@ -166,6 +166,23 @@ def test_url_masked_hides_the_token_parameter(url, masked):
     assert url_masked(url) == masked
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("GET /x?token=abc&token=def 200", "GET /x?token=****&token=**** 200"),
+        ("GET /x?%74oken=abc 200", "GET /x?%74oken=**** 200"),
+        ('{"requestUrl": "/x?a=1&Token=abc", "b": 1}', '{"requestUrl": "/x?a=1&Token=****", "b": 1}'),
+        ("failed: token=abc, retrying", "failed: token=**** retrying"),  # a comma may be part of a value
+        ("GET /x?token= 200", "GET /x?token= 200"),  # nothing to mask
+        ("GET /x?mytoken=abc&tokens=def 200", "GET /x?mytoken=abc&tokens=def 200"),
+        ("📋 原始參數: {'token': '****', 'aff_sub': 's1'}", "📋 原始參數: {'token': '****', 'aff_sub': 's1'}"),
+        ("token token=abc token", "token token=**** token"),
+    ],
+)
+def test_log_text_masks_token_values(text, masked):
+    assert log_text_masked(text) == masked
+
+
 def test_log_text_masks_urls_and_credential_headers():
     line = '127.0.0.1 - - "GET /partner/x?conversion_id=1&token=s3cr3t HTTP/1.1" 200'
     assert log_text_masked(line) == '127.0.0.1 - - "GET /partner/x?conversion_id=1&token=**** HTTP/1.1" 200'
@@ -179,8 +196,8 @@ def test_log_text_masks_urls_and_credential_headers():
 
 def test_access_log_atoms_mask_credentials():
     atoms = {
-        "r": "GET /partner/x?token=s3cr3t HTTP/1.1",
-        "q": "token=s3cr3t&a=1",
+        "r": "GET /partner/x?token=s3cr3t&t%6Fken=s3cr3t HTTP/1.1",
+        "q": "token=s3cr3t&a=1&t%6Fken=s3cr3t",
         "f": "https://example.com/?token=s3cr3t",
         "{x-postback-token}i": "s3cr3t",
         "{x-postback-signature}i": "sha256=abc",
@@ -192,8 +209,8 @@ def test_access_log_atoms_mask_credentials():
     }
     masked = access_atoms_masked(atoms)
     assert "s3cr3t" not in json.dumps(masked)
-    assert masked["r"] == "GET /partner/x?token=**** HTTP/1.1"
-    assert masked["q"] == "token=****&a=1"
+    assert masked["r"] == "GET /partner/x?token=****&t%6Fken=**** HTTP/1.1"
+    assert masked["q"] == "token=****&a=1&t%6Fken=****"
     assert masked["{x-postback-token}i"] == masked["{authorization}i"] == masked["{http_x_postback_token}e"] == "****"
     assert masked["{user-agent}i"] == "curl/8" and masked["s"] == 200
 
