@@ -17,8 +17,9 @@ gunicorn's own error and access log lines.
 Checked against gunicorn 27.0.1. Besides its documented hooks this relies on gthread's
 ThreadWorker internals (`tpool`, `poller`, `method_queue`, `nr_conns`, `_accepting`,
 `set_accept_enabled`, `handle_request`, `wait_for_and_dispatch_events`,
-`is_parent_alive`), and on a parsed `Request`'s private `_expected_100_continue` flag and
-its body reader (`LengthReader.length`, `ChunkedReader`).
+`is_parent_alive`), on a parsed `Request`'s private `_expected_100_continue` flag and
+its body reader (`LengthReader.length`, `ChunkedReader`), and on the parser's module
+constants (`CHUNK_EXT_RE`, `TOKEN_RE`, `MAX_REQUEST_LINE`).
 """
 
 import contextlib
@@ -382,6 +383,7 @@ class PostbackWorker(ThreadWorker):
         self._send_timeout = struct.pack("@ll", int(seconds), int(fraction * 1_000_000))  # struct timeval
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         self.set_accept_enabled(True)
+        # gthread's own loop (gunicorn 27.0.1, private: nr_conns, _accepting), with our expiry.
         while self.alive:
             self.notify()
             can_accept = self.nr_conns < self.worker_connections
