@@ -10,7 +10,14 @@ wsgi_app = "postback_site.wsgi:application"
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread"
+# gthread, but a request is read whole in the event loop before a thread serves it, under
+# GUNICORN_HEADER_TIMEOUT / GUNICORN_BODY_TIMEOUT: slow or idle clients hold no thread.
+worker_class = "postback_site.workers.PostbackWorker"
+# gunicorn's own error and access lines, with tokens and credential headers masked.
+logger_class = "postback_site.workers.PostbackLogger"
+# Static files go out through ordinary writes, which GUNICORN_SEND_TIMEOUT bounds; Python's
+# socket.sendfile() waits without limit for a client that stops reading.
+sendfile = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5

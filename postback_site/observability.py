@@ -8,18 +8,20 @@ the middleware records the postback metrics and, with LOG_FORMAT=json, one reque
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote_plus
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from conversions.request_meta import client_ip
+from conversions.request_meta import MASK, SECRET_PARAMS, SENSITIVE_HEADER_WORDS, SENSITIVE_HEADERS, client_ip
 from postback_site import metrics
 
 request_logger = logging.getLogger("postback_site.request")
@@ -40,11 +42,19 @@ STATUS_OUTCOMES = {
 
 
 def postback_observe(partner: Any) -> None:
-    """Attach the partner to the current request's logs and metrics."""
+    """Attach the partner to the current request's logs and metrics; from now on its
+    lines show the URL with the partner's secret masked wherever it appears."""
     context = _context.get()
     if context is not None:
         context["partner"] = partner.partner_code
         context["database_alias"] = partner.database_name
+        secret = getattr(partner, "postback_secret", "")
+        if secret:
+            http_request = context["httpRequest"]
+            url = http_request["requestUrl"]
+            for form in {secret, quote(secret, safe="")}:
+                url = url.replace(form, MASK)
+            http_request["requestUrl"] = url
 
 
 def postback_outcome_observe(outcome: str) -> None:
@@ -54,20 +64,173 @@ def postback_outcome_observe(outcome: str) -> None:
         context["outcome"] = outcome
 
 
-def trace_fields(header: str, project: str) -> dict[str, Any]:
-    """Cloud Logging trace fields from an `X-Cloud-Trace-Context: TRACE/SPAN;o=1` header."""
-    if not header:
+_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([0-9]+))?")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def trace_fields(*, cloud_trace: str = "", traceparent: str = "", project: str = "") -> dict[str, Any]:
+    """Cloud Logging trace fields from a W3C `traceparent` (preferred when valid) or an
+    `X-Cloud-Trace-Context: TRACE/SPAN;o=1` header; malformed values are ignored.
+
+    Cloud Logging wants the span id as 16 hex digits: X-Cloud-Trace-Context's decimal
+    span is converted, traceparent's is already hex.
+    """
+    parsed = _traceparent_parse(traceparent) or _cloud_trace_parse(cloud_trace)
+    if parsed is None:
         return {}
-    trace_id, _, rest = header.partition("/")
-    if not trace_id.isalnum():
-        return {}
-    span, _, options = rest.partition(";")
-    trace = f"projects/{project}/traces/{trace_id}" if project else trace_id
-    fields: dict[str, Any] = {"logging.googleapis.com/trace": trace}
-    if span.isdigit():
-        fields["logging.googleapis.com/spanId"] = span
-    fields["logging.googleapis.com/trace_sampled"] = options.strip() == "o=1"
+    trace_id, span_id, sampled = parsed
+    fields: dict[str, Any] = {
+        "logging.googleapis.com/trace": f"projects/{project}/traces/{trace_id}" if project else trace_id
+    }
+    if span_id:
+        fields["logging.googleapis.com/spanId"] = span_id
+    fields["logging.googleapis.com/trace_sampled"] = sampled
     return fields
+
+
+def _traceparent_parse(header: str) -> tuple[str, str, bool] | None:
+    """(trace id, span id, sampled) of a W3C traceparent `00-<32 hex>-<16 hex>-<flags>`."""
+    match = _TRACEPARENT.fullmatch(header.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    # Version ff is invalid; version 00 has exactly four fields; all-zero ids are invalid.
+    if version == "ff" or (version == "00" and rest) or not trace_id.strip("0") or not span_id.strip("0"):
+        return None
+    return trace_id, span_id, bool(int(flags, 16) & 1)
+
+
+def _cloud_trace_parse(header: str) -> tuple[str, str, bool] | None:
+    """(trace id, span id as 16 hex digits or "", sampled) of `TRACE/SPAN;o=1`."""
+    match = _CLOUD_TRACE.fullmatch(header.strip())
+    if match is None:
+        return None
+    trace_id, span, options = match.groups()
+    span_id = ""
+    if span is not None:
+        number = int(span)
+        if number >= 2**64:
+            return None
+        span_id = f"{number:016x}" if number else ""
+    return trace_id.lower(), span_id, options == "1"
+
+
+# --- Secrets in logged text -------------------------------------------------------
+# Where a query parameter's name starts and ends, in a URL or in free text.
+_NAME_START = frozenset("?&; \t\r\n\"'(,")
+_NAME_END = "=&;?# \t\r\n\"'"
+_VALUE_END = re.compile(r"[&;# \t\r\n\"']")
+_QUERY_SEPARATORS = re.compile(r"([&;])")
+# A credential header written as `Name: value` or `'Name': 'value'`.
+_CREDENTIAL_HEADER = re.compile(
+    r"(\b(?:" + "|".join(re.escape(name) for name in sorted(SENSITIVE_HEADERS)) + r")\b[\"']?\s*[:=]\s*[\"']?)"
+    r"([^\"'\r\n,}]+)",
+    re.IGNORECASE,
+)
+# A line that mentions none of these (lower-cased) has no credential header to mask.
+_HEADER_WORDS = ("authoriz", "signatur", "cookie", "postback-token")
+
+
+def _secret_param(name: str) -> bool:
+    """Whether a query parameter name (as sent, maybe percent-encoded) is a secret's."""
+    if "%" in name or "+" in name:
+        name = unquote_plus(name)
+    return name.lower() in SECRET_PARAMS
+
+
+def query_masked(query: str) -> str:
+    """A query string with the value of each `token` parameter replaced by ****."""
+    if "=" not in query or ("oken" not in query.lower() and "%" not in query):
+        return query
+    pieces = _QUERY_SEPARATORS.split(query)  # names and values, with the separators between
+    for index in range(0, len(pieces), 2):
+        name, _, value = pieces[index].partition("=")
+        if value and _secret_param(name):
+            pieces[index] = f"{name}={MASK}"
+    return "".join(pieces)
+
+
+def url_masked(url: str) -> str:
+    """`url` (a path with its query string) with each `token` parameter's value replaced by ****."""
+    path, question, query = url.partition("?")
+    return f"{path}?{query_masked(query)}" if question else url
+
+
+def log_text_masked(text: str) -> str:
+    """A log line with `token=` values in the URLs it mentions, and the values of credential
+    headers (Authorization, X-Postback-Token, X-Postback-Signature, Cookie...), masked.
+
+    Cheap when there is nothing to mask, as in almost every line. (A parameter name that
+    spells `token` with a percent-escape before its `oken` is masked only where URLs are
+    logged, by url_masked.)
+    """
+    lowered = text.lower()
+    if "oken" in lowered:
+        text = _token_values_masked(text, lowered)
+    if any(word in lowered for word in _HEADER_WORDS):
+        text = _CREDENTIAL_HEADER.sub(lambda match: match.group(1) + MASK, text)
+    return text
+
+
+def _token_values_masked(text: str, lowered: str) -> str:
+    """`text` with the value of every `...oken=value` pair whose name is `token` masked."""
+    pieces = []
+    done = 0  # text[:done] is in pieces
+    found = lowered.find("oken")
+    while found >= 0:
+        start = found
+        while start > done and text[start - 1] not in _NAME_START:
+            start -= 1
+        end = found + 4
+        while end < len(text) and text[end] not in _NAME_END:
+            end += 1
+        if end < len(text) and text[end] == "=" and _secret_param(text[start:end]):
+            value_end = _VALUE_END.search(text, end + 1)
+            value_end = value_end.start() if value_end else len(text)
+            if value_end > end + 1:
+                pieces += (text[done : end + 1], MASK)
+                done = end = value_end
+        found = lowered.find("oken", max(end, found + 4))
+    return "".join(pieces) + text[done:] if pieces else text
+
+
+def access_atoms_masked(atoms: Mapping[str, Any]) -> dict[str, Any]:
+    """gunicorn's access log atoms with credential headers (request `{name}i`, response
+    `{name}o`, environ `{http_name}e`) replaced by **** and tokens masked in every other value."""
+    masked: dict[str, Any] = {}
+    for key, value in atoms.items():
+        if key.startswith("{") and _header_sensitive(_atom_header(key)):
+            masked[key] = MASK
+        elif isinstance(value, str):
+            masked[key] = _atom_masked(key, value)
+        else:
+            masked[key] = value
+    return masked
+
+
+def _atom_masked(key: str, value: str) -> str:
+    if key in ("q", "{query_string}e"):
+        return query_masked(value)
+    if key == "r":  # METHOD TARGET PROTOCOL
+        method, space, rest = value.partition(" ")
+        target, space2, protocol = rest.rpartition(" ")
+        return f"{method}{space}{url_masked(target)}{space2}{protocol}" if space2 else log_text_masked(value)
+    if "?" in value and "://" in value[:12] or value.startswith("/"):  # a URL: the referer, RAW_URI
+        return url_masked(value)
+    return log_text_masked(value)
+
+
+def _header_sensitive(name: str) -> bool:
+    """The rule request_headers are stored by: credentials, and names that say token, secret..."""
+    return name in SENSITIVE_HEADERS or any(word in name for word in SENSITIVE_HEADER_WORDS)
+
+
+def _atom_header(key: str) -> str:
+    """The header an access log atom (`{x-postback-token}i`, `{http_x_postback_token}e`) is about."""
+    name = key[1:-2].lower()
+    if key.endswith("}e"):
+        name = name.removeprefix("http_").replace("_", "-")
+    return name
 
 
 def postback_outcome(response: HttpResponse, observed: str | None) -> str:
@@ -89,14 +252,18 @@ class ObservabilityMiddleware:
         meta = request.META
         http_request = {
             "requestMethod": request.method,
-            "requestUrl": request.get_full_path(),
+            "requestUrl": url_masked(request.get_full_path()),
             "remoteIp": client_ip(meta, trusted_proxies=settings.TRUSTED_PROXY_COUNT),
             "userAgent": meta.get("HTTP_USER_AGENT", ""),
             "protocol": meta.get("SERVER_PROTOCOL", ""),
         }
         context: dict[str, Any] = {
             "httpRequest": http_request,
-            **trace_fields(meta.get("HTTP_X_CLOUD_TRACE_CONTEXT", ""), settings.GOOGLE_CLOUD_PROJECT),
+            **trace_fields(
+                cloud_trace=meta.get("HTTP_X_CLOUD_TRACE_CONTEXT", ""),
+                traceparent=meta.get("HTTP_TRACEPARENT", ""),
+                project=settings.GOOGLE_CLOUD_PROJECT,
+            ),
         }
         token = _context.set(context)
         RequestBufferedHandler.start_request()
@@ -136,6 +303,9 @@ class PlainFormatter(logging.Formatter):
             text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
             self._stamp = (second, text)
         return f"{text},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        return log_text_masked(super().format(record))
 
 
 class RequestBufferedHandler(logging.Handler):
@@ -225,4 +395,4 @@ class CloudLoggingFormatter(logging.Formatter):
         if context is not None:
             entry.update(context)
             entry.pop("database_alias", None)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return log_text_masked(json.dumps(entry, ensure_ascii=False, default=str))
