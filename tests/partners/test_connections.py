@@ -257,3 +257,39 @@ def test_connections_of_a_thread_that_ended_without_returning_them_are_taken_bac
     c = take(broker, "c")  # at the limit, nothing idle: the ended thread's connections are reclaimed
     assert all(raw.closed for raw in held) and c.key == "c"
     assert broker.stats().open == 1
+
+
+def test_a_request_visits_only_the_connections_its_thread_holds(involve, monkeypatch):
+    """Django visits every alias at each request's start and end; with one alias per
+    partner that visit grows with the partners. Here it must not happen at all."""
+    import io
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from partners.databases.requests import request_edges_install
+
+    # As in a server process (Django's test client puts Django's own handlers back).
+    request_edges_install()
+
+    def every_alias(*args, **kwargs):
+        raise AssertionError("a request visited every configured database alias")
+
+    handler = WSGIHandler()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/partner/involve/event",
+        "QUERY_STRING": "conversion_id=edges-1",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+    }
+    statuses = []
+    with monkeypatch.context() as patch:
+        patch.setattr(connections, "all", every_alias)
+        response = handler(environ, lambda status, headers: statuses.append(status))
+        body = b"".join(response)
+        response.close()  # the end of the request, as a WSGI server calls it
+    assert statuses == ["200 OK"], body
+    assert connections[involve.database_alias].connection is None  # given back at the end

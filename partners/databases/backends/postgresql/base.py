@@ -8,6 +8,7 @@ from psycopg import IsolationLevel, pq
 
 from partners.databases.backends import connection_key
 from partners.databases.broker import connection_broker
+from partners.databases.requests import held_add, held_discard
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -20,12 +21,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
             )
         except ValueError as exc:
             raise ImproperlyConfigured(f"Invalid transaction isolation level: {exc}") from exc
-        return connection_broker.acquire(
+        raw = connection_broker.acquire(
             key=connection_key("postgresql", conn_params),
             alias=self.alias,
             connect=lambda: super(DatabaseWrapper, self).get_new_connection(conn_params),
             check=_answers,
         )
+        held_add(self)
+        return raw
 
     def _close(self) -> None:
         raw = self.connection
@@ -37,6 +40,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             and raw.autocommit
             and raw.info.transaction_status == pq.TransactionStatus.IDLE
         )
+        held_discard(self)
         with self.wrap_database_errors:
             connection_broker.release(raw, reusable=reusable)
 
