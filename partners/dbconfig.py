@@ -69,6 +69,9 @@ def database_settings(
             for name, value in (("statement_timeout", statement_timeout_ms), ("lock_timeout", lock_timeout_ms))
             if value
         ]
+        # The session starts in UTC (settings.TIME_ZONE), so Django needs no SET TIME ZONE
+        # round trip on each new connection.
+        server_options.append("-c TimeZone=UTC")
         if server_options and not transaction_pooler:
             options.setdefault("options", " ".join(server_options))
         if prepared_statements:
