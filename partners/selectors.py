@@ -27,6 +27,7 @@ class PartnerDirectory:
         self._by_code: dict[str, Partner] = {}
         self._loaded_at = float("-inf")
         self._miss_reloaded_at = float("-inf")
+        self._invalid = False  # this process changed a partner: the cached copy must not be served
         self._lock = threading.Lock()
 
     def by_endpoint(self, endpoint_path: str) -> Partner | None:
@@ -50,7 +51,8 @@ class PartnerDirectory:
         return list(self._by_code.values())
 
     def clear(self) -> None:
-        """Reload on the next lookup (this process changed a partner)."""
+        """Reload on the next lookup, and serve nothing older (this process changed a partner)."""
+        self._invalid = True
         self._loaded_at = float("-inf")
         self._miss_reloaded_at = float("-inf")
 
@@ -66,7 +68,7 @@ class PartnerDirectory:
         # copy. A lookup that missed waits, and reads again unless that reload began
         # after it asked.
         asked = time.monotonic()
-        if not self._lock.acquire(blocking=wait or not self._by_code):
+        if not self._lock.acquire(blocking=wait or self._invalid or not self._by_code):
             return False
         try:
             if self._loaded_at >= asked:
@@ -85,6 +87,7 @@ class PartnerDirectory:
             self._by_endpoint = {endpoint_key(p.endpoint_path): p for p in partners}
             self._by_code = {p.partner_code: p for p in partners}
             self._loaded_at = started
+            self._invalid = False
             return True
         finally:
             self._lock.release()
