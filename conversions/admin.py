@@ -16,17 +16,24 @@ from django.core.exceptions import BadRequest, ImproperlyConfigured, PermissionD
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponseRedirect, QueryDict, StreamingHttpResponse
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from conversions.exports import conversion_csv_response
+from conversions.ingest.dry_run import postback_dry_run
+from conversions.ingest.refusals import refusal_counts
+from conversions.ingest.reprocess import conversion_reprocess
 from conversions.models import ConversionChange, PartnerConversion
-from conversions.services import conversion_reprocess
-from partners.databases import PartnerDatabaseUnavailable
+from conversions.outcomes import Outcome
+from partners.admin import PartnerAdmin, partner_postback_url
+from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.forms import TestPostbackForm
 from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
 
@@ -478,20 +485,123 @@ class PartnerConversionAdmin(admin.ModelAdmin):
     @admin.action(description="Reprocess selected rejected postbacks", permissions=["reprocess"])
     def reprocess_rejected(self, request: HttpRequest, queryset: QuerySet) -> None:
         partner = self.partner_for(request)
-        counts = {"success": 0, "duplicate": 0, "updated": 0, "error": 0}
+        counts = dict.fromkeys(Outcome, 0)
         try:
             for conversion in list(queryset.filter(processing_error__isnull=False).only("pk")):
-                result = conversion_reprocess(partner=partner, conversion=conversion)
-                counts[result.outcome] += 1
+                counts[conversion_reprocess(partner=partner, conversion=conversion).outcome] += 1
         except DatabaseError as exc:
             self.message_user(request, f"Reprocessing stopped: {exc}", messages.ERROR)
         total = sum(counts.values())
+        still_rejected = counts[Outcome.REJECTED]
         summary = (
-            f"Reprocessed {total} rejected postback(s): {counts['success']} original, "
-            f"{counts['duplicate']} duplicate, {counts['updated']} update of an original, "
-            f"{counts['error']} still rejected."
+            f"Reprocessed {total} rejected postback(s): {counts[Outcome.SUCCESS]} original, "
+            f"{counts[Outcome.DUPLICATE] + counts[Outcome.STALE]} duplicate, {counts[Outcome.UPDATED]} update of "
+            f"an original, {still_rejected} still rejected."
         )
         # Logged on the partner: a conversion's admin-log link could not name its database.
         if total:
             self.log_change(request, partner, summary)
-        self.message_user(request, summary, messages.SUCCESS if total and not counts["error"] else messages.WARNING)
+        self.message_user(request, summary, messages.SUCCESS if total and not still_rejected else messages.WARNING)
+
+
+# --- The partner admin, with what needs a partner's conversions ---------------------
+
+
+def partner_conversions_since(partner: Partner, since: datetime.datetime | None = None) -> int | None:
+    """Rows the partner's database received (since `since`), or None when it cannot be read."""
+    try:
+        with partner_database(partner) as alias:
+            rows = PartnerConversion.objects.using(alias).all()
+            return (rows.filter(received_at__gte=since) if since else rows).count()
+    except (PartnerDatabaseUnavailable, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
+        return None
+
+
+class PartnerWithConversionsAdmin(PartnerAdmin):
+    """partners.admin.PartnerAdmin plus today's count, the conversions link, refused
+    postbacks, the test postback and, on deletion, how many conversions the database keeps."""
+
+    list_display = (*PartnerAdmin.list_display, "postbacks_today", "conversions_link")
+    readonly_fields = (*PartnerAdmin.readonly_fields, "rejections_recent")
+    fieldsets = tuple(
+        (name, {**options, "fields": (*options["fields"], "rejections_recent")})
+        if name == "Security"
+        else (name, options)
+        for name, options in PartnerAdmin.fieldsets
+    )
+
+    @admin.display(description="postbacks today")
+    def postbacks_today(self, partner: Partner) -> str:
+        midnight = timezone.make_aware(datetime.datetime.combine(timezone.localdate(), datetime.time.min))
+        count = partner_conversions_since(partner, midnight)
+        return "unavailable" if count is None else f"{count:,}"
+
+    @admin.display(description="conversions")
+    def conversions_link(self, partner: Partner) -> str:
+        url = reverse("admin:conversions_partnerconversion_changelist")
+        return format_html('<a href="{}?partner={}">view</a>', url, partner.partner_code)
+
+    @admin.display(description="refused postbacks (7 days)")
+    def rejections_recent(self, partner: Partner) -> str:
+        if not partner.pk:
+            return "-"
+        try:
+            counts = refusal_counts(partner=partner, days=7)
+        except PartnerDatabaseUnavailable:
+            return "unavailable"
+        if not counts:
+            return "none"
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}: {} × {} ({})",
+            ((c.day, c.count, c.reason, c.http_status) for c in counts),  # noqa: S308
+        )
+
+    def get_urls(self):
+        test_postback = path(
+            "<path:object_id>/test-postback/",
+            self.admin_site.admin_view(self.test_postback_view),
+            name="partners_partner_test_postback",
+        )
+        return [test_postback, *super().get_urls()]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        partner = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if partner is not None:
+            extra_context["test_postback_url"] = reverse("admin:partners_partner_test_postback", args=[partner.pk])
+            extra_context["conversions_url"] = (
+                reverse("admin:conversions_partnerconversion_changelist") + f"?partner={partner.partner_code}"
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        partner = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if partner is not None:
+            extra_context["kept_conversions"] = partner_conversions_since(partner)
+        return super().delete_view(request, object_id, extra_context)
+
+    def test_postback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A pasted postback mapped and decided as a real one would be (dry_run.py); nothing stored."""
+        partner = self.get_object(request, object_id)
+        if partner is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_or_change_permission(request, partner):
+            raise PermissionDenied
+        form = TestPostbackForm(request.POST or None)
+        result = postback_dry_run(partner=partner, payload=form.cleaned_data["payload"]) if form.is_valid() else None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": partner,
+            "title": f"Test postback: {partner.partner_name}",
+            "form": form,
+            "result": result,
+            "postback_url": partner_postback_url(partner, request),
+        }
+        return TemplateResponse(request, "admin/partners/partner/test_postback.html", context)
+
+
+admin.site.unregister(Partner)
+admin.site.register(Partner, PartnerWithConversionsAdmin)

@@ -17,14 +17,13 @@ from django.db import DatabaseError
 from django.db.models import BooleanField, CharField, QuerySet, TextField
 from django.http import StreamingHttpResponse
 
-from conversions.models import PartnerConversion
+from conversions.models import PartnerConversion, row_kind
 from conversions.selectors import (
     CONVERSION_ATTNAMES,
     CONVERSION_COLUMNS,
     CONVERSION_FIELDS,
     Cursor,
     conversion_export_rows,
-    conversion_outcome,
 )
 from partners.models import Partner
 
@@ -67,7 +66,7 @@ def conversion_csv_lines(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
                 row[index] = "true" if row[index] else "false"
             for index in _TEXT_INDEXES:
                 row[index] = csv_text_cell(row[index])
-            row.append(conversion_outcome(is_duplicate=values[_DUPLICATE_INDEX], processing_error=values[_ERROR_INDEX]))
+            row.append(row_kind(is_duplicate=values[_DUPLICATE_INDEX], processing_error=values[_ERROR_INDEX]))
             chunk.append(writer.writerow(row))
             if len(chunk) >= LINES_PER_CHUNK:
                 yield "".join(chunk)

@@ -2,8 +2,17 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from conversions.outcomes import RowKind
 from partners.lifecycle import STATUS_CHOICES
 from partners.mapping import CANONICAL_FIELDS, STATUS_RAW_MAX_LENGTH
+
+# The one definition of an original: the rows the partial unique index
+# `one_original_per_conversion` covers, exactly one per (partner, conversion_id). The ORM
+# filters with ORIGINAL; the postback's own SQL with ORIGINAL_SQL, kept equal to it by a test.
+ORIGINAL = Q(is_duplicate=False, processing_error__isnull=True)
+ORIGINAL_SQL = "NOT is_duplicate AND processing_error IS NULL"
+# Digests of the requests applied to an original kept on it (the newest ones).
+REQUEST_DIGESTS_KEPT = 32
 
 
 def _max_length(name: str) -> int:
@@ -38,6 +47,7 @@ class PartnerConversion(models.Model):
     )
     sale_amount_local = models.DecimalField(max_digits=15, decimal_places=2, null=True, blank=True)
     payout_local = models.DecimalField(max_digits=15, decimal_places=2, null=True, blank=True)
+    # The seed's name for "this row is the original" (ORIGINAL decides it; kept in step).
     is_processed = models.BooleanField(default=False)
     is_duplicate = models.BooleanField(default=False)
     duplicate_of = models.ForeignKey(
@@ -52,6 +62,11 @@ class PartnerConversion(models.Model):
     raw_data = models.JSONField(default=dict)
     request_headers = models.JSONField(default=dict)
     request_ip = models.CharField(max_length=45, null=True, blank=True)
+    request_digests = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="On an original: digests of the requests applied to it, so a replayed one is a duplicate.",
+    )
     received_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -61,9 +76,7 @@ class PartnerConversion(models.Model):
         ordering = ["-received_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["partner_id", "conversion_id"],
-                condition=Q(is_duplicate=False, processing_error__isnull=True),
-                name="one_original_per_conversion",
+                fields=["partner_id", "conversion_id"], condition=ORIGINAL, name="one_original_per_conversion"
             ),
         ]
         indexes = [
@@ -106,10 +119,16 @@ class PartnerConversion(models.Model):
         return self.conversion_id or f"rejected #{self.pk}"
 
     @property
-    def outcome(self) -> str:
-        if self.processing_error is not None:
-            return "rejected"
-        return "duplicate" if self.is_duplicate else "original"
+    def outcome(self) -> RowKind:
+        """What this row is: the original, a duplicate or a rejected postback."""
+        return row_kind(is_duplicate=self.is_duplicate, processing_error=self.processing_error)
+
+
+def row_kind(*, is_duplicate: bool, processing_error: str | None) -> RowKind:
+    """What a row with these values is (ORIGINAL's definition, for values read without the model)."""
+    if processing_error is not None:
+        return RowKind.REJECTED
+    return RowKind.DUPLICATE if is_duplicate else RowKind.ORIGINAL
 
 
 class ConversionChange(models.Model):

@@ -1,10 +1,21 @@
-"""The OpenAPI description of the postback endpoint (conversions/views.py renders it by hand)."""
+"""The OpenAPI description of the postback endpoint, its responses made from the outcome
+table (conversions/outcomes.py) the pipeline answers with."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import serializers
 
+from conversions.ingest.refusals import REASONS
+from conversions.outcomes import Outcome
 from partners.mapping import CANONICAL_FIELDS
+
+STORED_ANSWERS = sorted({outcome.answer for outcome in Outcome if outcome.http_status in (200, 400)})
 
 
 def _canonical_serializer_field(name: str) -> serializers.Field:
@@ -21,7 +32,8 @@ class PostbackConversionSerializer(serializers.Serializer):
         fields: dict[str, serializers.Field] = {"id": serializers.IntegerField()}
         fields.update({name: _canonical_serializer_field(name) for name in CANONICAL_FIELDS})
         fields.update(
-            is_processed=serializers.BooleanField(),
+            status_raw=serializers.CharField(allow_null=True, help_text="The status as the partner sent it."),
+            is_processed=serializers.BooleanField(help_text="True for the original of its conversion_id."),
             is_duplicate=serializers.BooleanField(),
             duplicate_of=serializers.IntegerField(allow_null=True, help_text="The original's id, for a duplicate."),
             processing_error=serializers.CharField(allow_null=True),
@@ -31,7 +43,7 @@ class PostbackConversionSerializer(serializers.Serializer):
 
 
 class PostbackResultSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=("success", "duplicate", "error"))
+    status = serializers.ChoiceField(choices=STORED_ANSWERS)
     message = serializers.CharField()
     partner = serializers.DictField(child=serializers.CharField(), help_text="code, name, endpoint")
     conversion = PostbackConversionSerializer()
@@ -39,11 +51,59 @@ class PostbackResultSerializer(serializers.Serializer):
     errors = serializers.DictField(
         child=serializers.CharField(), required=False, help_text="Field -> what is wrong (400 only)."
     )
+    changes = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField(allow_null=True)),
+        required=False,
+        help_text="`updated` (and a stale `duplicate`): field -> [before, after].",
+    )
+    note = serializers.CharField(
+        required=False, help_text="Why a `duplicate` changed nothing (a stale change, a replay)."
+    )
 
 
 class PostbackFailureSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=("error",))
     message = serializers.CharField()
+
+
+class PostbackRefusalSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=("error",))
+    reason = serializers.ChoiceField(choices=sorted(REASONS), help_text="Why it was refused (400, 403, 413, 429).")
+    message = serializers.CharField()
+    partner = serializers.DictField(child=serializers.CharField(), help_text="code, name, endpoint")
+    errors = serializers.DictField(child=serializers.CharField(), required=False, help_text="What broke a limit.")
+
+
+def postback_responses() -> dict[int, OpenApiResponse]:
+    """One response per HTTP status the postback answers with, described by its outcomes."""
+    by_status: dict[int, list[Outcome]] = {}
+    for outcome in Outcome:
+        by_status.setdefault(outcome.http_status, []).append(outcome)
+    responses = {}
+    for status, outcomes in sorted(by_status.items()):
+        description = " ".join(
+            f"**{outcome.answer}** ({outcome.name.lower()}): {outcome.description}" for outcome in outcomes
+        )
+        shapes = []
+        if any(outcome.http_status == 200 or outcome.stored is not None for outcome in outcomes):
+            shapes.append(PostbackResultSerializer)
+        if any(outcome.name in REFUSAL_OUTCOMES for outcome in outcomes):
+            shapes.append(PostbackRefusalSerializer)
+        if not shapes:
+            shapes.append(PostbackFailureSerializer)
+        serializer = (
+            shapes[0]
+            if len(shapes) == 1
+            else PolymorphicProxySerializer(
+                component_name=f"Postback{status}", serializers=shapes, resource_type_field_name=None
+            )
+        )
+        responses[status] = OpenApiResponse(serializer, description=description)
+    return responses
+
+
+# Outcomes answered with a Refusal (`reason`; refusals.py): the limits, access and quota.
+REFUSAL_OUTCOMES = frozenset({"REFUSED", "FORBIDDEN", "TOO_LARGE", "RATE_LIMITED"})
 
 
 def _postback_parameters() -> list[OpenApiParameter]:
@@ -77,22 +137,7 @@ def _postback_parameters() -> list[OpenApiParameter]:
 
 
 def _postback_operation(method: str) -> dict:
-    responses = {
-        200: OpenApiResponse(
-            PostbackResultSerializer,
-            description="`success`: stored as the original; `duplicate`: already recorded, stored as a duplicate "
-            "(stop retrying).",
-        ),
-        400: OpenApiResponse(
-            PostbackResultSerializer,
-            description="`error`: invalid data, stored as rejected with the raw parameters; `errors` names each field.",
-        ),
-        404: OpenApiResponse(PostbackFailureSerializer, description="No active partner at that endpoint path."),
-        503: OpenApiResponse(
-            PostbackFailureSerializer,
-            description="The partner's database is unavailable; nothing was stored. Retry after `Retry-After` seconds.",
-        ),
-    }
+    responses = postback_responses()
     operation = {
         "operation_id": f"postback_{method}",
         "summary": "A partner reports one conversion",

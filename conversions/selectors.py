@@ -17,7 +17,8 @@ from typing import Any
 from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, TruncDate
 
-from conversions.models import PartnerConversion
+from conversions.models import PartnerConversion, row_kind
+from conversions.outcomes import RowKind
 from partners.lifecycle import STATUSES
 from partners.models import Partner
 
@@ -34,7 +35,6 @@ TEXT_SUFFIX = "_as_text"
 
 TIME_FIELDS = ("received_at", "conversion_datetime")
 TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status", "currency")
-OUTCOMES = ("original", "duplicate", "rejected")
 
 
 class InvalidCursor(ValueError):
@@ -108,12 +108,12 @@ class Totals:
     usd_sale_amount: Decimal = Decimal("0.00")
     usd_earning: Decimal = Decimal("0.00")
 
-    def add(self, *, outcome: str, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
-        if outcome == "original":
+    def add(self, *, outcome: RowKind, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
+        if outcome is RowKind.ORIGINAL:
             self.originals += count
             self.usd_sale_amount += sale or 0
             self.usd_earning += earning or 0
-        elif outcome == "duplicate":
+        elif outcome is RowKind.DUPLICATE:
             self.duplicates += count
         else:
             self.rejected += count
@@ -183,19 +183,12 @@ def conversion_list(
     queryset = _after(conversion_queryset(partner=partner, filters=filters), after)
     rows = list(queryset.values(*CONVERSION_ATTNAMES)[: limit + 1])
     for row in rows:
-        row["outcome"] = conversion_outcome(is_duplicate=row["is_duplicate"], processing_error=row["processing_error"])
+        row["outcome"] = row_kind(is_duplicate=row["is_duplicate"], processing_error=row["processing_error"])
     if len(rows) <= limit:
         return ConversionPage(rows=rows, next_cursor=None)
     rows = rows[:limit]
     last = rows[-1]
     return ConversionPage(rows=rows, next_cursor=Cursor(received_at=last["received_at"], id=last["id"]))
-
-
-def conversion_outcome(*, is_duplicate: bool, processing_error: str | None) -> str:
-    """original | duplicate | rejected, as PartnerConversion.outcome says."""
-    if processing_error is not None:
-        return "rejected"
-    return "duplicate" if is_duplicate else "original"
 
 
 def conversion_export_rows(
@@ -290,7 +283,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
     by_status: dict[str | None, StatusTotals] = {}
     for group in accepted:
         amounts = {
-            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "outcome": RowKind.DUPLICATE if group["is_duplicate"] else RowKind.ORIGINAL,
             "count": group["count"],
             "sale": group["sale"],
             "earning": group["earning"],
@@ -302,12 +295,12 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
             key = ("offer_id", group["offer_id"])
             by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
     for group in rejected:
-        amounts = {"outcome": "rejected", "count": group["count"], "sale": None, "earning": None}
+        amounts = {"outcome": RowKind.REJECTED, "count": group["count"], "sale": None, "earning": None}
         totals.add(**amounts)
         by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
     for group in unnamed_offers:
         amounts = {
-            "outcome": "duplicate" if group["is_duplicate"] else "original",
+            "outcome": RowKind.DUPLICATE if group["is_duplicate"] else RowKind.ORIGINAL,
             "count": group["count"],
             "sale": group["sale"],
             "earning": group["earning"],

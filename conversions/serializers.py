@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from conversions.models import PartnerConversion
+from conversions.outcomes import RowKind
 from conversions.selectors import (
     CONVERSION_COLUMNS,
     TEXT_FILTERS,
@@ -200,7 +201,7 @@ class ConversionSerializer(serializers.ModelSerializer):
     duplicate_of = serializers.IntegerField(
         source="duplicate_of_id", allow_null=True, read_only=True, help_text="The original's id, for a duplicate."
     )
-    outcome = serializers.ChoiceField(choices=("original", "duplicate", "rejected"), read_only=True)
+    outcome = serializers.ChoiceField(choices=[kind.value for kind in RowKind], read_only=True)
 
     class Meta:
         model = PartnerConversion

@@ -1,40 +1,24 @@
 """The partner admin: what account managers use to add and configure partners.
 
-The admin is the UI over both apps, so the two places that show conversions (today's
-count, the dry-run test postback) import `conversions` inside the function that needs
-it; the models and services keep the one direction partners <- conversions.
+What needs a partner's conversions (today's count, refused postbacks, the test
+postback, the count a deletion keeps) is added by conversions/admin.py, which extends
+this admin: partners never import conversions.
 """
-
-from datetime import datetime, time
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.html import format_html
 
-from partners.databases import PartnerDatabaseUnavailable, partner_database
-from partners.forms import PartnerAdminForm, TestPostbackForm
+from partners.databases import PartnerDatabaseUnavailable
+from partners.forms import PartnerAdminForm
 from partners.mapping import postback_url_template
 from partners.models import Partner
 from partners.selectors import partner_directory
-from partners.services import partner_secret_clear, partner_secret_rotate
-
-
-def partner_conversions_since(partner: Partner, since: datetime | None = None) -> int | None:
-    """Rows the partner's database received (since `since`), or None when it cannot be read."""
-    from conversions.models import PartnerConversion
-
-    try:
-        with partner_database(partner) as alias:
-            rows = PartnerConversion.objects.using(alias).all()
-            return (rows.filter(received_at__gte=since) if since else rows).count()
-    except (PartnerDatabaseUnavailable, ImproperlyConfigured):  # unreachable, or a URL this build cannot use
-        return None
+from partners.services import partner_provision, partner_secret_clear, partner_secret_rotate
 
 
 def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
@@ -53,13 +37,11 @@ class PartnerAdmin(admin.ModelAdmin):
         "endpoint_path",
         "database_name",
         "is_active",
-        "postbacks_today",
-        "conversions_link",
     )
     list_display_links = ("partner_code", "partner_name")
     list_filter = ("is_active", "enable_logging", "cloud_run_region")
     search_fields = ("partner_code", "partner_name", "endpoint_path", "database_name")
-    readonly_fields = ("created_at", "updated_at", "secret_state", "rejections_recent")
+    readonly_fields = ("created_at", "updated_at", "secret_state")
     fieldsets = (
         ("Identity", {"fields": ("partner_code", "partner_name", "is_active")}),
         ("Endpoint", {"fields": ("endpoint_path", "timezone", "enable_logging")}),
@@ -75,7 +57,7 @@ class PartnerAdmin(admin.ModelAdmin):
                 'e.g. [["rejected", "approved"]].',
             },
         ),
-        ("Security", {"fields": ("secret_state", "allowed_ips", "rejections_recent")}),
+        ("Security", {"fields": ("secret_state", "allowed_ips")}),
         ("Limits", {"fields": ("max_daily_requests", "data_retention_days")}),
         (
             "Cloud Run",
@@ -87,12 +69,6 @@ class PartnerAdmin(admin.ModelAdmin):
         ("History", {"classes": ("collapse",), "fields": ("created_at", "updated_at")}),
     )
 
-    @admin.display(description="postbacks today")
-    def postbacks_today(self, partner: Partner) -> str:
-        midnight = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
-        count = partner_conversions_since(partner, midnight)
-        return "unavailable" if count is None else f"{count:,}"
-
     @admin.display(description="postback secret")
     def secret_state(self, partner: Partner) -> str:
         if not partner.pk:
@@ -100,29 +76,6 @@ class PartnerAdmin(admin.ModelAdmin):
         url = reverse("admin:partners_partner_secret", args=[partner.pk])
         state = "Set (never shown again)" if partner.has_postback_secret else "Not set: anyone with the URL can post"
         return format_html('{} &mdash; <a class="button" href="{}">Rotate or remove…</a>', state, url)
-
-    @admin.display(description="refused postbacks (7 days)")
-    def rejections_recent(self, partner: Partner) -> str:
-        from conversions.rejections import rejection_counts
-
-        if not partner.pk:
-            return "-"
-        try:
-            counts = rejection_counts(partner=partner, days=7)
-        except PartnerDatabaseUnavailable:
-            return "unavailable"
-        if not counts:
-            return "none"
-        return format_html_join(
-            mark_safe("<br>"),
-            "{}: {} × {} ({})",
-            ((c.day, c.count, c.reason, c.http_status) for c in counts),  # noqa: S308
-        )
-
-    @admin.display(description="conversions")
-    def conversions_link(self, partner: Partner) -> str:
-        url = reverse("admin:conversions_partnerconversion_changelist")
-        return format_html('<a href="{}?partner={}">view</a>', url, partner.partner_code)
 
     def get_actions(self, request: HttpRequest):
         # Deleting goes through the single-partner page, which shows what the database keeps.
@@ -133,11 +86,6 @@ class PartnerAdmin(admin.ModelAdmin):
     def get_urls(self):
         urls = super().get_urls()
         extra = [
-            path(
-                "<path:object_id>/test-postback/",
-                self.admin_site.admin_view(self.test_postback_view),
-                name="partners_partner_test_postback",
-            ),
             path(
                 "<path:object_id>/secret/",
                 self.admin_site.admin_view(self.secret_view),
@@ -151,17 +99,25 @@ class PartnerAdmin(admin.ModelAdmin):
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["postback_url"] = partner_postback_url(partner, request)
-            extra_context["test_postback_url"] = reverse("admin:partners_partner_test_postback", args=[partner.pk])
-            extra_context["conversions_url"] = (
-                reverse("admin:conversions_partnerconversion_changelist") + f"?partner={partner.partner_code}"
-            )
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Partner, form: PartnerAdminForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         partner_directory.clear()
-        if form.provision_result is not None:
-            self.message_user(request, f"Database {form.provision_result.describe()}", messages.SUCCESS)
+        if form.database_moved:
+            # The form checked that it can be done; if it fails now anyway, the partner is
+            # saved and its postbacks answer 503 (retried by the sender) until it is fixed.
+            try:
+                result = partner_provision(partner=obj)
+            except PartnerDatabaseUnavailable as exc:
+                self.message_user(
+                    request,
+                    f"Saved, but its database could not be prepared: {exc.reason}. Its postbacks are answered 503 "
+                    "until it is; save the partner again to retry.",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(request, f"Database {result.describe()}", messages.SUCCESS)
 
     def delete_model(self, request: HttpRequest, obj: Partner) -> None:
         super().delete_model(request, obj)
@@ -172,7 +128,6 @@ class PartnerAdmin(admin.ModelAdmin):
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["kept_database"] = partner.database_name
-            extra_context["kept_conversions"] = partner_conversions_since(partner)
         return super().delete_view(request, object_id, extra_context)
 
     def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -204,24 +159,3 @@ class PartnerAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/partners/partner/secret.html", context)
         response["Cache-Control"] = "no-store"
         return response
-
-    def test_postback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        from conversions.dry_run import postback_dry_run
-
-        partner = self.get_object(request, object_id)
-        if partner is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if not self.has_view_or_change_permission(request, partner):
-            raise PermissionDenied
-        form = TestPostbackForm(request.POST or None)
-        result = postback_dry_run(partner=partner, payload=form.cleaned_data["payload"]) if form.is_valid() else None
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "original": partner,
-            "title": f"Test postback: {partner.partner_name}",
-            "form": form,
-            "result": result,
-            "postback_url": partner_postback_url(partner, request),
-        }
-        return TemplateResponse(request, "admin/partners/partner/test_postback.html", context)

@@ -38,7 +38,7 @@ def database_settings(
     """Return a full DATABASES entry for `url` with the engine's production options.
 
     PostgreSQL gets bounded connect/statement/lock timeouts (0 = off).
-    `prepared_statements` lets the postback's statements (conversions.statements) be
+    `prepared_statements` lets the postback's statements (conversions.ingest.statements) be
     prepared once per connection; the ORM's queries are bound client-side and never
     prepared either way. Behind a pooler in transaction mode (`transaction_pooler`,
     e.g. PgBouncer) a session outlives no transaction: no settings are sent at connect

@@ -6,11 +6,10 @@ from urllib.parse import urlsplit
 from django import forms
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
-from partners.databases import PartnerDatabaseUnavailable, ProvisionResult
+from partners.databases import PartnerDatabaseUnavailable, partner_database_check
 from partners.dbconfig import url_mask_password
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
-from partners.services import partner_provision
 
 # One row per canonical field is enough: a field can be mapped once.
 MAPPING_ROWS = len(CANONICAL_FIELDS)
@@ -120,8 +119,8 @@ class MaskedURLInput(forms.TextInput):
 
 
 class PartnerAdminForm(forms.ModelForm):
-    """The partner form: mapping as a table, database URL with its password masked,
-    and the database provisioned before a new (or moved) partner is saved."""
+    """The partner form: mapping as a table, database URL with its password masked, and
+    the database of a new (or moved) partner checked before it is saved."""
 
     parameter_mapping = ParameterMappingField(
         required=False,
@@ -141,7 +140,7 @@ class PartnerAdminForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.provision_result: ProvisionResult | None = None
+        self.database_moved = False
         self.stored_database_url = self.instance.database_url if self.instance.pk else ""
 
     def clean_status_mapping(self) -> dict[str, str]:
@@ -170,19 +169,19 @@ class PartnerAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        moved = not self.instance.pk or any(
+        self.database_moved = not self.instance.pk or any(
             cleaned.get(name) != getattr(self.instance, name) for name in ("database_name", "database_url")
         )
-        if not self.errors and moved and cleaned.get("database_name"):
-            self._provision(cleaned)
+        if not self.errors and self.database_moved and cleaned.get("database_name"):
+            self._check_database(cleaned)
         return cleaned
 
-    def _provision(self, cleaned: dict[str, Any]) -> None:
-        # Provisioning is idempotent, so doing it before the row is saved is safe; it
-        # lets a wrong URL come back as a form error instead of a partner with no database.
+    def _check_database(self, cleaned: dict[str, Any]) -> None:
+        # Changes nothing: the admin provisions the database when it saves the partner
+        # (PartnerAdmin.save_model); a wrong URL comes back as a form error first.
         target = Partner(database_name=cleaned["database_name"], database_url=cleaned.get("database_url", ""))
         try:
-            self.provision_result = partner_provision(partner=target)
+            partner_database_check(partner=target)
         except (PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
             field = "database_url" if cleaned.get("database_url") else "database_name"
             raise ValidationError(

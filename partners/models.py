@@ -1,7 +1,8 @@
+import datetime
 import ipaddress
 import re
 import zoneinfo
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinLengthValidator, MinValueValidator, RegexValidator
@@ -51,6 +52,11 @@ def _validate_allowed_ips(value: str) -> None:
         allowed_networks_parse(value)
     except ValueError as exc:
         raise ValidationError(str(exc)) from exc
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
 
 
 def _validate_timezone(value: str) -> None:
@@ -156,6 +162,17 @@ class Partner(models.Model):
         from partners.databases.registry import alias_ensure
 
         return alias_ensure(self)
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        """The partner's time zone (datetimes it sends without an offset, its local day)."""
+        return _zone(self.timezone)
+
+    def local_now(self, now: datetime.datetime | None = None) -> datetime.datetime:
+        """`now` (default: this moment) in the partner's time zone."""
+        from django.utils import timezone
+
+        return (now or timezone.now()).astimezone(self.tzinfo)
 
     @property
     def has_postback_secret(self) -> bool:

@@ -23,8 +23,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from conversions.request_meta import client_ip
 from partners.databases.broker import connection_broker
+from postback_site.request_meta import request_client_ip
 
 POSTBACKS = Counter("postback_requests", "Postbacks answered, by partner and outcome.", ["partner", "outcome"])
 LATENCY = Histogram(
@@ -118,7 +118,7 @@ def metrics_access_error(request: HttpRequest) -> JsonResponse | None:
         if token and scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode()):
             return None
         return JsonResponse({"status": "error", "message": "Invalid metrics token"}, status=401)
-    address = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
+    address = request_client_ip(request)
     if address and _address_allowed(address, settings.METRICS_ALLOWED_IPS):
         return None
     if token:

@@ -21,24 +21,12 @@ from urllib.parse import quote, unquote_plus
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from conversions.request_meta import MASK, SECRET_PARAMS, SENSITIVE_HEADER_WORDS, SENSITIVE_HEADERS, client_ip
 from postback_site import metrics
+from postback_site.request_meta import MASK, SECRET_PARAMS, SENSITIVE_HEADER_WORDS, SENSITIVE_HEADERS, request_client_ip
 
 request_logger = logging.getLogger("postback_site.request")
 
 _context: ContextVar[dict[str, Any] | None] = ContextVar("postback_request_context", default=None)
-
-# Outcome label of a postback answered with something other than 200.
-STATUS_OUTCOMES = {
-    400: "rejected",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    429: "rate_limited",
-    503: "unavailable",
-}
 
 
 def postback_observe(partner: Any) -> None:
@@ -58,7 +46,7 @@ def postback_observe(partner: Any) -> None:
 
 
 def postback_outcome_observe(outcome: str) -> None:
-    """Name the current postback's outcome (`success`, `duplicate`, `updated`) for logs and metrics."""
+    """Name the current postback's outcome (an Outcome's label) for logs and metrics."""
     context = _context.get()
     if context is not None:
         context["outcome"] = outcome
@@ -234,11 +222,9 @@ def _atom_header(key: str) -> str:
 
 
 def postback_outcome(response: HttpResponse, observed: str | None) -> str:
-    """The outcome the view observed for a 200 (`success`, `duplicate`, `updated`), else a
-    name for the status code."""
-    if response.status_code == 200:
-        return observed or "ok"
-    return STATUS_OUTCOMES.get(response.status_code, f"http_{response.status_code}")
+    """The outcome the postback pipeline named (conversions/outcomes.py), or, for an
+    answer it did not name, one for the status code."""
+    return observed or f"http_{response.status_code}"
 
 
 class ObservabilityMiddleware:
@@ -253,7 +239,7 @@ class ObservabilityMiddleware:
         http_request = {
             "requestMethod": request.method,
             "requestUrl": url_masked(request.get_full_path()),
-            "remoteIp": client_ip(meta, trusted_proxies=settings.TRUSTED_PROXY_COUNT),
+            "remoteIp": request_client_ip(request),
             "userAgent": meta.get("HTTP_USER_AGENT", ""),
             "protocol": meta.get("SERVER_PROTOCOL", ""),
         }

@@ -1,7 +1,11 @@
-"""What we keep of the HTTP request around a postback: client address and headers."""
+"""What we keep of an HTTP request: the client's address, and its credentials masked.
 
+Shared by the ingest (what a postback stores), the logs and the metrics endpoint.
+"""
+
+import codecs
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 SENSITIVE_HEADERS = frozenset(
@@ -26,6 +30,17 @@ def client_ip(meta: Mapping[str, str], *, trusted_proxies: int) -> str | None:
             if _is_ip(candidate):
                 return candidate
     return remote
+
+
+def request_client_ip(request: Any) -> str | None:
+    """The request's client address (see client_ip), worked out once per request."""
+    try:
+        return request.postback_client_ip
+    except AttributeError:
+        from django.conf import settings
+
+        address = request.postback_client_ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
+        return address
 
 
 def headers_for_storage(headers: Mapping[str, str]) -> dict[str, str]:
@@ -65,3 +80,37 @@ def secret_masked(value: Any, *, secret: str) -> Any:
     if isinstance(value, list):
         return [secret_masked(item, secret=secret) for item in value]
     return value
+
+
+# --- The declared charset -----------------------------------------------------------
+
+CHARSET_REFUSED = "postback.charset_refused"
+
+
+def text_encoding(name: str) -> str | None:
+    """The codec name of `name` when it is a text encoding (rot13 and base64 are not), else None."""
+    try:
+        b"a".decode(name, "ignore")  # (empty input would skip the codec check)
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def charset_checked(application: Callable) -> Callable:
+    """`application` behind the Content-Type charset check described above."""
+
+    def checked(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        content_type = environ.get("CONTENT_TYPE", "")
+        if "charset" in content_type.lower():
+            kept, refused = [], None
+            for part in content_type.split(";"):
+                name, _, value = part.partition("=")
+                if name.strip().lower() == "charset" and text_encoding(value.strip().strip('"')) is None:
+                    refused = value.strip().strip('"')
+                else:
+                    kept.append(part)
+            if refused is not None:
+                environ = {**environ, "CONTENT_TYPE": ";".join(kept), CHARSET_REFUSED: refused}
+        return application(environ, start_response)
+
+    return checked

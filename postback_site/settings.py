@@ -178,6 +178,8 @@ POSTBACK_MAX_BODY_BYTES = env.int("POSTBACK_MAX_BODY_BYTES", default=65536)
 POSTBACK_MAX_PARAMS = env.int("POSTBACK_MAX_PARAMS", default=100)
 POSTBACK_MAX_PARAM_NAME_LENGTH = env.int("POSTBACK_MAX_PARAM_NAME_LENGTH", default=100)
 POSTBACK_MAX_PARAM_VALUE_LENGTH = env.int("POSTBACK_MAX_PARAM_VALUE_LENGTH", default=2048)
+# A signed postback carrying X-Postback-Timestamp is refused this many seconds away from now.
+POSTBACK_SIGNATURE_TOLERANCE_SECONDS = env.int("POSTBACK_SIGNATURE_TOLERANCE_SECONDS", default=300)
 # Shared daily quota counter; without it the counter lives in each partner's database.
 # Far from a partner's daily limit, each process adds to the shared counter in batches.
 QUOTA_BATCH_SIZE = env.int("QUOTA_BATCH_SIZE", default=50)

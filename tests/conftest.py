@@ -5,6 +5,7 @@ The configuration database (`default`) is PostgreSQL (pytest-django creates and 
 unique names, and dropped at the end; each test gets empty ones.
 """
 
+import json
 import os
 import threading
 import uuid
@@ -110,7 +111,7 @@ def database_pool(tmp_path_factory: pytest.TempPathFactory, partner_server_port:
 
 @pytest.fixture(autouse=True)
 def _fresh_partner_directory() -> Iterator[None]:
-    from conversions.quota import quota_ledger, redis_breaker
+    from conversions.ingest.quota import quota_ledger, redis_breaker
 
     partner_directory.clear()
     quota_ledger.clear()
@@ -239,12 +240,18 @@ def _run_concurrently(target: Callable[[int], Any], count: int) -> list[Any]:
     return results
 
 
+def fixture_postbacks(partner_code: str, name: str = "*") -> list[dict[str, Any]]:
+    """Captured postbacks of a partner (tests/fixtures/<partner>/<name>.json), in order, each
+    with the answer and stored values it must produce."""
+    postbacks = []
+    for path in sorted((FIXTURES_DIR / partner_code).glob(f"{name}.json")):
+        postbacks += json.loads(path.read_text())["postbacks"]
+    return postbacks
+
+
 def fixture_queries(partner_code: str, name: str = "*") -> list[str]:
-    """Captured postback query strings for a partner, one per line of its fixture file(s)."""
-    lines = []
-    for path in sorted((FIXTURES_DIR / partner_code).glob(f"{name}.txt")):
-        lines += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return lines
+    """The query strings of a partner's captured GET postbacks."""
+    return [postback["query"] for postback in fixture_postbacks(partner_code, name) if "query" in postback]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from django.contrib.staticfiles import finders
 from drf_spectacular.validation import validate_schema
 
+from conversions.outcomes import Outcome
 from partners.mapping import CANONICAL_FIELDS
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +37,9 @@ def test_schema_describes_every_endpoint(schema):
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_postback_documents_its_parameters_and_each_response(schema, method):
     operation = schema["paths"]["/partner/{endpoint_path}"][method]
-    assert set(operation["responses"]) == {"200", "400", "404", "503"}
+    # every status the outcome table answers with (conversions/outcomes.py)
+    assert set(operation["responses"]) == {str(outcome.http_status) for outcome in Outcome}
+    assert set(operation["responses"]) == {"200", "400", "403", "404", "405", "413", "429", "503"}
     names = {parameter["name"] for parameter in operation["parameters"]}
     assert names == {"endpoint_path", *CANONICAL_FIELDS}
     assert operation.get("security", []) in ([], [{}])  # partners call it without credentials

@@ -1,20 +1,18 @@
-"""The "test postback" of the partner admin: a pasted postback mapped exactly as a real
-one would be (same request parsing, same mapping and coercion), storing nothing."""
+"""The admin's test postback: a pasted postback parsed, mapped and decided exactly as a
+real one would be (parse.py, decide.py), storing nothing."""
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from django.core.handlers.wsgi import WSGIRequest
 from django.db import DatabaseError
 
-from conversions.models import PartnerConversion
-from conversions.services import conversion_changes, partner_timezone
-from conversions.views import postback_params
-from partners.lifecycle import transition_permitted
-from partners.mapping import CANONICAL_FIELDS, postback_map
+from conversions.ingest.decide import Decision, decide, partner_postback_map
+from conversions.ingest.parse import postback_from_payload
+from conversions.models import ORIGINAL, PartnerConversion
+from conversions.outcomes import Outcome
+from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 
 
@@ -34,17 +32,18 @@ class DryRun:
     errors: dict[str, str]
     # None when the partner's database could not be asked.
     original_exists: bool | None = None
-    # Against the stored original: "duplicate", "updated" or "stale", with what would change.
-    repeat: str | None = None
-    changes: dict[str, list[Any]] | None = None
+    decision: Decision | None = None
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> Outcome:
+        """What the postback would get: REJECTED, or the decision against the stored original."""
         if self.errors:
-            return "error"
-        if self.original_exists:
-            return "updated" if self.repeat == "updated" else "duplicate"
-        return "success"
+            return Outcome.REJECTED
+        return self.decision.outcome if self.decision is not None else Outcome.SUCCESS
+
+    @property
+    def changes(self) -> dict[str, list[Any]]:
+        return self.decision.changes if self.decision is not None else {}
 
     @property
     def params_json(self) -> str:
@@ -53,76 +52,34 @@ class DryRun:
 
 def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
     """What a postback carrying `payload` (query string, whole URL or JSON body) would store."""
-    text = payload.strip()
-    if text.startswith(("{", "[")):
-        environ = _environ(method="POST", query="", body=text.encode(), content_type="application/json")
-    else:
-        query = urlsplit(text).query if "?" in text else text
-        environ = _environ(method="GET", query=query, body=b"", content_type="")
-    params, body_errors = postback_params(WSGIRequest(environ))
-    mapped = postback_map(
-        mapping=partner.parameter_mapping,
-        params=params,
-        tz=partner_timezone(partner.timezone),
-        status_mapping=partner.status_mapping,
-    )
-    errors = {**body_errors, **mapped.errors}
+    postback = postback_from_payload(payload)
+    mapped = partner_postback_map(partner=partner, params=postback.params)
+    errors = {**postback.errors, **mapped.errors}
     fields = [
-        DryRunField(
-            name=name,
-            source=mapped.sources.get(name),
-            value=mapped.values.get(name),
-            error=mapped.errors.get(name),
-        )
+        DryRunField(name=name, source=mapped.sources.get(name), value=mapped.values.get(name), error=errors.get(name))
         for name in CANONICAL_FIELDS
     ]
-    original_exists, repeat, changes = None, None, None
+    original_exists, decision = None, None
     if not errors:
         try:
-            original = _original(partner=partner, conversion_id=mapped.values["conversion_id"])
-        except DatabaseError:
-            original = False
-        if original is not False:
+            with partner_database(partner) as alias:
+                original = (
+                    PartnerConversion.objects.using(alias)
+                    .filter(ORIGINAL, partner_id=partner.pk, conversion_id=mapped.values["conversion_id"])
+                    .first()
+                )
+        except (PartnerDatabaseUnavailable, DatabaseError):
+            pass
+        else:
             original_exists = original is not None
-        if original:
-            changes = conversion_changes(original=original, incoming=mapped.values)
-            new_status = mapped.values.get("status") or original.status
-            if not changes:
-                repeat = "duplicate"
-            elif transition_permitted(original.status, new_status, partner.status_transitions):
-                repeat = "updated"
-            else:
-                repeat = "stale"
+            decision = decide(
+                incoming=mapped.values, original=original, transitions=partner.status_transitions, digest=None
+            )
     return DryRun(
-        params=params,
+        params=postback.params,
         fields=fields,
         ignored=mapped.ignored,
         errors=errors,
         original_exists=original_exists,
-        repeat=repeat,
-        changes=changes,
+        decision=decision,
     )
-
-
-def _original(*, partner: Partner, conversion_id: str) -> PartnerConversion | None:
-    alias = partner.database_alias
-    return (
-        PartnerConversion.objects.using(alias)
-        .filter(partner_id=partner.pk, conversion_id=conversion_id, is_duplicate=False, processing_error__isnull=True)
-        .first()
-    )
-
-
-def _environ(*, method: str, query: str, body: bytes, content_type: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": method,
-        "QUERY_STRING": query,
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(body)),
-        "PATH_INFO": "/partner/test-postback",
-        "SCRIPT_NAME": "",
-        "SERVER_NAME": "test-postback",
-        "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
-    }

@@ -11,13 +11,13 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
-from conversions.rejections import PostbackRejection
+from conversions.ingest.refusals import Refusal
 
 # Parameters we add ourselves (the verbatim unreadable body), bounded by the body limit.
-INTERNAL_PARAMS = frozenset({"_raw_body"})
+INTERNAL_PARAMS = frozenset({"_raw_body", "_raw_body_base64"})
 
 
-def request_size_check(request: HttpRequest) -> PostbackRejection | None:
+def request_size_check(request: HttpRequest) -> Refusal | None:
     """A 413 when the declared body is larger than POSTBACK_MAX_BODY_BYTES (before reading it)."""
     limit = settings.POSTBACK_MAX_BODY_BYTES
     try:
@@ -27,26 +27,26 @@ def request_size_check(request: HttpRequest) -> PostbackRejection | None:
     return body_too_large(declared) if declared > limit else None
 
 
-def body_too_large(declared: int | None = None) -> PostbackRejection:
+def body_too_large(declared: int | None = None) -> Refusal:
     limit = settings.POSTBACK_MAX_BODY_BYTES
     size = f"{declared} bytes" if declared is not None else "too large"
-    return PostbackRejection(
+    return Refusal(
         reason="body_too_large",
         message=f"The request body is {size}; the limit is {limit} bytes",
         errors={"body": f"is {size}; the limit is {limit} bytes"},
     )
 
 
-def too_many_parameters() -> PostbackRejection:
+def too_many_parameters() -> Refusal:
     limit = settings.POSTBACK_MAX_PARAMS
-    return PostbackRejection(
+    return Refusal(
         reason="too_many_parameters",
         message=f"Too many parameters; the limit is {limit}",
         errors={"parameters": f"more than {limit} parameters"},
     )
 
 
-def params_limits_check(params: Mapping[str, Any]) -> PostbackRejection | None:
+def params_limits_check(params: Mapping[str, Any]) -> Refusal | None:
     """A 400 when there are too many parameters, or a name or value is too long."""
     max_count = settings.POSTBACK_MAX_PARAMS
     max_name = settings.POSTBACK_MAX_PARAM_NAME_LENGTH
@@ -61,7 +61,7 @@ def params_limits_check(params: Mapping[str, Any]) -> PostbackRejection | None:
             return too_many_parameters()
         if len(name) > max_name:
             shown = name[:40] + "…"
-            return PostbackRejection(
+            return Refusal(
                 reason="parameter_name_too_long",
                 message=f"A parameter name is {len(name)} characters long; the limit is {max_name}",
                 errors={shown: f"parameter name is {len(name)} characters long; the limit is {max_name}"},
@@ -69,7 +69,7 @@ def params_limits_check(params: Mapping[str, Any]) -> PostbackRejection | None:
         for item in values:
             length = _length(item)
             if length > max_value:
-                return PostbackRejection(
+                return Refusal(
                     reason="parameter_value_too_long",
                     message=f"Parameter '{name}' is {length} characters long; the limit is {max_value}",
                     errors={name: f"is {length} characters long; the limit is {max_value}"},

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
-from conversions.counters import daily_counter_increment
-from conversions.rejections import PostbackRejection, partner_local_now
+from conversions.ingest.counters import daily_counter_increment
+from conversions.ingest.refusals import Refusal
 from partners.databases import partner_database
 from partners.models import Partner
 
@@ -37,7 +37,7 @@ _redis_clients: dict[str, object] = {}
 _redis_scripts: dict[int, object] = {}
 
 
-def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = None) -> PostbackRejection | None:
+def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = None) -> Refusal | None:
     """Count one postback against the partner's quota for today; a 429 rejection when over it.
 
     Raises PartnerDatabaseUnavailable when the counter's database cannot be reached.
@@ -46,7 +46,7 @@ def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = N
     if not limit:
         return None  # 0 = no limit
     now = now or timezone.now()
-    local_now = partner_local_now(partner, now)
+    local_now = partner.local_now(now)
     day = local_now.date()
     # Raises PartnerDatabaseUnavailable when the database counter cannot be reached.
     count = quota_ledger.consume(
@@ -67,7 +67,7 @@ def partner_quota_consume(*, partner: Partner, now: datetime.datetime | None = N
             local_now.date().isoformat(),
             midnight.isoformat(),
         )
-    return PostbackRejection(
+    return Refusal(
         reason="quota_exceeded",
         message=f"Partner '{partner.partner_code}' has used its {limit} postbacks for "
         f"{local_now.date().isoformat()}; retry after {midnight.isoformat()}",

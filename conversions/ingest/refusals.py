@@ -1,4 +1,9 @@
-"""Refused postbacks: what we answer, and the audit count per partner, day and reason."""
+"""Refusals: postbacks turned away before anything is stored, and their audit.
+
+A Refusal is raised by the parse and guard stages and answered by the pipeline; its
+`reason` decides the HTTP status (REASONS) and is what the audit counts per partner,
+partner-local day and reason in the partner's own database.
+"""
 
 import datetime
 import logging
@@ -6,9 +11,9 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
-from conversions.counters import daily_counter_increment
+from conversions.ingest.counters import daily_counter_increment
 from conversions.models import DailyCounter
-from conversions.services import partner_timezone
+from conversions.outcomes import Outcome
 from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.models import Partner
 
@@ -26,12 +31,13 @@ REASONS = {
     "ip_not_allowed": 403,
     "token_missing": 403,
     "token_invalid": 403,
+    "signature_expired": 403,
     "quota_exceeded": 429,
 }
 
 
 @dataclass(frozen=True)
-class PostbackRejection:
+class Refusal:
     """A postback refused before (or instead of) being stored as a conversion."""
 
     reason: str
@@ -43,9 +49,21 @@ class PostbackRejection:
     def http_status(self) -> int:
         return REASONS[self.reason]
 
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.for_status(self.http_status)
+
+
+class Refused(Exception):
+    """Raised by the parse and guard stages with the Refusal the pipeline answers."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
 
 @dataclass(frozen=True)
-class RejectionCount:
+class RefusalCount:
     day: datetime.date
     reason: str
     http_status: int
@@ -53,11 +71,7 @@ class RejectionCount:
     last_at: datetime.datetime
 
 
-def partner_local_now(partner: Partner, now: datetime.datetime | None = None) -> datetime.datetime:
-    return (now or timezone.now()).astimezone(partner_timezone(partner.timezone))
-
-
-def rejection_record(*, partner: Partner, reason: str, now: datetime.datetime | None = None) -> None:
+def refusal_record(*, partner: Partner, reason: str, now: datetime.datetime | None = None) -> None:
     """Count one refused postback for the partner's local day. Never raises: the audit
     must not turn a 4xx into a 5xx when the partner database is away."""
     now = now or timezone.now()
@@ -66,30 +80,31 @@ def rejection_record(*, partner: Partner, reason: str, now: datetime.datetime | 
             daily_counter_increment(
                 alias=alias,
                 partner_id=partner.pk,
-                day=partner_local_now(partner, now).date(),
+                day=partner.local_now(now).date(),
                 name=REJECTED_PREFIX + reason,
                 now=now,
             )
     except PartnerDatabaseUnavailable as exc:
-        logger.error("cannot count rejected postback partner=%s reason=%s: %s", partner.partner_code, reason, exc)
+        logger.error("cannot count refused postback partner=%s reason=%s: %s", partner.partner_code, reason, exc)
 
 
-def rejection_counts(*, partner: Partner, days: int = 30) -> list[RejectionCount]:
+def refusal_counts(*, partner: Partner, days: int = 30) -> list[RefusalCount]:
     """Refused postbacks of the last `days` local days, newest day first (raises
     PartnerDatabaseUnavailable when the partner's database cannot be read)."""
-    since = partner_local_now(partner).date() - datetime.timedelta(days=days - 1)
+    since = partner.local_now().date() - datetime.timedelta(days=days - 1)
     with partner_database(partner) as alias:
         rows = list(
             DailyCounter.objects.using(alias)
             .filter(partner_id=partner.pk, day__gte=since, name__startswith=REJECTED_PREFIX)
             .order_by("-day", "name")
         )
-    counts = []
-    for row in rows:
-        reason = row.name.removeprefix(REJECTED_PREFIX)
-        counts.append(
-            RejectionCount(
-                day=row.day, reason=reason, http_status=REASONS.get(reason, 0), count=row.count, last_at=row.last_at
-            )
+    return [
+        RefusalCount(
+            day=row.day,
+            reason=(reason := row.name.removeprefix(REJECTED_PREFIX)),
+            http_status=REASONS.get(reason, 0),
+            count=row.count,
+            last_at=row.last_at,
         )
-    return counts
+        for row in rows
+    ]

@@ -8,8 +8,10 @@ parsed and planned once per connection, their values sent apart from the SQL. Ev
 other read and write goes through the ORM.
 """
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -18,10 +20,10 @@ from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from conversions.models import ConversionChange, PartnerConversion
+from conversions.ingest.hooks import Companion
+from conversions.models import ORIGINAL_SQL, ConversionChange, PartnerConversion
 
-# An original is a row the partial unique index `one_original_per_conversion` covers.
-ORIGINAL_CONDITION = "partner_id = %s AND conversion_id = %s AND NOT is_duplicate AND processing_error IS NULL"
+ORIGINAL_CONDITION = f"partner_id = %s AND conversion_id = %s AND {ORIGINAL_SQL}"
 # What the repeat path reads of an original: what it compares and answers with; the
 # JSON documents and bookkeeping timestamps stay deferred (they load on access).
 ORIGINAL_READ_EXCLUDED = frozenset({"raw_data", "request_headers", "created_at", "updated_at"})
@@ -121,18 +123,21 @@ def _execute(alias: str, sql: str, params: Sequence[Any], *, fetch: bool = True)
     return row
 
 
-def _prepared_cursor(connection: BaseDatabaseWrapper) -> psycopg.Cursor:
-    """A server-side binding cursor on the connection's current psycopg connection.
+# One server-side binding cursor per psycopg connection, kept as long as that connection:
+# a connection is lent to one thread at a time, so its cursor is too.
+_cursors: "weakref.WeakKeyDictionary[psycopg.Connection, psycopg.Cursor]" = weakref.WeakKeyDictionary()
+_cursors_lock = threading.Lock()
 
-    Kept on the (per-thread) Django connection and made anew when the psycopg
-    connection changes (reconnected, or another one checked out of the pool).
-    """
+
+def _prepared_cursor(connection: BaseDatabaseWrapper) -> psycopg.Cursor:
+    """A server-side binding cursor on the Django connection's current psycopg connection."""
     raw = connection.connection
-    cached = getattr(connection, "_postback_cursor", None)
-    if cached is None or cached.connection is not raw or cached.closed:
-        cached = psycopg.Cursor(raw)
-        connection._postback_cursor = cached
-    return cached
+    cursor = _cursors.get(raw)
+    if cursor is None or cursor.closed:
+        cursor = psycopg.Cursor(raw)
+        with _cursors_lock:
+            _cursors[raw] = cursor
+    return cursor
 
 
 @lru_cache(maxsize=64)
@@ -268,3 +273,20 @@ def change_insert(*, alias: str, conversion: PartnerConversion, change: dict[str
     changes = _tables_for(alias)[1]
     row = changes.row_values({**change, "conversion_id": conversion.pk})
     _execute(alias, changes.insert_sql, changes.db_values(row), fetch=False)
+
+
+@lru_cache(maxsize=64)
+def _companion_table(alias: str, vendor: str, model: type[models.Model]) -> _Table:
+    return _Table(model, connections[alias])
+
+
+def companions_insert(*, alias: str, conversion_id: int, companions: Iterable[Companion]) -> None:
+    """Write the rows announced with a conversion (hooks.Companion), linked to it by id.
+
+    Called inside the conversion's transaction.
+    """
+    vendor = connections[alias].vendor
+    for companion in companions:
+        table = _companion_table(alias, vendor, companion.model)
+        row = table.row_values({**companion.values, companion.conversion_field: conversion_id})
+        _execute(alias, table.insert_sql, table.db_values(row), fetch=False)

@@ -22,13 +22,18 @@ from partners.databases.provisioning import (
     ProvisionResult,
     database_create_if_missing,
     migrations_pending,
+    partner_database_check,
     partner_database_provision,
 )
 from partners.databases.registry import alias_ensure, alias_unregister, partner_database_url
-from partners.databases.router import PARTNER_APP_LABELS, PartnerDatabaseRequired, PartnerDatabaseRouter
+from partners.databases.router import (
+    PartnerDatabaseRequired,
+    PartnerDatabaseRouter,
+    partner_app_labels,
+    partner_models_register,
+)
 
 __all__ = [
-    "PARTNER_APP_LABELS",
     "ConnectionsExhausted",
     "PartnerDatabaseRequired",
     "PartnerDatabaseRouter",
@@ -43,9 +48,12 @@ __all__ = [
     "NOT_PROVISIONED",
     "migrations_to_apply",
     "partner_database_state",
+    "partner_database_check",
     "partner_database_provision",
     "partner_database_unregister",
     "partner_database_url",
+    "partner_app_labels",
+    "partner_models_register",
 ]
 
 

@@ -30,8 +30,14 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
 from partners.databases.guard import PartnerDatabaseUnavailable
-from partners.databases.registry import alias_ensure, alias_register_copy, alias_unregister, partner_database_url
-from partners.databases.router import PARTNER_APP_LABELS
+from partners.databases.registry import (
+    alias_ensure,
+    alias_register_copy,
+    alias_settings,
+    alias_unregister,
+    partner_database_url,
+)
+from partners.databases.router import partner_app_labels
 from partners.dbconfig import POSTGRES_ENGINES, SQLITE_ENGINES, url_mask_password
 
 logger = logging.getLogger("partners.databases")
@@ -84,6 +90,55 @@ def partner_database_provision(*, partner: Any) -> ProvisionResult:
     )
 
 
+def partner_database_check(*, partner: Any) -> None:
+    """Whether the partner's database can be provisioned, without changing anything: the
+    server answers, and the database exists or may be created. Raises
+    PartnerDatabaseUnavailable saying what to fix."""
+    alias = partner.database_name  # not registered: a check changes nothing, in this process either
+    config = alias_settings(partner_database_url(partner))
+    if config["ENGINE"] in SQLITE_ENGINES:
+        name = config["NAME"]
+        if name and name != ":memory:" and not name.startswith("file:"):
+            _sqlite_check(alias, Path(name))
+        return
+    if config["ENGINE"] in POSTGRES_ENGINES:
+        _postgres_check(alias, config)
+
+
+def _sqlite_check(alias: str, path: Path) -> None:
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PartnerDatabaseUnavailable(alias, f"cannot read and write {path}")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PartnerDatabaseUnavailable(alias, f"cannot create {path}: {folder} is not writable")
+
+
+def _postgres_check(alias: str, config: dict[str, Any]) -> None:
+    import psycopg
+
+    try:
+        with _postgres_server(config) as conn:
+            if _postgres_exists(conn, config["NAME"]):
+                return
+            may_create = conn.execute(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+    except psycopg.OperationalError as exc:
+        raise PartnerDatabaseUnavailable(
+            alias, f"cannot reach PostgreSQL at {config['HOST'] or 'localhost'}:{config['PORT'] or 5432}: {exc}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise PartnerDatabaseUnavailable(alias, f"cannot check database '{config['NAME']}': {exc}") from exc
+    if not (may_create and may_create[0]):
+        raise PartnerDatabaseUnavailable(
+            alias, f"database '{config['NAME']}' does not exist and user '{config['USER']}' may not create databases"
+        )
+
+
 def database_create_if_missing(alias: str) -> bool:
     """Create the database behind `alias` (PostgreSQL, or a SQLite file's folder); True if created."""
     return _create_if_missing(alias, from_template=False)[0]
@@ -94,9 +149,10 @@ def migrations_pending(alias: str) -> list[str]:
     graph = _migration_graph()
     applied = MigrationRecorder(connections[alias]).applied_migrations()
     pending: list[tuple[str, str]] = []
-    for target in sorted(key for key in graph.leaf_nodes() if key[0] in PARTNER_APP_LABELS):
+    labels = partner_app_labels()
+    for target in sorted(key for key in graph.leaf_nodes() if key[0] in labels):
         for node in graph.forwards_plan(target):
-            if node[0] in PARTNER_APP_LABELS and node not in applied and node not in pending:
+            if node[0] in labels and node not in applied and node not in pending:
                 pending.append(node)
     return [f"{app_label}.{name}" for app_label, name in pending]
 
@@ -111,7 +167,7 @@ def schema_version() -> str:
     """A short hash of the partner apps' migration files: the template's schema version."""
     digest = hashlib.sha256()
     graph = _migration_graph()
-    for key in sorted(key for key in graph.nodes if key[0] in PARTNER_APP_LABELS):
+    for key in sorted(key for key in graph.nodes if key[0] in partner_app_labels()):
         module = sys.modules[graph.nodes[key].__module__]
         digest.update(f"{key}\n".encode())
         digest.update(Path(module.__file__).read_bytes())
@@ -119,7 +175,7 @@ def schema_version() -> str:
 
 
 def _migrate(alias: str) -> None:
-    for app_label in sorted(PARTNER_APP_LABELS):
+    for app_label in sorted(partner_app_labels()):
         call_command("migrate", app_label, database=alias, interactive=False, verbosity=0, stdout=io.StringIO())
 
 

@@ -8,8 +8,9 @@ from html import unescape
 import pytest
 from django.contrib.admin.models import LogEntry
 
+from conversions.ingest.reprocess import conversion_reprocess
 from conversions.models import PartnerConversion
-from conversions.services import conversion_reprocess
+from conversions.outcomes import Outcome
 from partners.models import Partner
 from tests.conftest import partner_rows
 
@@ -195,11 +196,11 @@ def test_reprocess_matches_a_fresh_postback(involve, client, live_db):
     rejected = partner_rows(involve).get(processing_error__isnull=False)
     result = conversion_reprocess(partner=partner, conversion=rejected)
     original = partner_rows(involve).get(conversion_id="T1", is_duplicate=False)
-    assert result.outcome == "duplicate"
+    assert result.outcome is Outcome.DUPLICATE
     stored = PartnerConversion.objects.using(involve.database_alias).get(pk=rejected.pk)
     assert (stored.is_duplicate, stored.duplicate_of_id, stored.processing_error) == (True, original.pk, None)
     # a second run changes nothing
-    assert conversion_reprocess(partner=partner, conversion=stored).outcome == "duplicate"
+    assert conversion_reprocess(partner=partner, conversion=stored).outcome is Outcome.DUPLICATE
     assert partner_rows(involve).count() == 2
 
 
@@ -272,7 +273,7 @@ def test_an_unreachable_partner_database_is_a_message_not_a_500(analyst_client, 
 def test_detail_page_shows_the_lifecycle_history_and_local_amounts(analyst_client, involve):
     from tests.conftest import fixture_queries
 
-    created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    created, approved = fixture_queries("involve_asia", "lifecycle_approve")[:2]
     post(analyst_client, f"/partner/involve/event?{created}")
     post(analyst_client, f"/partner/involve/event?{approved}")
     post(analyst_client, f"/partner/involve/event?{created}")  # a stale retry

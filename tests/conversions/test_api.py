@@ -477,7 +477,7 @@ def test_errors_of_a_csv_request_are_json_too(api, involve):
 def test_lifecycle_status_currency_filters_and_stats_by_status(api, involve):
     from tests.conftest import fixture_queries
 
-    created, approved = fixture_queries("involve_asia", "lifecycle_approve")
+    created, approved = fixture_queries("involve_asia", "lifecycle_approve")[:2]
     api.get(f"/partner/involve/event?{created}")  # pending, then approved: 4.94 earned
     api.get(f"/partner/involve/event?{approved}")
     api.get("/partner/involve/event?conversion_id=P1&usd_sale_amount=10&usd_payout=1&conversion_status=pending")

@@ -65,13 +65,13 @@ def test_no_log_line_carries_a_secret(tmp_path, log_format):
         metrics = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
         with urllib.request.urlopen(metrics, timeout=10) as response:
             assert response.status == 200
-        # a request the application fails on, whatever it answers
-        failing = request(
+        # a request Django itself could not read (a charset that is no text encoding)
+        unreadable = request(
             "GET",
             f"{postback}?conversion_id=f-1&token={secret}",
             headers={"Content-Type": "text/plain; charset=rot13", "Connection": "close"},
         )
-        assert answers(exchange(base, failing))[0].status >= 400
+        assert answers(exchange(base, unreadable))[0].status == 200
         # refused by the server itself: a bad request line, a header without a colon, a
         # header too large, a body that never comes
         bad_line = f"GET {postback}?token={secret}&x=\x7f HTTP/1.1\r\n\r\n".encode("latin-1")

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from conversions.rejections import rejection_counts
+from conversions.ingest.refusals import refusal_counts
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         failures = []
         for partner in partners:
             try:
-                counts = rejection_counts(partner=partner, days=max(1, options["days"]))
+                counts = refusal_counts(partner=partner, days=max(1, options["days"]))
             except PartnerDatabaseUnavailable as exc:
                 failures.append(partner.partner_code)
                 self.stderr.write(f"{partner.partner_code}: FAILED: {exc}")

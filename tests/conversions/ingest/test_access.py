@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from conversions.access import postback_signature
+from conversions.ingest.access import postback_signature
 from partners.models import Partner
 from partners.services import partner_secret_clear, partner_secret_rotate
 from tests.conftest import partner_rows
@@ -243,3 +243,33 @@ def test_token_cannot_be_mapped_to_one_of_our_fields():
     from partners.models import parameter_mapping_error
 
     assert "reserved" in parameter_mapping_error({"sub_id": "token"})
+
+
+def signed_at(timestamp: str) -> dict[str, str]:
+    signature = postback_signature(secret=SECRET, query_string=QUERY.encode(), body=b"", timestamp=timestamp)
+    return {"HTTP_X_POSTBACK_TIMESTAMP": timestamp, "HTTP_X_POSTBACK_SIGNATURE": signature}
+
+
+def test_a_signature_may_carry_its_time_and_is_accepted_within_the_window(client, secured):
+    import time
+
+    response = client.get(f"{URL}?{QUERY}", **signed_at(str(int(time.time()) - 30)))
+    assert response.status_code == 200 and response.json()["status"] == "success"
+
+
+def test_a_signed_request_outside_the_window_is_403_and_stores_nothing(client, secured, settings):
+    import time
+
+    settings.POSTBACK_SIGNATURE_TOLERANCE_SECONDS = 300
+    assert_denied(client.get(f"{URL}?{QUERY}", **signed_at(str(int(time.time()) - 1000))), "signature_expired")
+    assert_denied(client.get(f"{URL}?{QUERY}", **signed_at(str(int(time.time()) + 1000))), "signature_expired")
+    assert_denied(client.get(f"{URL}?{QUERY}", **signed_at("yesterday")), "signature_expired")
+    assert not partner_rows(secured).exists()
+
+
+def test_the_timestamp_cannot_be_changed_without_the_secret(client, secured):
+    import time
+
+    headers = signed_at(str(int(time.time()) - 1000))
+    headers["HTTP_X_POSTBACK_TIMESTAMP"] = str(int(time.time()))  # made fresh again by someone without it
+    assert_denied(client.get(f"{URL}?{QUERY}", **headers), "token_invalid")

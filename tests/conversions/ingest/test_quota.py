@@ -9,8 +9,8 @@ import redis
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
-from conversions.quota import next_local_midnight, partner_quota_consume
-from conversions.rejections import rejection_counts
+from conversions.ingest.quota import next_local_midnight, partner_quota_consume
+from conversions.ingest.refusals import refusal_counts
 from tests.conftest import partner_rows, run_concurrently
 from tests.e2e.server import HangingDatabase
 
@@ -52,7 +52,7 @@ def test_over_quota_is_429_until_local_midnight_and_logged_once(client, make_par
     assert partner_rows(partner).count() == 3  # nothing stored over quota
     assert len(quota_errors(caplog)) == 1
     assert "partner=rector limit=3" in quota_errors(caplog)[0].getMessage()
-    counts = {row.reason: row.count for row in rejection_counts(partner=partner)}
+    counts = {row.reason: row.count for row in refusal_counts(partner=partner)}
     assert counts == {"quota_exceeded": 3}
 
 
@@ -172,7 +172,7 @@ def test_batched_counting_is_exact_under_concurrency(make_partner, settings):
 def test_a_hung_redis_costs_one_timeout_then_is_skipped_and_the_quota_stays_exact(make_partner, settings, caplog):
     import time
 
-    from conversions.quota import redis_breaker
+    from conversions.ingest.quota import redis_breaker
 
     hung = HangingDatabase()  # a Redis that accepts connections and never answers
     settings.REDIS_URL = f"redis://127.0.0.1:{hung.port}/0"
@@ -202,7 +202,7 @@ def test_after_its_pause_one_request_tries_redis_again_and_redis_continues_from_
 ):
     import time
 
-    from conversions.quota import quota_key, redis_breaker
+    from conversions.ingest.quota import quota_key, redis_breaker
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: refused at once
     settings.REDIS_BREAKER_SECONDS = 0.2
@@ -228,6 +228,4 @@ def test_after_its_pause_one_request_tries_redis_again_and_redis_continues_from_
 
 
 def partner_local_day(partner):
-    from conversions.rejections import partner_local_now
-
-    return partner_local_now(partner).date()
+    return partner.local_now().date()

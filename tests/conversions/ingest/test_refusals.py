@@ -4,7 +4,7 @@ import io
 
 from django.core.management import call_command
 
-from conversions.rejections import rejection_counts
+from conversions.ingest.refusals import refusal_counts
 
 URL = "/partner/involve/event"
 
@@ -21,7 +21,7 @@ def test_every_refusal_is_counted_by_reason(client, make_partner, settings):
     client.get(f"{URL}?{token}&conversion_id=ok")  # 200
     client.get(f"{URL}?{token}&conversion_id=late")  # 429
 
-    counts = {row.reason: (row.http_status, row.count) for row in rejection_counts(partner=partner)}
+    counts = {row.reason: (row.http_status, row.count) for row in refusal_counts(partner=partner)}
     assert counts == {
         "token_missing": (403, 1),
         "token_invalid": (403, 2),
