@@ -242,6 +242,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several `status` fields with their own choices: each named once.
+    "ENUM_NAME_OVERRIDES": {
+        "PostbackAnswerEnum": "conversions.openapi.STORED_ANSWERS",
+        "PostbackErrorEnum": ["error"],
+        "ConversionStatusEnum": "partners.lifecycle.STATUSES",
+    },
 }
 
 # --- Observability ---------------------------------------------------------------
