@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 PARTNERS = 150
 # Closed connections whose server process may still be listed when sampled.
-EXITING_BACKENDS = 2
+EXITING_BACKENDS = 4
 
 
 def metric(base: str, name: str) -> float:

@@ -1,0 +1,202 @@
+"""Where the application CPU of one postback goes, by stage.
+
+    .venv/bin/python bench/postback_profile.py                 # 3,000 new postbacks, step logs on
+    .venv/bin/python bench/postback_profile.py --requests 5000 --load duplicate --no-step-logs
+
+Runs the real WSGI application (postback_site.wsgi: every middleware, the view, the
+pipeline) in process, as gunicorn calls it, against its own PostgreSQL databases
+(dropped afterwards), under cProfile. Each function's own time is charged to the stage
+its code belongs to (request parsing, middleware, routing, partner lookup, guards,
+mapping and coercion, JSON, the statements and the database driver, metrics, logging,
+the response), and the table shows the milliseconds per postback and the share of each.
+The profiler slows everything by about the same factor, so the shares are what to read;
+the unprofiled time per postback is printed too. A postback's database time on the
+server is not in it (see bench/postback_bench.py's db cpu column).
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+QUERY = (
+    "conversion_id={id}&offer_id=1021&offer_name=Shopee&datetime_conversion=2025-01-15%2013:45:10"
+    "&usd_sale_amount=93.47&usd_payout=4.67&aff_sub=sub123&aff_sub2=media456&aff_sub3=click789"
+    "&conversion_currency=MYR"
+)
+
+# (stage, what a function's file path or name contains), first match wins.
+STAGES = (
+    ("logging", ("/logging/", "postback_site/observability.py", "method 'write'", "posix.write")),
+    ("metrics", ("prometheus_client", "postback_site/metrics.py", "mmap")),
+    (
+        "statements and database driver",
+        ("conversions/ingest/statements.py", "psycopg", "django/db/", "partners/databases/"),
+    ),
+    (
+        "guards (limits, access, quota)",
+        ("conversions/ingest/guards.py", "access.py", "limits.py", "quota.py", "ipaddress"),
+    ),
+    ("mapping and coercion", ("partners/mapping.py", "decimal", "_strptime", "datetime", "zoneinfo", "lifecycle.py")),
+    ("JSON (raw data, headers, answer)", ("json", "storable_json")),
+    (
+        "decide and store",
+        ("conversions/ingest/store.py", "conversions/ingest/decide.py", "conversions/ingest/hooks.py"),
+    ),
+    ("partner lookup", ("partners/selectors.py", "partners/models.py")),
+    (
+        "request parsing",
+        (
+            "django/core/handlers/wsgi.py",
+            "django/http/request.py",
+            "conversions/ingest/parse.py",
+            "urllib/parse.py",
+            "django/utils/datastructures.py",
+            "request_meta.py",
+            "http/multipartparser",
+        ),
+    ),
+    ("middleware", ("django/middleware/", "/contrib/", "whitenoise", "django/utils/deprecation.py")),
+    ("routing and dispatch", ("django/urls/", "django/core/handlers/", "django/views/", "rest_framework/", "wsgi.py")),
+    (
+        "response",
+        ("django/http/response.py", "conversions/ingest/respond.py", "django/http/cookie", "django/core/signals"),
+    ),
+    ("the pipeline itself", ("conversions/ingest/pipeline.py", "conversions/views.py")),
+)
+
+
+def stage_of(location: str) -> str:
+    for stage, needles in STAGES:
+        if any(needle in location for needle in needles):
+            return stage
+    return "other (Python builtins, dispatch of signals, ...)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--load", choices=("new", "duplicate", "invalid"), default="new")
+    parser.add_argument("--no-step-logs", action="store_true")
+    parser.add_argument("--top", type=int, default=25, help="also print the top N functions by own time")
+    args = parser.parse_args()
+
+    token = uuid.uuid4().hex[:8]
+    prefix = f"bench_prof_{token}_"
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="postback_site.settings",
+        DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
+        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
+        PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
+        SECRET_KEY="bench-" + "k" * 50,
+        LOG_FILE="",
+        PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="bench-prom-"),
+    )
+    sys.path.insert(0, str(PROJECT_DIR))
+    import django
+
+    django.setup()
+    # stderr of the step logs goes nowhere, as a server's would go to its log collector
+    import logging
+
+    from django.core.management import call_command
+
+    from bench.postback_bench import drop_databases
+    from partners.models import Partner
+    from postback_site.wsgi import application
+
+    null = open(os.devnull, "w")  # noqa: SIM115 (kept open for the run)
+    os.dup2(null.fileno(), 2)
+    try:
+        call_command("init_partners", stdout=io.StringIO())
+        Partner.objects.update(max_daily_requests=0, enable_logging=not args.no_step_logs)
+        logging.getLogger("django.request").setLevel(logging.ERROR)
+
+        def postback(number: int) -> None:
+            if args.load == "new":
+                query = QUERY.format(id=f"p{number}")
+            elif args.load == "duplicate":
+                query = QUERY.format(id=f"d{number % 50}")
+            else:
+                query = QUERY.format(id=f"i{number}") + "&usd_sale_amount=lots"
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/partner/involve/event",
+                "QUERY_STRING": query,
+                "SERVER_NAME": "localhost",
+                "SERVER_PORT": "8000",
+                "HTTP_HOST": "localhost",
+                "REMOTE_ADDR": "127.0.0.1",
+                "SERVER_PROTOCOL": "HTTP/1.1",
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(),
+                "wsgi.errors": sys.stderr,
+            }
+            statuses = []
+            response = application(environ, lambda status, headers: statuses.append(status))
+            b"".join(response)
+            response.close()
+            if not statuses[0].startswith(("200", "400")):
+                raise SystemExit(f"postback answered {statuses[0]}")
+
+        for number in range(500):
+            postback(1_000_000 + number)  # warm: connections, caches, prepared statements
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        for number in range(args.requests):
+            postback(2_000_000 + number)
+        plain_ms = (time.process_time() - cpu_started) * 1000 / args.requests
+        wall_ms = (time.perf_counter() - started) * 1000 / args.requests
+        profile = cProfile.Profile(time.process_time)  # CPU, not the wait for the database
+        profile.enable()
+        for number in range(args.requests):
+            postback(3_000_000 + number)
+        profile.disable()
+    finally:
+        from django.db import connections
+
+        from partners.databases import connection_broker
+
+        connections.close_all()
+        connection_broker.close_idle()
+        drop_databases(prefix)
+
+    stats = pstats.Stats(profile)
+    by_stage: dict[str, float] = defaultdict(float)
+    rows = []
+    for (filename, line, name), (_calls, _primitive, own, _cumulative, callers) in stats.stats.items():
+        location = f"{filename}:{line}({name})"
+        rows.append((own, location))
+        if filename == "~" and callers:
+            # A builtin (getattr, isinstance, a C method) is charged to the code calling it.
+            for (caller_file, caller_line, caller_name), edge in callers.items():
+                by_stage[stage_of(f"{caller_file}:{caller_line}({caller_name}) {name}")] += edge[2]
+        else:
+            by_stage[stage_of(location)] += own
+    total = sum(by_stage.values())
+    cpu = os.popen("lscpu | grep 'Model name'").read().split(":", 1)[-1].strip() or "unknown CPU"  # noqa: S605
+    step_logs = "off" if args.no_step_logs else "on"
+    print(
+        f"postback profile: {cpu}, {args.requests} {args.load} postbacks, step logs {step_logs}; "
+        f"unprofiled: {plain_ms:.3f} ms CPU ({wall_ms:.3f} ms wall) per postback"
+    )
+    print(
+        f"  {'stage':<48}{'ms/postback':>12}{'share':>8}   (profiled: x{total * 1000 / args.requests / plain_ms:.1f})"
+    )
+    for stage, seconds in sorted(by_stage.items(), key=lambda item: -item[1]):
+        print(f"  {stage:<48}{seconds * 1000 / args.requests:12.3f}{seconds / total * 100:7.1f}%")
+    print(f"\n  top {args.top} functions by own time (ms per postback, profiled):")
+    for own, location in sorted(rows, reverse=True)[: args.top]:
+        print(f"  {own * 1000 / args.requests:8.3f}  {location.replace(str(PROJECT_DIR) + '/', '')[-110:]}")
+
+
+if __name__ == "__main__":
+    main()
