@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "postback_site",
     "partners",
     "conversions",
 ]
@@ -73,6 +74,11 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "postback_site.observability.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # PEOPLE_MIDDLEWARE, skipped for the views machines call (postbacks): see its module.
+    "postback_site.middleware.PeopleMiddleware",
+]
+# What serves the admin, the browsable API and their users, in Django's usual order.
+PEOPLE_MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -81,6 +87,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Django's checks look for these middleware in MIDDLEWARE only; postback_site.checks
+# checks that PEOPLE_MIDDLEWARE has them instead.
+SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "postback_site.urls"
 WSGI_APPLICATION = "postback_site.wsgi.application"
@@ -127,10 +136,11 @@ DB_STATEMENT_TIMEOUT_MS = env.int("DB_STATEMENT_TIMEOUT_MS", default=5000)
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=2000)
 # Seconds a partner database that failed to answer is not retried (its postbacks get 503 at once).
 DB_BREAKER_SECONDS = env.float("DB_BREAKER_SECONDS", default=2.0)
-# Threads of a process that may work on one database at once (the rest stay free for
-# the other partners when it hangs), and how long a request waits for one of them
-# while the database is answering.
-DB_MAX_THREADS_PER_DATABASE = env.int("DB_MAX_THREADS_PER_DATABASE", default=max(1, (GUNICORN_THREADS + 1) // 2))
+# Threads of a process that may work on one database at once (all but one: that one
+# stays free for the other partners when it hangs; fewer throttles a busy partner whose
+# database is healthy), and how long a request waits for one of them while the
+# database is answering.
+DB_MAX_THREADS_PER_DATABASE = env.int("DB_MAX_THREADS_PER_DATABASE", default=max(1, GUNICORN_THREADS - 1))
 DB_BUSY_WAIT_SECONDS = env.float("DB_BUSY_WAIT_SECONDS", default=0.5)
 # PostgreSQL is reached through a pooler in transaction mode (PgBouncer): no settings sent
 # at connect (put statement_timeout / lock_timeout on the role), no server-side cursors.

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from conversions.api import ConversionListView, ConversionStatsView
 from conversions.views import PostbackView
 from postback_site.metrics import metrics_view
+from postback_site.middleware import machine_endpoint
 from postback_site.views import HealthView, InfoView
 
 urlpatterns = [
@@ -18,7 +19,7 @@ urlpatterns = [
     # Before the catch-all postback route: these suffixes are reserved (Partner.clean).
     path("partner/<path:endpoint_path>/stats", ConversionStatsView.as_view(), name="partner-stats"),
     path("partner/<path:endpoint_path>/conversions", ConversionListView.as_view(), name="partner-conversions"),
-    path("partner/<path:endpoint_path>", PostbackView.as_view(), name="postback"),
+    path("partner/<path:endpoint_path>", machine_endpoint(PostbackView.as_view()), name="postback"),
 ]
 
 # JSON outside the admin (postback_site.views); the admin keeps Django's HTML pages.
@@ -28,7 +29,8 @@ handler404 = "postback_site.views.page_not_found"
 handler500 = "postback_site.views.server_error"
 
 if settings.BENCH_MINIMAL_VIEW:
-    # The benchmark's floor (bench/postback_bench.py); never enabled in production.
+    # The benchmark's floor (bench/postback_bench.py); never enabled in production. Served
+    # as a postback is, without the middleware that serves people.
     from bench.minimal_view import minimal_insert
 
-    urlpatterns.append(path("bench/insert", minimal_insert))
+    urlpatterns.append(path("bench/insert", machine_endpoint(minimal_insert)))
