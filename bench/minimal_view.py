@@ -11,8 +11,8 @@ from partners.selectors import partner_get_by_endpoint
 
 INSERT = (
     "INSERT INTO partner_conversions (partner_id, conversion_id, is_processed, is_duplicate, raw_data, "
-    "request_headers, received_at, created_at, updated_at) "
-    "VALUES (0, %s, true, false, '{}', '{}', now(), now(), now())"
+    "request_headers, request_digests, received_at, created_at, updated_at) "
+    "VALUES (0, %s, true, false, '{}', '{}', '[]', now(), now(), now())"
 )
 
 

@@ -1,4 +1,4 @@
-"""Throughput of the postback endpoint against the floor of a minimal Django view.
+"""Throughput of the postback endpoint against two floors: a minimal view and a bare Django app.
 
     .venv/bin/python bench/postback_bench.py                 # 16 connections, 10 s per load, 3 rounds
     .venv/bin/python bench/postback_bench.py --rounds 1 --duration 5 --connections 32
@@ -6,11 +6,21 @@
 Starts the production server (gunicorn with postback_site/gunicorn.conf.py) against
 PostgreSQL on its own freshly created databases (dropped afterwards), drives it with wrk
 (installed with apt-get when missing and running as root) and prints requests/s and
-p50/p90/p99 latency for: new conversions, status updates of the conversions just
-created (the lifecycle's update path), duplicates, a 90/10 new/repeat mix, rejected
-postbacks, and a minimal view that only INSERTs one row, with the ratios. Afterwards it
-checks that the partner database holds exactly as many originals as the 200 `success`
-responses counted by wrk (nothing lost, nothing doubled).
+p50/p90/p99 latency and the CPU per request (the server's, and its database backends')
+for: new conversions, status updates of the conversions just created (the lifecycle's
+update path), duplicates, a 90/10 new/repeat mix, rejected postbacks, and two floors
+with the ratios to each:
+
+  minimal  a view inside the service (bench/minimal_view.py: every middleware, the
+           partner lookup, one INSERT into the partner's database), same server;
+  bare     a bare Django project (bench/bare_site.py: no apps, no middleware, one view,
+           one INSERT ... ON CONFLICT) under plain gunicorn gthread with the same
+           workers x threads, started next to it.
+
+Every round runs every load once, in the same order; the medians of the rounds are
+printed, with the CPU model (ratios move with it: compare within one run). Afterwards
+it checks that the partner database holds exactly as many originals as the 200
+`success` responses counted by wrk (nothing lost, nothing doubled).
 """
 
 import argparse
@@ -36,7 +46,17 @@ QUERY_TAIL = (
     "&usd_payout=4.67&aff_sub=sub123&aff_sub2=media456&aff_sub3=click789&conversion_currency=MYR"
 )
 TAIL_MS = 300
-LOADS = ("minimal", "new", "update", "duplicate", "mix", "invalid")
+LOADS = ("bare", "minimal", "new", "update", "duplicate", "mix", "invalid")
+FLOORS = ("bare", "minimal")
+# bench/bare_site.py's table: the shape of a partner's conversions, reduced to one unique key.
+BARE_TABLE = """
+CREATE TABLE bare_conversions (
+    id bigserial PRIMARY KEY,
+    conversion_id varchar(255) NOT NULL UNIQUE,
+    raw_data jsonb NOT NULL,
+    received_at timestamptz NOT NULL
+)
+"""
 
 # wrk's Lua has no wall clock: now_ms() from gettimeofday through LuaJIT's FFI.
 LUA_CLOCK = r"""
@@ -91,6 +111,8 @@ function request()
   end
   if mode == "minimal" then
     return wrk.format("GET", "/bench/insert?conversion_id=" .. id)
+  elseif mode == "bare" then
+    return wrk.format("GET", "/bare/insert?conversion_id=" .. id)
   elseif mode == "invalid" then
     return wrk.format("GET", "/partner/involve/event?conversion_id=" .. id .. tail .. "&usd_sale_amount=lots")
   end
@@ -212,11 +234,48 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> tuple[float, 
     return app, database
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the server did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen | None) -> None:
+    if server is None:
+        return
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def run_wrk(
-    wrk: str, base: str, mode: str, round_id: str, args: argparse.Namespace, workdir: Path, created: list[int] = ()
+    wrk: str,
+    server: tuple[int, str],
+    mode: str,
+    round_id: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    created: list[int] = (),
 ) -> dict:
-    """One wrk run of `mode`; `created` is, for the update load, how many conversions
-    each wrk thread of the round's `new` load created."""
+    """One wrk run of `mode` against `server` (gunicorn master pid, base URL); `created`
+    is, for the update load, how many conversions each wrk thread of the round's `new`
+    load created."""
+    pid, base = server
     script = workdir / f"{mode}.lua"
     values = {"mode": mode, "prefix": round_id + mode, "round": round_id, "tail": QUERY_TAIL}
     values["created"] = ", ".join(str(count) for count in created)
@@ -233,9 +292,9 @@ def run_wrk(
         str(script),
         base,
     ]
-    before = server_cpu_seconds(args.server_pid, args.database_prefix)
+    before = server_cpu_seconds(pid, args.database_prefix)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    after = server_cpu_seconds(args.server_pid, args.database_prefix)
+    after = server_cpu_seconds(pid, args.database_prefix)
     line = next(line for line in output.splitlines() if line.startswith("BENCH "))
     result = json.loads(line[len("BENCH ") :])
     result["rps"] = result["requests"] / result["seconds"]
@@ -257,13 +316,14 @@ def main() -> None:
     parser.add_argument(
         "--no-step-logs", action="store_true", help="turn InvolveAsia's enable_logging off (one summary line each)"
     )
-    parser.add_argument("--keep-log", action="store_true", help="print the server log's path and keep it")
+    parser.add_argument("--keep-log", action="store_true", help="print the server logs' paths and keep them")
     args = parser.parse_args()
     loads = [load for load in args.loads.split(",") if load]
     wrk = ensure_wrk()
 
     token = uuid.uuid4().hex[:8]
     prefix = f"bench_pb_{token}_"
+    args.database_prefix = prefix
     workdir = Path(tempfile.mkdtemp(prefix="postback-bench-"))
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     env.update(
@@ -280,9 +340,12 @@ def main() -> None:
         env["WEB_CONCURRENCY"] = args.workers
     if args.threads:
         env["GUNICORN_THREADS"] = args.threads
+    workers = env.get("WEB_CONCURRENCY", "2")
+    threads = env.get("GUNICORN_THREADS", "4")
     base = f"http://127.0.0.1:{env['PORT']}"
     log_path = workdir / "server.log"
-    server = None
+    bare_log_path = workdir / "bare.log"
+    server = bare = None
     try:
         subprocess.run(
             [sys.executable, "manage.py", "init_partners"], cwd=PROJECT_DIR, env=env, check=True, capture_output=True
@@ -310,17 +373,38 @@ def main() -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        args.server_pid = server.pid
-        args.database_prefix = prefix
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"the server did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
+        if "bare" in loads:
+            with psycopg.connect(**SERVER, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"{prefix}bare")))
+            with psycopg.connect(**{**SERVER, "dbname": f"{prefix}bare"}, autocommit=True) as conn:
+                conn.execute(BARE_TABLE)
+            bare_port = free_port()
+            with open(bare_log_path, "w") as log:
+                bare = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "-k",
+                        "gthread",
+                        "-w",
+                        workers,
+                        "--threads",
+                        threads,
+                        "-b",
+                        f"127.0.0.1:{bare_port}",
+                        "bench.bare_site:application",
+                    ],
+                    cwd=PROJECT_DIR,
+                    env={**env, "BARE_DATABASE": f"{prefix}bare"},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            bare_base = f"http://127.0.0.1:{bare_port}"
+            wait_until_up(bare_base + "/bare/insert?conversion_id=up", bare, bare_log_path)
+        wait_until_up(base + "/health", server, log_path)
+        servers = {"bare": (bare.pid, bare_base) if bare else None}
+        service = (server.pid, base)
 
         successes = 0
         # The duplicate load repeats 100 conversion ids per round: send each once first.
@@ -331,25 +415,27 @@ def main() -> None:
                 successes += body["status"] == "success"
         # Warm every worker's connections and caches (not measured, but counted).
         warm = argparse.Namespace(**{**vars(args), "duration": 2})
-        run_wrk(wrk, base, "minimal", "warm", warm, workdir)
-        successes += run_wrk(wrk, base, "new", "warm", warm, workdir)["success"]
+        if bare:
+            run_wrk(wrk, servers["bare"], "bare", "warm", warm, workdir)
+        run_wrk(wrk, service, "minimal", "warm", warm, workdir)
+        successes += run_wrk(wrk, service, "new", "warm", warm, workdir)["success"]
 
-        workers = env.get("WEB_CONCURRENCY", "default")
-        threads = env.get("GUNICORN_THREADS", "default")
         steps = "off" if args.no_step_logs else "on"
         print(
-            f"postback bench: {os.cpu_count()} CPUs, step logs {steps}, gunicorn workers={workers} threads={threads}, "
-            f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, {args.rounds} round(s)"
+            f"postback bench: {cpu_model()}, {os.cpu_count()} CPUs, step logs {steps}, gunicorn workers={workers} "
+            f"threads={threads}, wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, "
+            f"{args.rounds} round(s)"
         )
         results: dict[str, list[dict]] = {load: [] for load in loads}
         for round_number in range(args.rounds):
             created: list[int] = []
             for load in loads:
-                result = run_wrk(wrk, base, load, f"r{round_number}", args, workdir, created)
+                target = servers.get(load) or service
+                result = run_wrk(wrk, target, load, f"r{round_number}", args, workdir, created)
                 results[load].append(result)
                 if load == "new":
                     created = result["created"]
-                if load != "minimal":
+                if load not in FLOORS:
                     successes += result["success"]
                 print(
                     f"  round {round_number + 1} {load:<9} {result['rps']:8.0f} req/s  "
@@ -362,28 +448,31 @@ def main() -> None:
                     flush=True,
                 )
 
-        print(f"\nmedians over {args.rounds} round(s), {args.connections} connections:")
+        def ratio(load: str, floor: str, key: str = "rps") -> str:
+            pairs = zip(results[load], results.get(floor, []), strict=False)
+            ratios = [run[key] / floor_run[key] for run, floor_run in pairs if floor_run[key]]
+            return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+        print(f"\nmedians over {args.rounds} round(s) ({cpu_model()}), {args.connections} connections:")
         print(
-            f"  {'load':<10}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'vs minimal':>12}{'non-2xx':>9}"
-            f"{'app cpu ms':>12}{'db cpu ms':>11}"
+            f"  {'load':<10}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'vs minimal':>12}{'vs bare':>9}"
+            f"{'p99 vs min':>12}{'app cpu ms':>12}{'cpu vs min':>12}{'db cpu ms':>11}{'non-2xx':>9}"
         )
         keys = ("rps", "p50_us", "p90_us", "p99_us", "app_cpu_ms", "db_cpu_ms")
         median = {
             load: {key: statistics.median(r[key] for r in runs) for key in keys} for load, runs in results.items()
         }
         for load, values in median.items():
-            ratios = [r["rps"] / m["rps"] for r, m in zip(results[load], results.get("minimal", []), strict=False)]
-            ratio = f"{statistics.median(ratios) * 100:10.0f}%" if ratios else f"{'':>11}"
             non2xx = sum(r["non2xx"] + r["socket_errors"] for r in results[load])
             print(
                 f"  {load:<10}{values['rps']:8.0f}{values['p50_us'] / 1000:9.2f}{values['p90_us'] / 1000:9.2f}"
-                f"{values['p99_us'] / 1000:9.2f}{ratio} {non2xx:8d}"
-                f"{values['app_cpu_ms']:12.2f}{values['db_cpu_ms']:11.2f}"
+                f"{values['p99_us'] / 1000:9.2f}{ratio(load, 'minimal'):>12}{ratio(load, 'bare'):>9}"
+                f"{ratio(load, 'minimal', 'p99_us'):>12}{values['app_cpu_ms']:12.2f}"
+                f"{ratio(load, 'minimal', 'app_cpu_ms'):>12}{values['db_cpu_ms']:11.2f}{non2xx:9d}"
             )
 
         if "update" in results and "new" in results:
-            ratios = [u["rps"] / n["rps"] for u, n in zip(results["update"], results["new"], strict=False)]
-            print(f"\nupdate path (status changes) vs insert path (new): {statistics.median(ratios) * 100:.0f}%")
+            print(f"\nupdate path (status changes) vs insert path (new): {ratio('update', 'new')}")
         stored = count_originals(f"{prefix}involve_asia_db")
         verdict = "OK" if stored == successes else "MISMATCH"
         print(f"\nstored originals {stored} == 200 success responses {successes}: {verdict}")
@@ -394,15 +483,11 @@ def main() -> None:
         if stored != successes or valid_failures:
             sys.exit(1)
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop(server)
+        stop(bare)
         drop_databases(prefix)
         if args.keep_log:
-            print(f"server log: {log_path}")
+            print(f"server logs: {log_path} {bare_log_path}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -10,7 +10,9 @@ its code belongs to (request parsing, middleware, routing, partner lookup, guard
 mapping and coercion, JSON, the statements and the database driver, metrics, logging,
 the response), and the table shows the milliseconds per postback and the share of each.
 The profiler slows everything by about the same factor, so the shares are what to read;
-the unprofiled time per postback is printed too. A postback's database time on the
+the unprofiled CPU per postback is printed too, with the minimal view's (the benchmark's
+floor, bench/minimal_view.py) measured in alternation in the same process, and their
+ratio: a figure that other load on the machine moves far less than requests/s. A postback's database time on the
 server is not in it (see bench/postback_bench.py's db cpu column).
 """
 
@@ -19,6 +21,7 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -84,7 +87,7 @@ def stage_of(location: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--load", choices=("new", "duplicate", "invalid"), default="new")
+    parser.add_argument("--load", choices=("new", "duplicate", "invalid", "minimal"), default="new")
     parser.add_argument("--no-step-logs", action="store_true")
     parser.add_argument("--top", type=int, default=25, help="also print the top N functions by own time")
     args = parser.parse_args()
@@ -97,6 +100,7 @@ def main() -> None:
         PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
         PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
         SECRET_KEY="bench-" + "k" * 50,
+        BENCH_MINIMAL_VIEW="1",
         LOG_FILE="",
         PROMETHEUS_MULTIPROC_DIR=tempfile.mkdtemp(prefix="bench-prom-"),
     )
@@ -120,16 +124,19 @@ def main() -> None:
         Partner.objects.update(max_daily_requests=0, enable_logging=not args.no_step_logs)
         logging.getLogger("django.request").setLevel(logging.ERROR)
 
-        def postback(number: int) -> None:
-            if args.load == "new":
+        def postback(number: int, load: str = args.load) -> None:
+            path = "/partner/involve/event"
+            if load == "minimal":
+                path, query = "/bench/insert", f"conversion_id=m{number}"
+            elif load == "new":
                 query = QUERY.format(id=f"p{number}")
-            elif args.load == "duplicate":
+            elif load == "duplicate":
                 query = QUERY.format(id=f"d{number % 50}")
             else:
                 query = QUERY.format(id=f"i{number}") + "&usd_sale_amount=lots"
             environ = {
                 "REQUEST_METHOD": "GET",
-                "PATH_INFO": "/partner/involve/event",
+                "PATH_INFO": path,
                 "QUERY_STRING": query,
                 "SERVER_NAME": "localhost",
                 "SERVER_PORT": "8000",
@@ -149,16 +156,30 @@ def main() -> None:
 
         for number in range(500):
             postback(1_000_000 + number)  # warm: connections, caches, prepared statements
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        for number in range(args.requests):
-            postback(2_000_000 + number)
-        plain_ms = (time.process_time() - cpu_started) * 1000 / args.requests
-        wall_ms = (time.perf_counter() - started) * 1000 / args.requests
+            postback(1_000_000 + number, "minimal")
+
+        def unprofiled_ms(load: str, first: int) -> tuple[float, float]:
+            """CPU and wall milliseconds per request of `load`, without the profiler."""
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for number in range(args.requests):
+                postback(first + number, load)
+            return (
+                (time.process_time() - cpu_started) * 1000 / args.requests,
+                (time.perf_counter() - started) * 1000 / args.requests,
+            )
+
+        # The load and the minimal view (bench/minimal_view.py) alternate, three times
+        # each: the medians, and their ratio, are what compares across changes.
+        plain, floor = [], []
+        for turn in range(3):
+            plain.append(unprofiled_ms(args.load, 2_000_000 + turn * args.requests))
+            floor.append(unprofiled_ms("minimal", 2_000_000 + turn * args.requests))
+        plain_ms, wall_ms = statistics.median(ms for ms, _ in plain), statistics.median(ms for _, ms in plain)
+        floor_ms = statistics.median(ms for ms, _ in floor)
         profile = cProfile.Profile(time.process_time)  # CPU, not the wait for the database
         profile.enable()
         for number in range(args.requests):
-            postback(3_000_000 + number)
+            postback(8_000_000 + number)
         profile.disable()
     finally:
         from django.db import connections
@@ -188,6 +209,7 @@ def main() -> None:
         f"postback profile: {cpu}, {args.requests} {args.load} postbacks, step logs {step_logs}; "
         f"unprofiled: {plain_ms:.3f} ms CPU ({wall_ms:.3f} ms wall) per postback"
     )
+    print(f"  minimal view: {floor_ms:.3f} ms CPU per request; {args.load} / minimal = {plain_ms / floor_ms:.2f}x")
     print(
         f"  {'stage':<48}{'ms/postback':>12}{'share':>8}   (profiled: x{total * 1000 / args.requests / plain_ms:.1f})"
     )
