@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--load", choices=("new", "duplicate", "invalid", "minimal"), default="new")
     parser.add_argument("--no-step-logs", action="store_true")
     parser.add_argument("--top", type=int, default=25, help="also print the top N functions by own time")
+    parser.add_argument("--save", metavar="FILE", help="also write the profile there (python -m pstats FILE)")
     args = parser.parse_args()
 
     token = uuid.uuid4().hex[:8]
@@ -190,6 +191,8 @@ def main() -> None:
         connection_broker.close_idle()
         drop_databases(prefix)
 
+    if args.save:
+        profile.dump_stats(args.save)
     stats = pstats.Stats(profile)
     by_stage: dict[str, float] = defaultdict(float)
     rows = []
