@@ -112,14 +112,15 @@ def database_pool(tmp_path_factory: pytest.TempPathFactory, partner_server_port:
 @pytest.fixture(autouse=True)
 def _fresh_partner_directory() -> Iterator[None]:
     from conversions.ingest.quota import quota_ledger, redis_breaker
+    from conversions.ingest.store import _recently_stored
 
-    partner_directory.clear()
-    quota_ledger.clear()
+    for state in (partner_directory, quota_ledger, _recently_stored):
+        state.clear()
     redis_breaker.reset()
     guards_reset()
     yield
-    partner_directory.clear()
-    quota_ledger.clear()
+    for state in (partner_directory, quota_ledger, _recently_stored):
+        state.clear()
     redis_breaker.reset()
     guards_reset()
 

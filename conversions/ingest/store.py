@@ -10,6 +10,7 @@ The statements are statements.py's, built once per database vendor.
 """
 
 import logging
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,13 +84,44 @@ def postback_store(
         return _store_rejected(alias=alias, row=row, errors={"postback": f"cannot be stored: {reason}"}, trace=trace)
 
 
+class _RecentKeys:
+    """The last `size` keys added (oldest forgotten first); safe across threads."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._keys: dict[tuple, None] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple) -> None:
+        if key in self._keys:
+            return
+        with self._lock:
+            self._keys[key] = None
+            while len(self._keys) > self.size:
+                del self._keys[next(iter(self._keys))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+
+# (alias, partner_id, conversion_id) of the conversions this process stored lately: a
+# hint of the order of statements only, never of the outcome.
+_recently_stored = _RecentKeys(20_000)
+
+
 def _store_valid(
     *, partner: Partner, alias: str, incoming: dict[str, Any], digest: str | None, source: Source, trace: list | None
 ) -> Stored:
     # A status past pending (approved, rejected, paid) usually reports a change to a
-    # conversion already stored: its original is read first instead of trying an INSERT
-    # that would find it. Either order leaves the decision to the index.
-    read_first = incoming.get("status") not in (None, PENDING)
+    # conversion already stored, and a conversion_id this process stored lately is
+    # usually a repeat: its original is read first instead of trying an INSERT that
+    # would find it. Either order leaves the decision to the index.
+    key = (alias, incoming["partner_id"], incoming["conversion_id"])
+    read_first = incoming.get("status") not in (None, PENDING) or key in _recently_stored
     for _attempt in range(3):
         original = None
         if not read_first:
@@ -101,12 +133,14 @@ def _store_valid(
             if conversion is not None:
                 if trace is not None:
                     trace.append("✅ 步驟6: 標記為已處理")
+                _recently_stored.add(key)
                 return Stored(outcome=Outcome.SUCCESS, conversion=conversion)
         read_first = False
         stored = conversion_settle(
             partner=partner, alias=alias, incoming=incoming, digest=digest, source=source, original=original
         )
         if stored is not None:
+            _recently_stored.add(key)
             if trace is not None:
                 trace.append(
                     f"🔁 已有轉化: conversion_id={incoming['conversion_id']}, outcome={stored.outcome.label} "

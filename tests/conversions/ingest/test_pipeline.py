@@ -289,6 +289,22 @@ def test_hot_path_queries_no_configuration_and_one_partner_statement(client, inv
     assert 'INSERT INTO "partner_conversions"' in partner_queries[0]["sql"]
 
 
+def test_a_repeat_of_a_conversion_stored_lately_is_read_first_not_inserted_and_failed(client, involve):
+    assert client.get("/partner/involve/event?conversion_id=r1").json()["status"] == "success"
+    with CaptureQueriesContext(connections[involve.database_alias]) as partner_queries:
+        assert client.get("/partner/involve/event?conversion_id=r1").json()["status"] == "duplicate"
+    statements = [query["sql"].split(" ", 1)[0] for query in partner_queries]
+    assert statements == ["SELECT", "INSERT"]  # the original, then the duplicate row
+
+
+def test_a_stale_hint_of_a_stored_conversion_still_records_the_original(client, involve):
+    assert client.get("/partner/involve/event?conversion_id=gone").json()["status"] == "success"
+    partner_rows(involve).all().delete()  # as a retention purge would
+    assert client.get("/partner/involve/event?conversion_id=gone").json()["status"] == "success"
+    assert client.get("/partner/involve/event?conversion_id=gone").json()["status"] == "duplicate"
+    assert partner_rows(involve).filter(conversion_id="gone", is_duplicate=False).count() == 1
+
+
 def test_partner_database_down_is_503_and_other_partners_still_work(client, involve, backend):
     url = (
         "postgres://root@127.0.0.1:1/unreachable"
