@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from conversions.models import ReconciliationRow, ReconciliationRun, ReportSource
 from tests.conftest import fixture_queries, partner_rows
@@ -160,3 +161,26 @@ def test_bad_input_on_the_run_form_is_a_form_error_or_a_failed_run(root_client, 
     assert failed.status_code == 200
     assert "failed: line 3: usd_earning: usd_payout: &#x27;x&#x27; is not a number" in failed.content.decode()
     assert not ReconciliationRow.objects.using(involve.database_alias).exists()
+
+
+def test_account_managers_reconcile_and_recover_analysts_only_look(users, involve):
+    manager_client, analyst_client = Client(), Client()
+    manager_client.force_login(users["manager"])
+    analyst_client.force_login(users["analyst"])
+    source = ReportSource.objects.create(partner=involve, name="CSV", kind="csv")
+    url = f"/admin/conversions/reportsource/{source.pk}/reconcile/"
+    started = manager_client.post(
+        url, {"date_from": "2025-03-01", "date_to": "2025-03-01", "report": report([{**BASE, "conversion_id": "IA-5"}])}
+    )
+    assert started.status_code == 302
+    run = ReconciliationRun.objects.using(involve.database_alias).get()
+    rows = f"/admin/conversions/reconciliationrow/?partner=involve_asia&run={run.pk}"
+
+    assert analyst_client.get(rows).status_code == 200
+    assert analyst_client.get(url).status_code == 403
+    changelist = "/admin/conversions/reconciliationrun/?partner=involve_asia"
+    analyst_client.post(changelist, {"action": "record_missing", "_selected_action": [run.pk]})
+    assert not partner_rows(involve).exists()
+
+    manager_client.post(changelist, {"action": "record_missing", "_selected_action": [run.pk]})
+    assert partner_rows(involve).filter(conversion_id="IA-5").count() == 1
