@@ -23,9 +23,11 @@ from decimal import Decimal
 from itertools import islice
 from typing import IO, Any
 
-from django.db import transaction
-from django.db.models import Count, Exists, OuterRef
+import psycopg
+from django.db import connections, transaction
+from django.db.models import Count, Exists, JSONField, OuterRef
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from conversions.ingest.decide import decide
 from conversions.ingest.statements import original_get
@@ -203,8 +205,7 @@ def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, row
                     report_data=report_row.values,
                 )
             )
-        # A conversion_id the report lists twice keeps its first row.
-        ReconciliationRow.objects.using(alias).bulk_create(stored, ignore_conflicts=True)
+        rows_insert(alias=alias, rows=stored)
         count += len(batch)
     return count
 
@@ -225,8 +226,9 @@ def _missing_there_add(*, partner: Partner, alias: str, run: ReconciliationRun) 
     # One cursor read in chunks (server-side on PostgreSQL), its rows written as they come.
     with transaction.atomic(using=alias):
         for batch in _batched(ours.iterator(chunk_size=BATCH_SIZE), BATCH_SIZE):
-            ReconciliationRow.objects.using(alias).bulk_create(
-                [
+            rows_insert(
+                alias=alias,
+                rows=[
                     ReconciliationRow(
                         run_id=run.pk,
                         conversion_id=conversion_id,
@@ -240,8 +242,38 @@ def _missing_there_add(*, partner: Partner, alias: str, run: ReconciliationRun) 
                         currency=currency,
                     )
                     for pk, conversion_id, moment, status, sale, earning, currency in batch
-                ]
+                ],
             )
+
+
+_ROW_FIELDS = [field for field in ReconciliationRow._meta.concrete_fields if not field.primary_key]
+
+
+def rows_insert(*, alias: str, rows: list[ReconciliationRow]) -> None:
+    """Write a batch of a run's rows; a conversion_id already in the run keeps its first row
+    (a report that lists one twice)."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        ReconciliationRow.objects.using(alias).bulk_create(rows, ignore_conflicts=True)
+        return
+    # On PostgreSQL bulk_create sends UNNEST arrays quoted on the client, which cost most of
+    # a run's time; one statement sent with its values apart (pipelined) costs a fraction.
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in _ROW_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_ROW_FIELDS))
+    table = quote(ReconciliationRow._meta.db_table)
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING"  # noqa: S608
+    values = [[_db_value(field, getattr(row, field.attname)) for field in _ROW_FIELDS] for row in rows]
+    with transaction.atomic(using=alias):
+        connection.ensure_connection()
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.executemany(sql, values)
+
+
+def _db_value(field: Any, value: Any) -> Any:
+    if isinstance(field, JSONField):
+        return Jsonb(value)
+    return value
 
 
 def run_counts(*, alias: str, run: ReconciliationRun) -> dict[str, int]:

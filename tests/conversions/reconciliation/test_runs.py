@@ -253,3 +253,14 @@ def test_a_malformed_file_fails_the_run_naming_the_row_and_imports_nothing(partn
     with pytest.raises(RecoveryRefused):
         run_missing_record(partner=partner, run=run)
     assert not partner_rows(partner).exists()
+
+
+def test_a_conversion_listed_twice_in_the_report_keeps_its_first_row(partner, source):
+    run = run_of(source, [params("IA-50"), params("IA-51"), params("IA-50", conversion_status="approved")])
+
+    assert run.report_rows == 3
+    rows = ReconciliationRow.objects.using(partner.database_alias).filter(run_id=run.pk)
+    assert sorted(rows.values_list("conversion_id", "status", "report_line")) == [
+        ("IA-50", "pending", 2),
+        ("IA-51", "pending", 3),
+    ]
