@@ -24,7 +24,7 @@ from itertools import islice
 from typing import IO, Any
 
 import psycopg
-from django.db import connections, transaction
+from django.db import DataError, connections, transaction
 from django.db.models import Count, Exists, JSONField, OuterRef
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -145,9 +145,11 @@ def reconciliation_run(
             rows = source_report_rows(source=source, date_from=date_from, date_to=date_to, upload=upload)
             run.report_rows = _report_compare(partner=partner, alias=alias, run=run, rows=rows)
             _missing_there_add(partner=partner, alias=alias, run=run)
-        except ReportError as exc:
+        except (ReportError, DataError) as exc:
+            # DataError: a value this database refuses (e.g. a NUL in an API record's text).
+            error = str(exc) if isinstance(exc, ReportError) else f"the report has a value that cannot be stored: {exc}"
             ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
-            run.state, run.error, run.report_rows = ReconciliationRun.FAILED, str(exc), 0
+            run.state, run.error, run.report_rows = ReconciliationRun.FAILED, error.strip()[:1000], 0
             logger.error("reconcile partner=%s run=%s failed: %s", partner.partner_code, run.pk, exc)
         else:
             run.state = ReconciliationRun.DONE

@@ -90,9 +90,12 @@ def _lines_decoded(file: IO[bytes]) -> Iterator[str]:
             raise ReportError(f"line {number}: longer than {CSV_LINE_LIMIT} bytes")
         line = raw[len(codecs.BOM_UTF8) :] if number == 1 and raw.startswith(codecs.BOM_UTF8) else raw
         try:
-            yield line.decode("utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
             raise ReportError(f"line {number}: not UTF-8 text (save the file as UTF-8)") from None
+        if "\x00" in text:
+            raise ReportError(f"line {number}: contains a NUL character (is it a text file?)")
+        yield text
 
 
 def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:

@@ -43,6 +43,7 @@ def test_non_ascii_text_in_utf8():
         (b"conversion_id,offer_name\nIA-1,caf\xe9\n", "line 2: not UTF-8"),
         (b"conversion_id,,usd_payout\nIA-1,x,1\n", "line 1: column 2 has no name"),
         (b"conversion_id,conversion_id\nIA-1,x\n", "line 1: column 'conversion_id' appears twice"),
+        (b"conversion_id,note\nIA-1,a\x00b\n", "line 2: contains a NUL character"),
     ],
 )
 def test_a_malformed_file_is_an_error_naming_the_line(data, message):

@@ -110,3 +110,16 @@ def test_requests_never_exceed_the_sources_rate(involve, fake):
     # Authenticate + 7 pages at 20 requests per second: 8 requests take at least 7/20 s.
     assert len(fake.arrivals) == 8
     assert fake.arrivals[-1] - fake.arrivals[0] >= 7 / 20 - 0.02
+
+
+def test_a_record_the_database_cannot_store_fails_the_run_clearly(involve):
+    from conversions.reconciliation.services import reconciliation_run
+
+    server = FakeInvolveAsia([{**RECORDS[0], "note": "a\x00b"}], key=KEY, secret=SECRET)
+    try:
+        run = reconciliation_run(source=api_source(involve, server), date_from=DAY, date_to=DAY)
+    finally:
+        server.stop()
+    assert run.state == "failed"
+    assert run.error.startswith("the report has a value that cannot be stored:")
+    assert not ReconciliationRow.objects.using(involve.database_alias).filter(run_id=run.pk).exists()
