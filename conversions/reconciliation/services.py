@@ -191,21 +191,21 @@ def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, row
             original = originals.get(values["conversion_id"])
             kind, differences = report_row_compare(ours=original, theirs=values)
             stored.append(
-                ReconciliationRow(
-                    run_id=run.pk,
-                    conversion_id=values["conversion_id"],
-                    kind=kind,
-                    rank=RANKS[kind],
-                    differences=differences,
-                    conversion_pk=original["id"] if original else None,
-                    conversion_datetime=values.get("conversion_datetime"),
-                    status=values.get("status"),
-                    usd_sale_amount=values.get("usd_sale_amount"),
-                    usd_earning=values.get("usd_earning"),
-                    currency=values.get("currency"),
-                    report_line=report_row.line,
-                    report_data=report_row.values,
-                )
+                {
+                    "run_id": run.pk,
+                    "conversion_id": values["conversion_id"],
+                    "kind": kind,
+                    "rank": RANKS[kind],
+                    "differences": differences,
+                    "conversion_pk": original["id"] if original else None,
+                    "conversion_datetime": values.get("conversion_datetime"),
+                    "status": values.get("status"),
+                    "usd_sale_amount": values.get("usd_sale_amount"),
+                    "usd_earning": values.get("usd_earning"),
+                    "currency": values.get("currency"),
+                    "report_line": report_row.line,
+                    "report_data": report_row.values,
+                }
             )
         rows_insert(alias=alias, rows=stored)
         count += len(batch)
@@ -231,32 +231,34 @@ def _missing_there_add(*, partner: Partner, alias: str, run: ReconciliationRun) 
             rows_insert(
                 alias=alias,
                 rows=[
-                    ReconciliationRow(
-                        run_id=run.pk,
-                        conversion_id=conversion_id,
-                        kind=MISSING_THERE,
-                        rank=RANKS[MISSING_THERE],
-                        conversion_pk=pk,
-                        conversion_datetime=moment,
-                        status=status,
-                        usd_sale_amount=sale,
-                        usd_earning=earning,
-                        currency=currency,
-                    )
+                    {
+                        "run_id": run.pk,
+                        "conversion_id": conversion_id,
+                        "kind": MISSING_THERE,
+                        "rank": RANKS[MISSING_THERE],
+                        "conversion_pk": pk,
+                        "conversion_datetime": moment,
+                        "status": status,
+                        "usd_sale_amount": sale,
+                        "usd_earning": earning,
+                        "currency": currency,
+                    }
                     for pk, conversion_id, moment, status, sale, earning, currency in batch
                 ],
             )
 
 
 _ROW_FIELDS = [field for field in ReconciliationRow._meta.concrete_fields if not field.primary_key]
+_ROW_DEFAULTS = [(field, field.get_default) for field in _ROW_FIELDS]
 
 
-def rows_insert(*, alias: str, rows: list[ReconciliationRow]) -> None:
-    """Write a batch of a run's rows; a conversion_id already in the run keeps its first row
-    (a report that lists one twice)."""
+def rows_insert(*, alias: str, rows: list[dict[str, Any]]) -> None:
+    """Write a batch of a run's rows (attname -> value; the rest take their defaults); a
+    conversion_id already in the run keeps its first row (a report that lists one twice)."""
     connection = connections[alias]
     if connection.vendor != "postgresql":
-        ReconciliationRow.objects.using(alias).bulk_create(rows, ignore_conflicts=True)
+        objects = [ReconciliationRow(**row) for row in rows]
+        ReconciliationRow.objects.using(alias).bulk_create(objects, ignore_conflicts=True)
         return
     # On PostgreSQL bulk_create sends UNNEST arrays quoted on the client, which cost most of
     # a run's time; one statement sent with its values apart (pipelined) costs a fraction.
@@ -265,7 +267,13 @@ def rows_insert(*, alias: str, rows: list[ReconciliationRow]) -> None:
     placeholders = ", ".join(["%s"] * len(_ROW_FIELDS))
     table = quote(ReconciliationRow._meta.db_table)
     sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING"  # noqa: S608
-    values = [[_db_value(field, getattr(row, field.attname)) for field in _ROW_FIELDS] for row in rows]
+    values = [
+        [
+            _db_value(field, row[field.attname] if field.attname in row else default())
+            for field, default in _ROW_DEFAULTS
+        ]
+        for row in rows
+    ]
     with transaction.atomic(using=alias):
         connection.ensure_connection()
         with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
