@@ -228,8 +228,85 @@ class DateRangeFilter(admin.FieldListFilter):
         }
 
 
+class PartnerDatabaseAdmin(admin.ModelAdmin):
+    """An admin of a model that lives in partner databases: the list names its partner
+    (`?partner=<code>`) and every query goes to that partner's alias (get_queryset, and the
+    change form's transaction)."""
+
+    # --- which partner ----------------------------------------------------------
+
+    def partner_for(self, request: HttpRequest) -> Partner | None:
+        """The partner named by ?partner= (also inside _changelist_filters), else the first one."""
+        if not hasattr(request, "_conversions_partner"):
+            code = request.GET.get(PARTNER_PARAM) or QueryDict(request.GET.get("_changelist_filters", "")).get(
+                PARTNER_PARAM
+            )
+            if code:
+                try:
+                    Partner._meta.get_field("partner_code").run_validators(code)
+                except ValidationError:
+                    # Not a code any partner can have (e.g. %00, which PostgreSQL cannot even compare).
+                    raise BadRequest(f"partner: {code[:60]!r} is not a partner code") from None
+            partners = Partner.objects.order_by("-is_active", "partner_code")
+            request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
+        return request._conversions_partner
+
+    def partner_alias(self, request: HttpRequest) -> str:
+        partner = self.partner_for(request)
+        return partner.database_alias if partner is not None else DEFAULT_DB_ALIAS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        if self.partner_for(request) is None:
+            return queryset.none().using(DEFAULT_DB_ALIAS)
+        return queryset.using(self.partner_alias(request))
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        code = request.GET.get(PARTNER_PARAM)
+        partner = self.partner_for(request)
+        if partner is None:
+            if code:
+                self.message_user(request, f"There is no partner '{code}'.", messages.ERROR)
+                return HttpResponseRedirect(request.path)
+            self.message_user(request, "Add a partner first: its conversions live in its own database.", messages.INFO)
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+        if not code and request.method == "GET":
+            # Name the partner in the URL, so every link (filters, rows, exports) keeps it.
+            query = request.GET.copy()
+            query[PARTNER_PARAM] = partner.partner_code
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+        extra_context = {**(extra_context or {}), "partner": partner, "partners": Partner.objects.all()}
+        try:
+            response = super().changelist_view(request, extra_context)
+            if hasattr(response, "render"):
+                response.render()
+        except (DatabaseError, PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
+            self.message_user(
+                request,
+                f"The database of partner '{partner.partner_code}' cannot be read: {str(exc).strip()[:200]}",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+        return response
+
+    def changeform_view(self, request: HttpRequest, object_id=None, form_url="", extra_context=None):
+        # ModelAdmin opens its transaction on router.db_for_write(model), which cannot know
+        # the partner; the partner's own alias is the right one.
+        try:
+            with transaction.atomic(using=self.partner_alias(request)):
+                response = self._changeform_view(request, object_id, form_url, extra_context)
+                if hasattr(response, "render"):
+                    response.render()
+                return response
+        except (DatabaseError, ImproperlyConfigured) as exc:
+            self.message_user(
+                request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
+            )
+            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+
+
 @admin.register(PartnerConversion)
-class PartnerConversionAdmin(admin.ModelAdmin):
+class PartnerConversionAdmin(PartnerDatabaseAdmin):
     list_display = (
         "conversion_id",
         "outcome_label",
@@ -315,34 +392,6 @@ class PartnerConversionAdmin(admin.ModelAdmin):
         "updated_at",
     )
 
-    # --- which partner ----------------------------------------------------------
-
-    def partner_for(self, request: HttpRequest) -> Partner | None:
-        """The partner named by ?partner= (also inside _changelist_filters), else the first one."""
-        if not hasattr(request, "_conversions_partner"):
-            code = request.GET.get(PARTNER_PARAM) or QueryDict(request.GET.get("_changelist_filters", "")).get(
-                PARTNER_PARAM
-            )
-            if code:
-                try:
-                    Partner._meta.get_field("partner_code").run_validators(code)
-                except ValidationError:
-                    # Not a code any partner can have (e.g. %00, which PostgreSQL cannot even compare).
-                    raise BadRequest(f"partner: {code[:60]!r} is not a partner code") from None
-            partners = Partner.objects.order_by("-is_active", "partner_code")
-            request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
-        return request._conversions_partner
-
-    def partner_alias(self, request: HttpRequest) -> str:
-        partner = self.partner_for(request)
-        return partner.database_alias if partner is not None else DEFAULT_DB_ALIAS
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        queryset = super().get_queryset(request)
-        if self.partner_for(request) is None:
-            return queryset.none().using(DEFAULT_DB_ALIAS)
-        return queryset.using(self.partner_alias(request))
-
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
         # Case-sensitive exact/prefix matches, so PostgreSQL can use plain b-tree indexes;
         # partner_id is constant per database and lets conversion_id use conversion_lookup.
@@ -375,49 +424,6 @@ class PartnerConversionAdmin(admin.ModelAdmin):
 
     # --- views --------------------------------------------------------------------
 
-    def changelist_view(self, request: HttpRequest, extra_context=None):
-        code = request.GET.get(PARTNER_PARAM)
-        partner = self.partner_for(request)
-        if partner is None:
-            if code:
-                self.message_user(request, f"There is no partner '{code}'.", messages.ERROR)
-                return HttpResponseRedirect(request.path)
-            self.message_user(request, "Add a partner first: its conversions live in its own database.", messages.INFO)
-            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
-        if not code and request.method == "GET":
-            # Name the partner in the URL, so every link (filters, rows, exports) keeps it.
-            query = request.GET.copy()
-            query[PARTNER_PARAM] = partner.partner_code
-            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
-        extra_context = {**(extra_context or {}), "partner": partner, "partners": Partner.objects.all()}
-        try:
-            response = super().changelist_view(request, extra_context)
-            if hasattr(response, "render"):
-                response.render()
-        except (DatabaseError, PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
-            self.message_user(
-                request,
-                f"The database of partner '{partner.partner_code}' cannot be read: {str(exc).strip()[:200]}",
-                messages.ERROR,
-            )
-            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
-        return response
-
-    def changeform_view(self, request: HttpRequest, object_id=None, form_url="", extra_context=None):
-        # ModelAdmin opens its transaction on router.db_for_write(model), which cannot know
-        # the partner; the partner's own alias is the right one.
-        try:
-            with transaction.atomic(using=self.partner_alias(request)):
-                response = self._changeform_view(request, object_id, form_url, extra_context)
-                if hasattr(response, "render"):
-                    response.render()
-                return response
-        except (DatabaseError, ImproperlyConfigured) as exc:
-            self.message_user(
-                request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
-            )
-            return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
-
     def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
         raise PermissionDenied
 
@@ -448,10 +454,11 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             return "No later postback changed this conversion."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{} &rarr; {}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} &rarr; {}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
             (
                 (
                     date_format(timezone.localtime(change.received_at), "DATETIME_FORMAT"),
+                    change.source,
                     change.from_status or "-",
                     change.to_status or "-",
                     ", ".join(f"{name}: {old} -> {new}" for name, (old, new) in change.changes.items()),
@@ -462,8 +469,8 @@ class PartnerConversionAdmin(admin.ModelAdmin):
             ),
         )
         return format_html(
-            '<table id="conversion-history"><thead><tr><th>received</th><th>status</th><th>changes</th>'
-            "<th>result</th><th>postback</th></tr></thead><tbody>{}</tbody></table>",
+            '<table id="conversion-history"><thead><tr><th>received</th><th>from</th><th>status</th>'
+            "<th>changes</th><th>result</th><th>postback</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
 
@@ -605,3 +612,7 @@ class PartnerWithConversionsAdmin(PartnerAdmin):
 
 admin.site.unregister(Partner)
 admin.site.register(Partner, PartnerWithConversionsAdmin)
+
+
+# The reconciliation admin builds on PartnerDatabaseAdmin; imported here so the admin finds it.
+import conversions.reconciliation.admin  # noqa: E402, F401

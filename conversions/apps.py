@@ -8,5 +8,12 @@ class ConversionsConfig(AppConfig):
     def ready(self) -> None:
         from partners.databases import partner_models_register
 
-        # Every model of this app lives in each partner's own database, none in `default`.
-        partner_models_register(self.label)
+        # These live in each partner's own database; the report sources (configuration) in `default`.
+        partner_models_register(
+            self.label,
+            "PartnerConversion",
+            "ConversionChange",
+            "DailyCounter",
+            "ReconciliationRun",
+            "ReconciliationRow",
+        )

@@ -9,6 +9,7 @@ stays flat however many rows are exported.
 """
 
 import csv
+import datetime
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -76,6 +77,31 @@ def conversion_csv_lines(rows: Iterable[tuple[Any, ...]]) -> Iterator[str]:
         # client sees a broken download instead of a silently short file.
         logger.exception("CSV export interrupted by the database")
         raise
+    yield "".join(chunk)
+
+
+def csv_cell(value: Any) -> Any:
+    """A value spelled as the conversions export spells it (for other tables' exports)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC).isoformat()
+    if isinstance(value, str):
+        return csv_text_cell(value)
+    return value
+
+
+def csv_lines(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Iterator[str]:
+    """The header, then one CSV line per row of values, spelled like the conversions export, in chunks."""
+    writer = csv.writer(_Line())
+    chunk = [writer.writerow(list(columns))]
+    for values in rows:
+        chunk.append(writer.writerow([csv_cell(value) for value in values]))
+        if len(chunk) >= LINES_PER_CHUNK:
+            yield "".join(chunk)
+            chunk = []
     yield "".join(chunk)
 
 

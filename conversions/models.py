@@ -3,6 +3,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversions.outcomes import RowKind
+from conversions.reconciliation.models import ReconciliationRow, ReconciliationRun, ReportSource
 from partners.lifecycle import STATUS_CHOICES
 from partners.mapping import CANONICAL_FIELDS, STATUS_RAW_MAX_LENGTH
 
@@ -13,6 +14,18 @@ ORIGINAL = Q(is_duplicate=False, processing_error__isnull=True)
 ORIGINAL_SQL = "NOT is_duplicate AND processing_error IS NULL"
 # Digests of the requests applied to an original kept on it (the newest ones).
 REQUEST_DIGESTS_KEPT = 32
+# What brought a change (hooks.Source): a postback, a reprocessed one, a network's report.
+CHANGE_SOURCES = [("postback", "postback"), ("reprocess", "reprocess"), ("report", "report")]
+# The reconciliation models are declared with the app's other models (Django finds models
+# in the app's models module); which of them live in partner databases is in apps.py.
+__all__ = [
+    "ConversionChange",
+    "DailyCounter",
+    "PartnerConversion",
+    "ReconciliationRow",
+    "ReconciliationRun",
+    "ReportSource",
+]
 
 
 def _max_length(name: str) -> int:
@@ -148,6 +161,7 @@ class ConversionChange(models.Model):
     note = models.TextField(blank=True, default="")
     raw_data = models.JSONField(default=dict)
     request_ip = models.CharField(max_length=45, null=True, blank=True)
+    source = models.CharField(max_length=16, choices=CHANGE_SOURCES, default="postback")
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -113,10 +113,13 @@ ADMIN_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "Account managers": (
         ("partners", "partner", ("add", "change", "view")),
         ("conversions", "partnerconversion", ("view",)),
+        # Report sources, and with them reconciliation runs: start them, recover from them.
+        ("conversions", "reportsource", ("add", "change", "view")),
     ),
     "Analysts": (
         ("partners", "partner", ("view",)),
         ("conversions", "partnerconversion", ("view",)),
+        ("conversions", "reportsource", ("view",)),
     ),
 }
 
@@ -141,8 +144,11 @@ def admin_groups_ensure(*, apps: Any = None) -> list[str]:
             created.append(name)
         permissions = []
         for app_label, model, actions in grants:
+            try:
+                verbose = registry.get_model(app_label, model)._meta.verbose_name
+            except LookupError:
+                continue  # a model added after this migration: `init_partners` grants it
             content_type, _ = ContentType.objects.get_or_create(app_label=app_label, model=model)
-            verbose = registry.get_model(app_label, model)._meta.verbose_name
             for action in actions:
                 permission, _ = Permission.objects.get_or_create(
                     content_type=content_type,

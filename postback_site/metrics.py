@@ -162,4 +162,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    # The last reconciliation per partner comes from `default`, not from this process.
+    from conversions.reconciliation.metrics import reconciliation_registry
+
+    body = generate_latest(registry) + generate_latest(reconciliation_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -194,6 +194,11 @@ POSTBACK_SIGNATURE_TOLERANCE_SECONDS = env.int("POSTBACK_SIGNATURE_TOLERANCE_SEC
 # Far from a partner's daily limit, each process adds to the shared counter in batches.
 QUOTA_BATCH_SIZE = env.int("QUOTA_BATCH_SIZE", default=50)
 QUOTA_FLUSH_SECONDS = env.float("QUOTA_FLUSH_SECONDS", default=1.0)
+# Reconciliation against a network's report API: attempts per request (429s, timeouts,
+# 5xx) and the first backoff between them (doubled each time, Retry-After honoured up to the cap).
+RECONCILE_MAX_ATTEMPTS = env.int("RECONCILE_MAX_ATTEMPTS", default=5)
+RECONCILE_BACKOFF_SECONDS = env.float("RECONCILE_BACKOFF_SECONDS", default=1.0)
+RECONCILE_BACKOFF_MAX_SECONDS = env.float("RECONCILE_BACKOFF_MAX_SECONDS", default=60.0)
 REDIS_URL = env.str("REDIS_URL", default="")
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="postback")
 REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=0.5)

@@ -207,6 +207,8 @@ def _empty(alias: str) -> None:
         cursor.execute("DELETE FROM partner_conversion_changes")
         cursor.execute("DELETE FROM partner_conversions")
         cursor.execute("DELETE FROM postback_daily_counters")
+        cursor.execute("DELETE FROM reconciliation_rows")
+        cursor.execute("DELETE FROM reconciliation_runs")
     connections[alias].close()  # back to the broker, as a request would leave it
 
 

@@ -236,6 +236,7 @@ def _store_change(
         "note": decision.note,
         "raw_data": incoming["raw_data"],
         "request_ip": incoming["request_ip"],
+        "source": source,
     }
     companions = []
     values: dict[str, Any] = {}
