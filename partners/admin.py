@@ -8,7 +8,8 @@ this admin: partners never import conversions.
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -16,8 +17,8 @@ from django.utils.html import format_html
 from partners.databases import PartnerDatabaseUnavailable
 from partners.forms import PartnerAdminForm
 from partners.mapping import postback_url_template
-from partners.models import Partner
-from partners.selectors import partner_directory
+from partners.models import Partner, PartnerScope
+from partners.selectors import partner_directory, partners_visible_to
 from partners.services import partner_provision, partner_secret_clear, partner_secret_rotate
 
 
@@ -77,6 +78,18 @@ class PartnerAdmin(admin.ModelAdmin):
         state = "Set (never shown again)" if partner.has_postback_secret else "Not set: anyone with the URL can post"
         return format_html('{} &mdash; <a class="button" href="{}">Rotate or remove…</a>', state, url)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
+        # A user limited to some partners (PartnerScope) lists and opens only those.
+        visible = partners_visible_to(request.user).values("pk")
+        return super().get_queryset(request).filter(pk__in=visible)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None) -> Partner:
+        """The partner, or a 404 when there is none the user may see (a hidden one included)."""
+        partner = super().get_object(request, object_id, from_field)
+        if partner is None:
+            raise Http404("There is no such partner, or it is not one of yours.")
+        return partner
+
     def get_actions(self, request: HttpRequest):
         # Deleting goes through the single-partner page, which shows what the database keeps.
         actions = super().get_actions(request)
@@ -133,8 +146,6 @@ class PartnerAdmin(admin.ModelAdmin):
     def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Rotate (show the new secret once, never stored in a message) or remove the secret."""
         partner = self.get_object(request, object_id)
-        if partner is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, partner):
             raise PermissionDenied
         new_secret = None
@@ -159,3 +170,20 @@ class PartnerAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/partners/partner/secret.html", context)
         response["Cache-Control"] = "no-store"
         return response
+
+
+@admin.register(PartnerScope)
+class PartnerScopeAdmin(admin.ModelAdmin):
+    """Who is limited to which partners; users and groups without a scope see every partner."""
+
+    list_display = ("__str__", "partners_list")
+    fields = ("user", "group", "partners")
+    filter_horizontal = ("partners",)
+    search_fields = ("user__username", "group__name", "partners__partner_code")
+
+    @admin.display(description="partners")
+    def partners_list(self, scope: PartnerScope) -> str:
+        return ", ".join(partner.partner_code for partner in scope.partners.all()) or "none"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PartnerScope]:
+        return super().get_queryset(request).select_related("user", "group").prefetch_related("partners")
