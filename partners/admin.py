@@ -52,10 +52,9 @@ class PartnerAdmin(admin.ModelAdmin):
             "Statuses",
             {
                 "fields": ("status_mapping", "status_transitions"),
-                "description": "Our statuses: pending, approved, rejected, paid. Map the partner's values onto them, "
-                'e.g. {"1": "approved", "2": "pending", "cancelled": "rejected"}. Permitted changes besides '
-                "pending → approved | rejected, approved → rejected | paid, as [from, to] pairs, "
-                'e.g. [["rejected", "approved"]].',
+                "description": "Our statuses: pending, approved, rejected, paid. Map each value the partner sends "
+                "onto one of them (e.g. 1 → approved, cancelled → rejected), and add any change of status the "
+                "partner may make besides the default ones (e.g. rejected → approved).",
             },
         ),
         ("Security", {"fields": ("secret_state", "allowed_ips")}),
@@ -89,6 +88,10 @@ class PartnerAdmin(admin.ModelAdmin):
         if partner is None:
             raise Http404("There is no such partner, or it is not one of yours.")
         return partner
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The list and its filters fit 1400 px only without the app list beside them.
+        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
 
     def get_actions(self, request: HttpRequest):
         # Deleting goes through the single-partner page, which shows what the database keeps.
@@ -130,7 +133,7 @@ class PartnerAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
             else:
-                self.message_user(request, f"Database {result.describe()}", messages.SUCCESS)
+                self.message_user(request, result.describe_plainly(), messages.SUCCESS)
 
     def delete_model(self, request: HttpRequest, obj: Partner) -> None:
         super().delete_model(request, obj)

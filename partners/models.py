@@ -109,8 +109,9 @@ class Partner(models.Model):
         blank=True,
         help_text="Our field -> the partner's parameter name.",
     )
-    # The order the account manager gave the mapping's rows: PostgreSQL's jsonb keeps no key order.
-    parameter_mapping_order = models.JSONField(default=list, blank=True, editable=False)
+    # The order the account manager gave the rows of parameter_mapping and status_mapping
+    # ({"parameter_mapping": [keys...], ...}): PostgreSQL's jsonb keeps no key order.
+    row_order = models.JSONField(default=dict, blank=True, editable=False)
     status_mapping = models.JSONField(
         default=dict,
         blank=True,
