@@ -267,6 +267,16 @@ def test_every_list_fits_1400px_the_dashboard_draws_real_data_and_a_scoped_analy
     expect(analyst.locator("#table-days tbody tr").last).to_contain_text("178.57")  # the day's revenue, beside it
     expect(analyst.locator('[data-total="usd_earning"]')).to_have_text("8.92")
     assert_fits(analyst)
+    # The README's picture: the same postbacks by the days they converted on.
+    analyst.fill("#id_start", "2025-01-12")
+    analyst.fill("#id_end", "2025-01-16")
+    analyst.select_option("#id_time_field", "conversion_datetime")
+    analyst.click("#dashboard-range input[type=submit]")
+    analyst.wait_for_url("**time_field=conversion_datetime**")
+    expect(analyst.locator("#chart-outcomes")).to_have_attribute("data-rendered", "true")
+    expect(analyst.locator("#table-days tbody tr")).to_have_count(5)
+    expect(analyst.locator("#table-days tbody tr").nth(1)).to_contain_text("113.47")  # Jan 13: IA-1 and IA-2
+    assert_fits(analyst)
     analyst.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
     analyst.goto(f"{base}/admin/partners/partner/dashboard/")
     expect(analyst.locator("#chart-overview-originals")).to_have_attribute("data-rendered", "true")
