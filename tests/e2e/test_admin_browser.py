@@ -314,5 +314,7 @@ def test_every_list_fits_1400px_the_dashboard_draws_real_data_and_a_scoped_analy
     assert analyst.request.get(f"{base}/partner/rector/event/stats").status == 200  # unscoped: everything
 
     # --- no page asked for a favicon in vain --------------------------------------------------------
+    icon = analyst.request.get(f"{base}/favicon.ico")  # what the browser asks each page for
+    assert (icon.status, icon.headers["content-type"]) == (200, "image/png")
     log = (tmp_path / "server.log").read_text()
     assert "favicon" not in log, [line for line in log.splitlines() if "favicon" in line]
