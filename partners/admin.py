@@ -19,7 +19,12 @@ from partners.forms import PartnerAdminForm
 from partners.mapping import postback_url_template
 from partners.models import Partner, PartnerScope
 from partners.selectors import partner_directory, partners_visible_to
-from partners.services import partner_provision, partner_secret_clear, partner_secret_rotate
+from partners.services import (
+    partner_provision,
+    partner_scope_grant_creator,
+    partner_secret_clear,
+    partner_secret_rotate,
+)
 
 
 def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
@@ -120,6 +125,9 @@ class PartnerAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Partner, form: PartnerAdminForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         partner_directory.clear()
+        if not change:
+            # Else a scoped account manager's new partner would answer them 404 at once.
+            partner_scope_grant_creator(user=request.user, partner=obj)
         if form.database_moved:
             # The form checked that it can be done; if it fails now anyway, the partner is
             # saved and its postbacks answer 503 (retried by the sender) until it is fixed.

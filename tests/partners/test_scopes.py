@@ -137,3 +137,21 @@ def test_scope_admin_lists_who_sees_what(client, users, scoped):
         {"user": users["analyst"].pk, "group": Group.objects.get(name="Analysts").pk},
     )
     assert "Choose either a user or a group" in both.content.decode()
+
+
+def test_a_scoped_account_manager_sees_the_partner_they_add(client, users, involve, database_pool, backend):
+    from partners.databases import partner_database_unregister
+    from tests.partners.test_admin import ADD_URL, form_data
+
+    manager = User.objects.create_user("ia_manager", password="pw", is_staff=True)
+    manager.groups.add(Group.objects.get(name="Account managers"))
+    PartnerScope.objects.create(user=manager).partners.add(involve)
+    client.force_login(manager)
+    data = form_data([("conversion_id", "txn")], database_url=database_pool.url(backend, "acme_db"))
+    try:
+        added = client.post(ADD_URL, data, follow=True)
+        assert added.status_code == 200 and "was added successfully" in added.content.decode()
+        assert codes(partners_visible_to(fresh(manager))) == ["acme", "involve_asia"]
+        assert codes(partners_visible_to(fresh(users["analyst"]))) == ["acme", "involve_asia"]  # unscoped: all
+    finally:
+        partner_database_unregister("acme_db")
