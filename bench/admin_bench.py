@@ -6,10 +6,14 @@
 Creates two throwaway PostgreSQL databases (configuration + one partner), seeds the
 partner's with bench/seed_conversions.py, logs in as a superuser with Django's test
 client (every middleware, the admin, the templates) and prints the median time of each
-page. Drops both databases at the end.
+page: the conversions list, its filters and searches, and the dashboards (the partner's,
+for 30 days = about half the rows, 7 days and 60 days, and the all-partners overview).
+Prints the CPU model and the load average, since the figures move with them. Drops both
+databases at the end.
 """
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
@@ -82,7 +86,14 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
         "search: conversion_id (exact)": base + f"&q=conv-{middle:09d}",
         "search: click_id prefix": base + f"&q=click-{middle:010d}",
         "search: sub_id prefix": base + "&q=sub-4999",
+        "search: offer name, any case": base + "&q=offer 17",
+        "search: conversion_id, any case": base + f"&q=CONV-{middle:09d}",
         "detail page": None,
+        # seed sub_ids are `sub-<n>`: six characters make ~500 prefixes
+        "dashboard, 30 days (default)": "/admin/partners/partner/{pk}/dashboard/?prefix_length=6",
+        "dashboard, 7 days": "/admin/partners/partner/{pk}/dashboard/?prefix_length=6&start={week}",
+        "dashboard, 60 days (every row)": "/admin/partners/partner/{pk}/dashboard/?prefix_length=6&start={sixty}",
+        "dashboard of all partners, 30 days": "/admin/partners/partner/dashboard/",
     }
     from conversions.models import PartnerConversion
 
@@ -90,6 +101,12 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
     pages["detail page"] = f"/admin/conversions/partnerconversion/{newest.pk}/change/?partner=bench"
     when = newest.conversion_datetime
     pages["filter: converted this month"] = pages["filter: converted this month"].format(y=when.year, m=when.month)
+    today = datetime.datetime.now(datetime.UTC).date()
+    dates = {"week": today - datetime.timedelta(days=6), "sixty": today - datetime.timedelta(days=60)}
+    for label, url in pages.items():
+        if label.startswith("dashboard"):
+            pages[label] = url.format(pk=partner.pk, **dates)
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; load average before: {load()}")
 
     print(f"\n{'page':40} {'median':>9} {'min':>9} {'max':>9}  rows shown")
     for label, url in pages.items():
@@ -102,10 +119,24 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
             timings.append(time.perf_counter() - started)
             assert response.status_code == 200, (label, response.status_code)
         shown = response.content.decode().count('<input type="checkbox" name="_selected_action"')
+        if "dashboard" in label:
+            shown = "-"
         print(
             f"{label:40} {statistics.median(timings) * 1000:7.0f}ms {min(timings) * 1000:7.0f}ms "
             f"{max(timings) * 1000:7.0f}ms  {shown if 'detail' not in label else '-'}"
         )
+    print(f"load average after: {load()}")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def drop(server: str, names: list[str]) -> None:

@@ -21,7 +21,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 COLUMNS = (
     "partner_id, conversion_id, offer_id, offer_name, conversion_datetime, usd_sale_amount, usd_earning, "
     "media_id, sub_id, click_id, status, currency, is_processed, is_duplicate, duplicate_of_id, "
-    "processing_error, raw_data, request_headers, request_ip, received_at, created_at, updated_at"
+    "processing_error, raw_data, request_headers, request_ip, received_at, created_at, updated_at, request_digests"
 )
 STATUSES = ("pending", "approved", "approved", "approved", "rejected")
 
@@ -91,6 +91,7 @@ def rows_for(count: int, *, partner_id: int, days: int, seed: int):
             received,
             received,
             received,
+            "[]",
         )
 
 

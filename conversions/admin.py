@@ -16,7 +16,9 @@ from django.core.exceptions import BadRequest, ImproperlyConfigured, PermissionD
 from django.core.paginator import Paginator
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict, StreamingHttpResponse
+from django.db.models.functions import Left, Upper
+from django.db.models.lookups import StartsWith
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -25,19 +27,38 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from conversions.dashboard import (
+    dashboard_overview_charts,
+    dashboard_partner_charts,
+    dashboard_status_names,
+    dashboard_status_rows,
+)
 from conversions.exports import conversion_csv_response
+from conversions.forms import DashboardForm
 from conversions.ingest.dry_run import postback_dry_run
 from conversions.ingest.refusals import refusal_counts
 from conversions.ingest.reprocess import conversion_reprocess
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.outcomes import Outcome
+from conversions.selectors import conversion_stats, conversion_sub_id_prefixes, partners_stats
 from partners.admin import PartnerAdmin, partner_postback_url
 from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.forms import TestPostbackForm
 from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
+from partners.selectors import partners_visible_to
 
 PARTNER_PARAM = "partner"
+VIEW_CONVERSIONS = "conversions.view_partnerconversion"
+
+
+# How much of an offer name its search index keeps (migration 0007, kept in step).
+OFFER_NAME_INDEXED = 64
+
+
+def _compact_time(moment: datetime.datetime | None) -> str:
+    """`2025-01-15 13:45` in the site's time zone: narrow enough for the list's columns."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
 
 
 class CappedCountPaginator(Paginator):
@@ -86,7 +107,7 @@ class PartnerChooser(SimpleListFilter):
         super().__init__(request, params, model, model_admin)
 
     def lookups(self, request, model_admin):
-        return [(p.partner_code, str(p)) for p in Partner.objects.order_by("partner_code")]
+        return [(p.partner_code, str(p)) for p in partners_visible_to(request.user).order_by("partner_code")]
 
     def queryset(self, request, queryset):
         return None  # the database itself is chosen in get_queryset
@@ -247,8 +268,11 @@ class PartnerDatabaseAdmin(admin.ModelAdmin):
                 except ValidationError:
                     # Not a code any partner can have (e.g. %00, which PostgreSQL cannot even compare).
                     raise BadRequest(f"partner: {code[:60]!r} is not a partner code") from None
-            partners = Partner.objects.order_by("-is_active", "partner_code")
+            partners = partners_visible_to(request.user).order_by("-is_active", "partner_code")
             request._conversions_partner = partners.filter(partner_code=code).first() if code else partners.first()
+            if code and request._conversions_partner is None:
+                # Unknown, or another partner's (PartnerScope): the same answer for both.
+                raise Http404(f"There is no partner '{code[:60]}' among yours.")
         return request._conversions_partner
 
     def partner_alias(self, request: HttpRequest) -> str:
@@ -265,9 +289,6 @@ class PartnerDatabaseAdmin(admin.ModelAdmin):
         code = request.GET.get(PARTNER_PARAM)
         partner = self.partner_for(request)
         if partner is None:
-            if code:
-                self.message_user(request, f"There is no partner '{code}'.", messages.ERROR)
-                return HttpResponseRedirect(request.path)
             self.message_user(request, "Add a partner first: its conversions live in its own database.", messages.INFO)
             return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
         if not code and request.method == "GET":
@@ -275,7 +296,14 @@ class PartnerDatabaseAdmin(admin.ModelAdmin):
             query = request.GET.copy()
             query[PARTNER_PARAM] = partner.partner_code
             return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
-        extra_context = {**(extra_context or {}), "partner": partner, "partners": Partner.objects.all()}
+        extra_context = {
+            **(extra_context or {}),
+            "partner": partner,
+            "partners": partners_visible_to(request.user),
+            # Ten columns and the filters fit 1400 px only without the app list beside them
+            # (the breadcrumbs still lead back).
+            "is_nav_sidebar_enabled": False,
+        }
         try:
             response = super().changelist_view(request, extra_context)
             if hasattr(response, "render"):
@@ -307,17 +335,18 @@ class PartnerDatabaseAdmin(admin.ModelAdmin):
 
 @admin.register(PartnerConversion)
 class PartnerConversionAdmin(PartnerDatabaseAdmin):
+    # Compact columns, so the list fits 1400 px with both sidebars (CSS in change_list.html).
     list_display = (
         "conversion_id",
         "outcome_label",
-        "offer_id",
-        "conversion_datetime",
+        "offer_label",
+        "converted_at",
         "usd_sale_amount",
         "usd_earning",
         "sub_id",
         "click_id",
         "status",
-        "received_at",
+        "received_label",
     )
     list_filter = (
         PartnerChooser,
@@ -329,14 +358,19 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
         OfferFilter,
         ("conversion_datetime", DateRangeFilter),
         ("conversion_datetime", DateFieldListFilter),
+        ("received_at", DateRangeFilter),
         ("received_at", DateFieldListFilter),
     )
-    # conversion_id exact; click_id, sub_id, media_id by prefix (see get_search_results).
-    search_fields = ("=conversion_id", "^click_id", "^sub_id", "^media_id")
-    search_help_text = "conversion_id (exact), or the start of a click_id, sub_id or media_id"
+    # conversion_id whole, any case; offer name's start, any case; click_id, sub_id,
+    # media_id by prefix (see get_search_results).
+    search_fields = ("=conversion_id", "^offer_name", "^click_id", "^sub_id", "^media_id")
+    search_help_text = (
+        "conversion_id (whole, any case), the start of an offer name (any case), or the start of a "
+        "click_id, sub_id or media_id"
+    )
     date_hierarchy = "conversion_datetime"
     # Sorting other columns would sort millions of rows; these two are indexed.
-    sortable_by = ("conversion_datetime", "received_at")
+    sortable_by = ("converted_at", "received_label")
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT every choice over the whole table
     paginator = CappedCountPaginator
@@ -393,14 +427,17 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     )
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
-        # Case-sensitive exact/prefix matches, so PostgreSQL can use plain b-tree indexes;
-        # partner_id is constant per database and lets conversion_id use conversion_lookup.
+        # Every branch has its index on PostgreSQL: UPPER(conversion_id) and
+        # UPPER(LEFT(offer_name, 64)) (migration 0007), the *_newest pattern indexes.
         term = search_term.strip()
         if not term:
             return queryset, False
-        partner = self.partner_for(request)
+        offer_name = StartsWith(Upper(Left("offer_name", OFFER_NAME_INDEXED)), term[:OFFER_NAME_INDEXED].upper())
+        if len(term) > OFFER_NAME_INDEXED:
+            offer_name &= Q(offer_name__istartswith=term)
         match = (
-            Q(partner_id=partner.pk, conversion_id=term)
+            Q(conversion_id__iexact=term)
+            | Q(offer_name)
             | Q(click_id__startswith=term)
             | Q(sub_id__startswith=term)
             | Q(media_id__startswith=term)
@@ -432,6 +469,24 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     @admin.display(description="outcome")
     def outcome_label(self, conversion: PartnerConversion) -> str:
         return conversion.outcome
+
+    @admin.display(description="offer")
+    def offer_label(self, conversion: PartnerConversion) -> str:
+        name = conversion.offer_name or ""
+        shown = name if len(name) <= 40 else name[:39] + "…"
+        if conversion.offer_id and shown:
+            return format_html(
+                '<span title="{}">{}</span> <span class="quiet">#{}</span>', name, shown, conversion.offer_id
+            )
+        return format_html('<span title="{}">{}</span>', name, shown or conversion.offer_id or "-")
+
+    @admin.display(description="converted", ordering="conversion_datetime")
+    def converted_at(self, conversion: PartnerConversion) -> str:
+        return _compact_time(conversion.conversion_datetime)
+
+    @admin.display(description="received", ordering="received_at")
+    def received_label(self, conversion: PartnerConversion) -> str:
+        return _compact_time(conversion.received_at)
 
     @admin.display(description="partner")
     def partner_label(self, conversion: PartnerConversion) -> str:
@@ -543,10 +598,11 @@ class PartnerWithConversionsAdmin(PartnerAdmin):
         count = partner_conversions_since(partner, midnight)
         return "unavailable" if count is None else f"{count:,}"
 
-    @admin.display(description="conversions")
+    @admin.display(description="see")
     def conversions_link(self, partner: Partner) -> str:
-        url = reverse("admin:conversions_partnerconversion_changelist")
-        return format_html('<a href="{}?partner={}">view</a>', url, partner.partner_code)
+        conversions = reverse("admin:conversions_partnerconversion_changelist") + f"?partner={partner.partner_code}"
+        dashboard = reverse("admin:partners_partner_dashboard", args=[partner.pk])
+        return format_html('<a href="{}">conversions</a> · <a href="{}">dashboard</a>', conversions, dashboard)
 
     @admin.display(description="refused postbacks (7 days)")
     def rejections_recent(self, partner: Partner) -> str:
@@ -565,18 +621,83 @@ class PartnerWithConversionsAdmin(PartnerAdmin):
         )
 
     def get_urls(self):
-        test_postback = path(
-            "<path:object_id>/test-postback/",
-            self.admin_site.admin_view(self.test_postback_view),
-            name="partners_partner_test_postback",
+        view = self.admin_site.admin_view
+        return [
+            # Before the admin's own `<path:object_id>/` patterns, which would take "dashboard/".
+            path("dashboard/", view(self.overview_view), name="partners_partner_overview"),
+            path("<path:object_id>/dashboard/", view(self.dashboard_view), name="partners_partner_dashboard"),
+            path(
+                "<path:object_id>/test-postback/", view(self.test_postback_view), name="partners_partner_test_postback"
+            ),
+            *super().get_urls(),
+        ]
+
+    # --- dashboards ---------------------------------------------------------------------
+
+    def _dashboard_context(self, request: HttpRequest, title: str, form: DashboardForm) -> dict:
+        if not request.user.has_perm(VIEW_CONVERSIONS):
+            raise PermissionDenied
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": title,
+            "form": form,
+            "overview_url": reverse("admin:partners_partner_overview"),
+        }
+
+    def dashboard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """One partner's originals, duplicates, rejected postbacks and amounts per day, by status;
+        its top offers and sub_id prefixes: charts with their numbers beside them."""
+        partner = self.get_object(request, object_id)  # 404 for a partner the user may not see
+        form = DashboardForm(request.GET)
+        context = self._dashboard_context(request, f"Dashboard: {partner.partner_name}", form)
+        context.update(
+            original=partner,
+            partner=partner,
+            conversions_url=reverse("admin:conversions_partnerconversion_changelist")
+            + f"?partner={partner.partner_code}",
         )
-        return [test_postback, *super().get_urls()]
+        if form.is_valid():
+            time_range = form.time_range()
+            try:
+                with partner_database(partner):
+                    stats = conversion_stats(partner=partner, time_range=time_range, top=10)
+                    prefixes = conversion_sub_id_prefixes(
+                        partner=partner, time_range=time_range, length=form.cleaned_data["prefix_length"], top=10
+                    )
+            except PartnerDatabaseUnavailable as exc:
+                context["unavailable"] = exc.reason
+            else:
+                context.update(
+                    stats=stats,
+                    prefixes=prefixes,
+                    charts=dashboard_partner_charts(stats=stats, prefixes=prefixes),
+                    status_names=dashboard_status_names(stats),
+                    status_rows=dashboard_status_rows(stats),
+                )
+        return TemplateResponse(request, "admin/partners/partner/dashboard.html", context)
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """Every partner the user may see, side by side, for one range."""
+        form = DashboardForm(request.GET)
+        context = self._dashboard_context(request, "Dashboard: all partners", form)
+        if form.is_valid():
+            partners = list(partners_visible_to(request.user).order_by("partner_code"))
+            results = partners_stats(partners=partners, time_range=form.time_range(), top=0)
+            context.update(results=results, charts=dashboard_overview_charts(results=results))
+            if results and all(result.stats is not None for result in results):
+                context["days"] = [
+                    {"day": days[0].day, "partners": days}
+                    for days in zip(*(result.stats.days for result in results), strict=True)
+                ]
+        return TemplateResponse(request, "admin/partners/partner/overview.html", context)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         partner = self.get_object(request, object_id)
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["test_postback_url"] = reverse("admin:partners_partner_test_postback", args=[partner.pk])
+            extra_context["dashboard_url"] = reverse("admin:partners_partner_dashboard", args=[partner.pk])
             extra_context["conversions_url"] = (
                 reverse("admin:conversions_partnerconversion_changelist") + f"?partner={partner.partner_code}"
             )
@@ -592,8 +713,6 @@ class PartnerWithConversionsAdmin(PartnerAdmin):
     def test_postback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """A pasted postback mapped and decided as a real one would be (dry_run.py); nothing stored."""
         partner = self.get_object(request, object_id)
-        if partner is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_view_or_change_permission(request, partner):
             raise PermissionDenied
         form = TestPostbackForm(request.POST or None)

@@ -31,7 +31,7 @@ from conversions.serializers import (
 )
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
-from partners.selectors import partner_get_by_endpoint
+from partners.selectors import partner_get_by_endpoint, partner_is_visible_to
 
 logger = logging.getLogger("conversions.api")
 
@@ -84,8 +84,9 @@ class PartnerReadView(APIView):
     query_serializer_class: type
 
     def partner(self, endpoint_path: str) -> Partner:
+        """The active partner at `endpoint_path`, if the user may see it (else 404, as if there were none)."""
         partner = partner_get_by_endpoint(endpoint_path)
-        if partner is None:
+        if partner is None or not partner_is_visible_to(self.request.user, partner):
             raise NotFound(f"No active partner at endpoint '/{endpoint_path.strip('/')}'.")
         return partner
 

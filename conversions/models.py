@@ -126,6 +126,15 @@ class PartnerConversion(models.Model):
                 name="stats_accepted",
             ),
             models.Index(fields=["received_at"], condition=Q(processing_error__isnull=False), name="stats_rejected"),
+            # The dashboard's top sub_id prefixes, read from this index alone (as stats_accepted).
+            models.Index(
+                fields=["received_at"],
+                include=["partner_id", "sub_id", "is_duplicate", "usd_sale_amount", "usd_earning"],
+                condition=Q(processing_error__isnull=True),
+                name="stats_sub_id",
+            ),
+            # PostgreSQL also has the admin's case-insensitive search indexes
+            # (migration 0007_analysts_dashboard_and_search_indexes), created there only.
         ]
 
     def __str__(self) -> str:

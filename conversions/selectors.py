@@ -15,10 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
-from django.db.models.functions import Cast, TruncDate
+from django.db.models.functions import Cast, Left, TruncDate
 
 from conversions.models import PartnerConversion, row_kind
 from conversions.outcomes import RowKind
+from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.lifecycle import STATUSES
 from partners.models import Partner
 
@@ -35,6 +36,9 @@ TEXT_SUFFIX = "_as_text"
 
 TIME_FIELDS = ("received_at", "conversion_datetime")
 TEXT_FILTERS = ("offer_name", "offer_id", "sub_id", "media_id", "click_id", "conversion_id", "status", "currency")
+
+
+CENT = Decimal("0.01")
 
 
 class InvalidCursor(ValueError):
@@ -111,8 +115,9 @@ class Totals:
     def add(self, *, outcome: RowKind, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
         if outcome is RowKind.ORIGINAL:
             self.originals += count
-            self.usd_sale_amount += sale or 0
-            self.usd_earning += earning or 0
+            # SQLite's sums carry float noise (4.04000000000000); amounts are cents.
+            self.usd_sale_amount += Decimal(sale or 0).quantize(CENT)
+            self.usd_earning += Decimal(earning or 0).quantize(CENT)
         elif outcome is RowKind.DUPLICATE:
             self.duplicates += count
         else:
@@ -122,6 +127,11 @@ class Totals:
 @dataclass
 class DayTotals(Totals):
     day: date | None = None
+    # The day's accepted postbacks by our status (the dashboard's split; the API shows the totals).
+    statuses: dict[str | None, Totals] = field(default_factory=dict)
+
+    def add_status(self, status: str | None, **amounts: Any) -> None:
+        self.statuses.setdefault(status, Totals()).add(**amounts)
 
 
 @dataclass
@@ -133,6 +143,11 @@ class StatusTotals(Totals):
 class OfferTotals(Totals):
     offer_id: str | None = None
     offer_name: str | None = None
+
+
+@dataclass
+class PrefixTotals(Totals):
+    prefix: str | None = None  # None: postbacks without a sub_id
 
 
 @dataclass(frozen=True)
@@ -289,7 +304,9 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
             "earning": group["earning"],
         }
         totals.add(**amounts)
-        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+        day_totals = by_day.setdefault(group["_day"], DayTotals(day=group["_day"]))
+        day_totals.add(**amounts)
+        day_totals.add_status(group["status"], **amounts)
         by_status.setdefault(group["status"], StatusTotals(status=group["status"])).add(**amounts)
         if group["offer_id"] is not None:
             key = ("offer_id", group["offer_id"])
@@ -337,3 +354,60 @@ def _every_day(time_range: TimeRange, by_day: dict[date, DayTotals]) -> list[Day
     last = (time_range.end.astimezone(UTC) - timedelta(microseconds=1)).date()
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     return [by_day.get(day) or DayTotals(day=day) for day in days]
+
+
+SUB_ID_PREFIX_LENGTH = 4
+
+
+def conversion_sub_id_prefixes(
+    *, partner: Partner, time_range: TimeRange, length: int = SUB_ID_PREFIX_LENGTH, top: int = 10
+) -> list[PrefixTotals]:
+    """The top `sub_id` prefixes (their first `length` characters) by originals, then sales.
+
+    A publisher is recognised by the start of the sub_id the agency put in its links
+    (RAMPUP..., OPPO..., MKK...). Accepted postbacks only, as the top offers; on received
+    time they are read from the covering `stats_sub_id` index alone.
+    """
+    in_range = PartnerConversion.objects.using(partner.database_alias).filter(
+        time_range.q(), partner_id=partner.pk, processing_error__isnull=True
+    )
+    groups = (
+        in_range.annotate(_prefix=Left("sub_id", length))
+        .values("_prefix", "is_duplicate")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+    by_prefix: dict[str | None, PrefixTotals] = {}
+    for group in groups:
+        outcome = RowKind.DUPLICATE if group["is_duplicate"] else RowKind.ORIGINAL
+        by_prefix.setdefault(group["_prefix"], PrefixTotals(prefix=group["_prefix"])).add(
+            outcome=outcome, count=group["count"], sale=group["sale"], earning=group["earning"]
+        )
+    return sorted(
+        (totals for totals in by_prefix.values() if totals.originals),
+        key=lambda totals: (-totals.originals, -totals.usd_sale_amount, totals.prefix or ""),
+    )[:top]
+
+
+@dataclass(frozen=True)
+class PartnerStats:
+    """One partner's stats for the overview, or why its database could not be read."""
+
+    partner: Partner
+    stats: ConversionStats | None
+    unavailable: str | None = None
+
+
+def partners_stats(*, partners: list[Partner], time_range: TimeRange, top: int = 10) -> list[PartnerStats]:
+    """conversion_stats of each partner in turn (one connection at a time); a partner whose
+    database cannot be read is listed with the reason instead of failing the others."""
+    results = []
+    for partner in partners:
+        try:
+            with partner_database(partner):
+                stats = conversion_stats(partner=partner, time_range=time_range, top=top)
+        except PartnerDatabaseUnavailable as exc:
+            results.append(PartnerStats(partner=partner, stats=None, unavailable=exc.reason))
+        else:
+            results.append(PartnerStats(partner=partner, stats=stats))
+    return results

@@ -8,7 +8,8 @@ this admin: partners never import conversions.
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -16,9 +17,14 @@ from django.utils.html import format_html
 from partners.databases import PartnerDatabaseUnavailable
 from partners.forms import PartnerAdminForm
 from partners.mapping import postback_url_template
-from partners.models import Partner
-from partners.selectors import partner_directory
-from partners.services import partner_provision, partner_secret_clear, partner_secret_rotate
+from partners.models import Partner, PartnerScope
+from partners.selectors import partner_directory, partners_visible_to
+from partners.services import (
+    partner_provision,
+    partner_scope_grant_creator,
+    partner_secret_clear,
+    partner_secret_rotate,
+)
 
 
 def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
@@ -51,10 +57,9 @@ class PartnerAdmin(admin.ModelAdmin):
             "Statuses",
             {
                 "fields": ("status_mapping", "status_transitions"),
-                "description": "Our statuses: pending, approved, rejected, paid. Map the partner's values onto them, "
-                'e.g. {"1": "approved", "2": "pending", "cancelled": "rejected"}. Permitted changes besides '
-                "pending → approved | rejected, approved → rejected | paid, as [from, to] pairs, "
-                'e.g. [["rejected", "approved"]].',
+                "description": "Our statuses: pending, approved, rejected, paid. Map each value the partner sends "
+                "onto one of them (e.g. 1 → approved, cancelled → rejected), and add any change of status the "
+                "partner may make besides the default ones (e.g. rejected → approved).",
             },
         ),
         ("Security", {"fields": ("secret_state", "allowed_ips")}),
@@ -76,6 +81,22 @@ class PartnerAdmin(admin.ModelAdmin):
         url = reverse("admin:partners_partner_secret", args=[partner.pk])
         state = "Set (never shown again)" if partner.has_postback_secret else "Not set: anyone with the URL can post"
         return format_html('{} &mdash; <a class="button" href="{}">Rotate or remove…</a>', state, url)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
+        # A user limited to some partners (PartnerScope) lists and opens only those.
+        visible = partners_visible_to(request.user).values("pk")
+        return super().get_queryset(request).filter(pk__in=visible)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None) -> Partner:
+        """The partner, or a 404 when there is none the user may see (a hidden one included)."""
+        partner = super().get_object(request, object_id, from_field)
+        if partner is None:
+            raise Http404("There is no such partner, or it is not one of yours.")
+        return partner
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The list and its filters fit 1400 px only without the app list beside them.
+        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
 
     def get_actions(self, request: HttpRequest):
         # Deleting goes through the single-partner page, which shows what the database keeps.
@@ -104,6 +125,9 @@ class PartnerAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Partner, form: PartnerAdminForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         partner_directory.clear()
+        if not change:
+            # Else a scoped account manager's new partner would answer them 404 at once.
+            partner_scope_grant_creator(user=request.user, partner=obj)
         if form.database_moved:
             # The form checked that it can be done; if it fails now anyway, the partner is
             # saved and its postbacks answer 503 (retried by the sender) until it is fixed.
@@ -117,7 +141,7 @@ class PartnerAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
             else:
-                self.message_user(request, f"Database {result.describe()}", messages.SUCCESS)
+                self.message_user(request, result.describe_plainly(), messages.SUCCESS)
 
     def delete_model(self, request: HttpRequest, obj: Partner) -> None:
         super().delete_model(request, obj)
@@ -133,8 +157,6 @@ class PartnerAdmin(admin.ModelAdmin):
     def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Rotate (show the new secret once, never stored in a message) or remove the secret."""
         partner = self.get_object(request, object_id)
-        if partner is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, partner):
             raise PermissionDenied
         new_secret = None
@@ -159,3 +181,20 @@ class PartnerAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/partners/partner/secret.html", context)
         response["Cache-Control"] = "no-store"
         return response
+
+
+@admin.register(PartnerScope)
+class PartnerScopeAdmin(admin.ModelAdmin):
+    """Who is limited to which partners; users and groups without a scope see every partner."""
+
+    list_display = ("__str__", "partners_list")
+    fields = ("user", "group", "partners")
+    filter_horizontal = ("partners",)
+    search_fields = ("user__username", "group__name", "partners__partner_code")
+
+    @admin.display(description="partners")
+    def partners_list(self, scope: PartnerScope) -> str:
+        return ", ".join(partner.partner_code for partner in scope.partners.all()) or "none"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PartnerScope]:
+        return super().get_queryset(request).select_related("user", "group").prefetch_related("partners")

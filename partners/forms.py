@@ -8,107 +8,215 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from partners.databases import PartnerDatabaseUnavailable, partner_database_check
 from partners.dbconfig import url_mask_password
+from partners.lifecycle import STATUSES
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 
 # One row per canonical field is enough: a field can be mapped once.
 MAPPING_ROWS = len(CANONICAL_FIELDS)
+SPARE_ROWS = 3  # blank rows under the status tables' entries
+ORDERED_MAPPINGS = ("parameter_mapping", "status_mapping")  # Partner.row_order keeps their rows' order
 
-MappingRows = list[tuple[str, str]]
+Row = tuple[str, str]
+MappingRows = list[Row]
 MASK = "****"  # what url_mask_password puts in place of a password
 DATABASE_URL_SCHEMES = frozenset({"postgres", "postgresql", "pgsql", "sqlite"})
 
 
-class ParameterMappingWidget(forms.Widget):
-    """`parameter_mapping` as a table: our field (chosen from a list) -> the partner's parameter."""
+class RowsWidget(forms.Widget):
+    """A table of two-column rows (`<name>-<index>-<column>` inputs, `<name>-TOTAL` rows).
 
-    template_name = "partners/widgets/parameter_mapping.html"
+    A column is a text box, or a list to choose from when it has choices. Rows keep the
+    order they were given in; only rows the field found wrong are marked (`row_errors`,
+    set by the field when it cleans).
+    """
+
+    template_name = "partners/widgets/rows.html"
+
+    def __init__(
+        self,
+        *,
+        columns: tuple[tuple[str, str, tuple[str, ...] | None], ...],
+        arrow: str,
+        min_rows: int,
+        spare_rows: int = 0,
+    ):
+        super().__init__()
+        self.columns = columns
+        self.arrow = arrow
+        self.min_rows = min_rows  # at least this many rows shown
+        self.spare_rows = spare_rows  # and at least this many blank ones
+        self.row_errors: dict[int, str] = {}
+
+    def rows_from_value(self, value: Any) -> MappingRows:
+        return [tuple(row) for row in value] if isinstance(value, list | tuple) else []
 
     def format_value(self, value: Any) -> MappingRows:
-        if isinstance(value, dict):
-            # Our field order, whatever order the database kept the keys in.
-            order = {name: index for index, name in enumerate(CANONICAL_FIELDS)}
-            items = sorted(value.items(), key=lambda item: order.get(item[0], len(order)))
-            rows = [(str(field), "" if param is None else str(param)) for field, param in items]
-        elif isinstance(value, list):
-            rows = list(value)
-        else:
-            rows = []
-        return rows + [("", "")] * max(0, MAPPING_ROWS - len(rows))
+        rows = self.rows_from_value(value)
+        blank = ("",) * len(self.columns)
+        return rows + [blank] * max(self.spare_rows, self.min_rows - len(rows))
 
     def get_context(self, name: str, value: Any, attrs: dict | None) -> dict[str, Any]:
         context = super().get_context(name, value, attrs)
         context["widget"]["rows"] = [
-            {"index": index, "field": field, "param": param, "known": field in CANONICAL_FIELDS}
-            for index, (field, param) in enumerate(context["widget"]["value"])
+            {
+                "index": index,
+                "number": index + 1,
+                "error": self.row_errors.get(index),
+                "cells": [
+                    {
+                        "key": key,
+                        "label": label,
+                        "value": cell,
+                        "choices": choices,
+                        "known": choices is None or cell in choices,
+                    }
+                    for (key, label, choices), cell in zip(self.columns, row, strict=True)
+                ],
+            }
+            for index, row in enumerate(context["widget"]["value"])
         ]
-        context["widget"]["choices"] = list(CANONICAL_FIELDS)
+        context["widget"]["headers"] = [label for _, label, _ in self.columns]
+        context["widget"]["arrow"] = self.arrow
         return context
 
     def value_from_datadict(self, data, files, name: str) -> MappingRows:
         try:
-            total = min(int(data.get(f"{name}-TOTAL", MAPPING_ROWS)), 100)
+            total = min(int(data.get(f"{name}-TOTAL", self.min_rows)), 100)
         except (TypeError, ValueError):
-            total = MAPPING_ROWS
+            total = self.min_rows
         return [
-            (data.get(f"{name}-{index}-field", "").strip(), data.get(f"{name}-{index}-param", "").strip())
-            for index in range(total)
+            tuple(data.get(f"{name}-{index}-{key}", "").strip() for key, _, _ in self.columns) for index in range(total)
         ]
 
     def value_omitted_from_data(self, data, files, name: str) -> bool:
         return f"{name}-TOTAL" not in data
 
 
-class ParameterMappingField(forms.Field):
-    """Rows of (our field, partner parameter) -> {our_field: partner_param}; errors name the row."""
-
-    widget = ParameterMappingWidget
+class RowsField(forms.Field):
+    """Rows of a RowsWidget -> the stored value; each error names its row, and marks only it."""
 
     def prepare_value(self, value: Any) -> Any:
         return value
 
-    def to_python(self, value: Any) -> MappingRows:
-        if isinstance(value, dict):
-            return list(value.items())
+    def rows(self, value: Any) -> MappingRows:
         return list(value or [])
 
-    def clean(self, value: Any) -> dict[str, str]:
-        rows = self.to_python(value)
-        errors: list[str] = []
+    def clean(self, value: Any) -> Any:
+        result, errors = self.rows_clean([tuple(row) for row in self.rows(value)])
+        self.widget.row_errors = dict(errors)
+        if errors:
+            raise ValidationError([message for _, message in errors])
+        return result
+
+    def rows_clean(self, rows: MappingRows) -> tuple[Any, list[tuple[int, str]]]:
+        raise NotImplementedError
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        before, _ = self.rows_clean([tuple(row) for row in self.rows(initial)])
+        after, errors = self.rows_clean([tuple(row) for row in self.rows(data)])
+        ordered = lambda value: list(value.items()) if isinstance(value, dict) else value  # noqa: E731
+        return bool(errors) or ordered(before) != ordered(after)
+
+
+class ParameterMappingField(RowsField):
+    """Rows of (our field, partner parameter) -> {our_field: partner_param}, in the rows' order."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        columns = (("field", "Our field", tuple(CANONICAL_FIELDS)), ("param", "Partner's parameter (macro)", None))
+        kwargs.setdefault("widget", RowsWidget(columns=columns, arrow="←", min_rows=MAPPING_ROWS))
+        super().__init__(**kwargs)
+
+    def rows(self, value: Any) -> MappingRows:
+        return list(value.items()) if isinstance(value, dict) else list(value or [])
+
+    def rows_clean(self, rows: MappingRows) -> tuple[dict[str, str], list[tuple[int, str]]]:
+        errors: list[tuple[int, str]] = []
         mapping: dict[str, str] = {}
         field_rows: dict[str, int] = {}
         param_rows: dict[str, int] = {}
-        for number, (field, param) in enumerate(rows, start=1):
+        for index, (field, param) in enumerate(rows):
+            number = index + 1
             if not field and not param:
                 continue
             if not field:
-                errors.append(f"Row {number}: choose which of our fields '{param}' fills.")
-                continue
-            if field not in CANONICAL_FIELDS:
-                errors.append(f"Row {number}: '{field}' is not one of our fields.")
-                continue
-            if not param:
-                errors.append(f"Row {number} ({field}): enter the partner's parameter name.")
-                continue
-            if field in field_rows:
-                errors.append(f"Row {number}: '{field}' is already mapped in row {field_rows[field]}.")
-                continue
-            if param in param_rows:
+                errors.append((index, f"Row {number}: choose which of our fields '{param}' fills."))
+            elif field not in CANONICAL_FIELDS:
+                errors.append((index, f"Row {number}: '{field}' is not one of our fields."))
+            elif not param:
+                errors.append((index, f"Row {number} ({field}): enter the partner's parameter name."))
+            elif field in field_rows:
+                errors.append((index, f"Row {number}: '{field}' is already mapped in row {field_rows[field]}."))
+            elif param in param_rows:
                 first = param_rows[param]
-                errors.append(f"Row {number} ({field}): parameter '{param}' is already used in row {first}.")
-                continue
-            field_rows[field] = number
-            param_rows[param] = number
-            mapping[field] = param
-        if errors:
-            raise ValidationError(errors)
-        return mapping
+                errors.append((index, f"Row {number} ({field}): parameter '{param}' is already used in row {first}."))
+            else:
+                field_rows[field] = number
+                param_rows[param] = number
+                mapping[field] = param
+        return mapping, errors
 
-    def has_changed(self, initial: Any, data: Any) -> bool:
-        try:
-            return dict(initial or {}) != self.clean(data)
-        except ValidationError:
-            return True
+
+class StatusMappingField(RowsField):
+    """Rows of (the partner's value, our status) -> {partner_value: our_status}."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        columns = (("value", "Partner's status value", None), ("status", "Our status", STATUSES))
+        kwargs.setdefault("widget", RowsWidget(columns=columns, arrow="→", min_rows=SPARE_ROWS, spare_rows=SPARE_ROWS))
+        super().__init__(**kwargs)
+
+    def rows(self, value: Any) -> MappingRows:
+        return [(str(k), str(v)) for k, v in value.items()] if isinstance(value, dict) else list(value or [])
+
+    def rows_clean(self, rows: MappingRows) -> tuple[dict[str, str], list[tuple[int, str]]]:
+        errors: list[tuple[int, str]] = []
+        mapping: dict[str, str] = {}
+        seen: dict[str, int] = {}
+        for index, (value, status) in enumerate(rows):
+            number = index + 1
+            if not value and not status:
+                continue
+            if not value:
+                errors.append((index, f"Row {number}: enter the partner's value that means '{status}'."))
+            elif status not in STATUSES:
+                errors.append((index, f"Row {number} ({value}): choose one of our statuses."))
+            elif value.lower() in seen:
+                errors.append((index, f"Row {number}: '{value}' is already listed in row {seen[value.lower()]}."))
+            else:
+                seen[value.lower()] = number
+                mapping[value] = status
+        return mapping, errors
+
+
+class StatusTransitionsField(RowsField):
+    """Rows of (from, to) -> [[from, to], ...]: changes permitted besides the defaults."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        columns = (("from", "From status", STATUSES), ("to", "To status", STATUSES))
+        kwargs.setdefault("widget", RowsWidget(columns=columns, arrow="→", min_rows=SPARE_ROWS, spare_rows=SPARE_ROWS))
+        super().__init__(**kwargs)
+
+    def rows(self, value: Any) -> MappingRows:
+        return [tuple(pair) for pair in value] if isinstance(value, list | tuple) else []
+
+    def rows_clean(self, rows: MappingRows) -> tuple[list[list[str]], list[tuple[int, str]]]:
+        errors: list[tuple[int, str]] = []
+        pairs: list[list[str]] = []
+        seen: dict[tuple[str, str], int] = {}
+        for index, (source, target) in enumerate(rows):
+            number = index + 1
+            if not source and not target:
+                continue
+            if source not in STATUSES or target not in STATUSES:
+                errors.append((index, f"Row {number}: choose both statuses, from and to."))
+            elif source == target:
+                errors.append((index, f"Row {number}: {source} → {target} is not a change."))
+            elif (source, target) in seen:
+                errors.append((index, f"Row {number}: {source} → {target} is already in row {seen[source, target]}."))
+            else:
+                seen[source, target] = number
+                pairs.append([source, target])
+        return pairs, errors
 
 
 class MaskedURLInput(forms.TextInput):
@@ -138,16 +246,35 @@ class PartnerAdminForm(forms.ModelForm):
             "mask to keep the stored password, or type the whole URL to change it."
         }
 
+    status_mapping = StatusMappingField(
+        required=False,
+        help_text="Each row: a status value the partner sends (any case), and which of our statuses it means.",
+    )
+    status_transitions = StatusTransitionsField(
+        required=False,
+        help_text="Changes permitted besides pending → approved | rejected, approved → rejected | paid.",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.database_moved = False
         self.stored_database_url = self.instance.database_url if self.instance.pk else ""
+        if self.instance.pk:
+            for name in ORDERED_MAPPINGS:
+                if name not in (kwargs.get("initial") or {}):
+                    self.initial[name] = self._rows_in_order(name)
 
-    def clean_status_mapping(self) -> dict[str, str]:
-        return self.cleaned_data.get("status_mapping") or {}
+    def _rows_in_order(self, name: str) -> MappingRows:
+        """A stored mapping's rows in the order the account manager gave them (jsonb keeps none)."""
+        mapping = dict(getattr(self.instance, name) or {})
+        order = [key for key in (self.instance.row_order or {}).get(name, []) if key in mapping]
+        order += [key for key in CANONICAL_FIELDS if key in mapping and key not in order]
+        order += [key for key in mapping if key not in order]
+        return [(key, str(mapping[key])) for key in order]
 
-    def clean_status_transitions(self) -> list[list[str]]:
-        return self.cleaned_data.get("status_transitions") or []
+    def save(self, commit: bool = True) -> Partner:
+        self.instance.row_order = {name: list(self.cleaned_data.get(name) or {}) for name in ORDERED_MAPPINGS}
+        return super().save(commit)
 
     def clean_database_url(self) -> str:
         value = self.cleaned_data.get("database_url", "").strip()

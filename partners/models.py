@@ -4,9 +4,11 @@ import re
 import zoneinfo
 from functools import cached_property, lru_cache
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinLengthValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models import Q
 
 from partners.dbconfig import url_mask_password
 from partners.lifecycle import status_mapping_error, status_transitions_error
@@ -107,6 +109,9 @@ class Partner(models.Model):
         blank=True,
         help_text="Our field -> the partner's parameter name.",
     )
+    # The order the account manager gave the rows of parameter_mapping and status_mapping
+    # ({"parameter_mapping": [keys...], ...}): PostgreSQL's jsonb keeps no key order.
+    row_order = models.JSONField(default=dict, blank=True, editable=False)
     status_mapping = models.JSONField(
         default=dict,
         blank=True,
@@ -234,3 +239,51 @@ def parameter_mapping_error(mapping: object) -> str | None:
             return f"'{param}' is mapped twice (to '{seen[param]}' and '{field}')."
         seen[param] = field
     return None
+
+
+class PartnerScope(models.Model):
+    """Limits one user, or the members of one group, to some partners.
+
+    A user to whom no scope applies (none of their own, none on any of their groups),
+    and every superuser, sees every partner. Scopes that apply add up: a user sees the
+    partners of their own scope and of each of their groups' scopes.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="partner_scope",
+    )
+    group = models.OneToOneField(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="partner_scope",
+    )
+    partners = models.ManyToManyField(
+        Partner,
+        blank=True,
+        related_name="scopes",
+        help_text="The partners this user or group may see. None selected: no partner at all.",
+    )
+
+    class Meta:
+        db_table = "partner_scopes"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False, group__isnull=True) | Q(user__isnull=True, group__isnull=False)),
+                name="partner_scope_user_or_group",
+                violation_error_message="A scope limits either one user or one group.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        who = f"user {self.user}" if self.user_id else f"group {self.group}"
+        return f"Partners of {who}"
+
+    def clean(self) -> None:
+        if bool(self.user_id) == bool(self.group_id):
+            raise ValidationError("Choose either a user or a group (one of them, not both).")

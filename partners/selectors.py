@@ -1,4 +1,5 @@
-"""Reads of partner configuration, cached per process for the postback hot path."""
+"""Reads of partner configuration: cached per process for the postback hot path, and
+which partners a user may see (partner scopes)."""
 
 import logging
 import threading
@@ -6,8 +7,9 @@ import time
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Q, QuerySet
 
-from partners.models import Partner, endpoint_key
+from partners.models import Partner, PartnerScope, endpoint_key
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +109,41 @@ def partner_list_served() -> list[Partner]:
 def partner_get_by_endpoint(endpoint_path: str) -> Partner | None:
     """The active partner served at `endpoint_path` (with or without slashes), or None."""
     return partner_directory.by_endpoint(endpoint_path)
+
+
+def _partner_scope_ids(user) -> list[int] | None:
+    """The scopes that apply to `user`, or None when the user sees every partner."""
+    if user.is_superuser:
+        return None
+    scope_ids = getattr(user, "_partner_scope_ids", None)
+    if scope_ids is None:
+        scope_ids = list(
+            PartnerScope.objects.filter(Q(user=user) | Q(group__in=user.groups.all())).values_list("pk", flat=True)
+        )
+        user._partner_scope_ids = scope_ids  # once per request: request.user lives as long as it
+    return scope_ids or None
+
+
+def partners_visible_to(user) -> QuerySet[Partner]:
+    """The partners `user` may see in the admin and the API, ordered by code.
+
+    Every partner for superusers and for users to whom no PartnerScope applies (none of
+    their own, none on their groups); otherwise the partners of every scope that
+    applies. Anonymous and inactive users see none.
+    """
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Partner.objects.none()
+    scope_ids = _partner_scope_ids(user)
+    if scope_ids is None:
+        return Partner.objects.all()
+    return Partner.objects.filter(
+        pk__in=PartnerScope.partners.through.objects.filter(partnerscope_id__in=scope_ids).values("partner_id")
+    )
+
+
+def partner_is_visible_to(user, partner: Partner) -> bool:
+    """Whether `user` may see `partner` (see partners_visible_to)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    scope_ids = _partner_scope_ids(user)
+    return scope_ids is None or partners_visible_to(user).filter(pk=partner.pk).exists()

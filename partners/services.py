@@ -7,8 +7,8 @@ from typing import Any
 from django.db import transaction
 
 from partners.databases import ProvisionResult, partner_database_provision
-from partners.models import Partner
-from partners.selectors import partner_directory
+from partners.models import Partner, PartnerScope
+from partners.selectors import partner_directory, partner_is_visible_to
 
 # The seed partners `init_partners` creates when absent. InvolveAsia's mapping uses its
 # real macro names; every field also accepts our own name, so the README's curl
@@ -86,6 +86,19 @@ def partner_provision(*, partner: Partner) -> ProvisionResult:
     result = partner_database_provision(partner=partner)
     partner_directory.clear()
     return result
+
+
+def partner_scope_grant_creator(*, user: Any, partner: Partner) -> bool:
+    """A user limited to some partners who adds one may see it: it joins their own scope.
+
+    Nothing changes for users who see every partner. Returns whether a scope changed.
+    """
+    if partner_is_visible_to(user, partner):
+        return False
+    scope, _ = PartnerScope.objects.get_or_create(user=user)
+    scope.partners.add(partner)
+    user._partner_scope_ids = None  # the per-request cache of partners_visible_to
+    return True
 
 
 def partner_secret_rotate(*, partner: Partner) -> str:

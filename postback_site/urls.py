@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from conversions.api import ConversionListView, ConversionStatsView
@@ -11,6 +13,8 @@ from postback_site.views import HealthView, InfoView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Browsers ask for it on every page: answered, so no 404 is logged each time.
+    path("favicon.ico", RedirectView.as_view(url=static("partners/favicon.png"), permanent=True)),
     path("health", HealthView.as_view(), name="health"),
     path("info", InfoView.as_view(), name="info"),
     path("metrics", metrics_view, name="metrics"),

@@ -2,6 +2,7 @@
 real one would be (parse.py, decide.py), storing nothing."""
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from conversions.outcomes import Outcome
 from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
+
+# `{aff_sub}`: a macro of the postback URL template that the partner would have filled.
+MACRO = re.compile(r"\{[A-Za-z0-9_.:-]+\}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,26 @@ class DryRun:
         return self.decision.changes if self.decision is not None else {}
 
     @property
+    def error_lines(self) -> list[str]:
+        """Each error once, naming our field and, when it differs, the partner's parameter."""
+        sources = {field.name: field.source for field in self.fields}
+        lines = []
+        for name, message in self.errors.items():
+            source = sources.get(name)
+            prefix = f"{source or name}: "
+            message = message.removeprefix(prefix)
+            shown = f"{name} (from {source})" if source and source != name else name
+            lines.append(f"{shown}: {message}")
+        return lines
+
+    @property
+    def unfilled_macros(self) -> list[str]:
+        """`param={macro}` for each parameter still holding a macro of a URL template."""
+        return [
+            f"{name}={value}" for name, value in self.params.items() if isinstance(value, str) and MACRO.search(value)
+        ]
+
+    @property
     def params_json(self) -> str:
         return json.dumps(self.params, ensure_ascii=False, indent=2, default=str)
 
@@ -56,7 +80,13 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
     mapped = partner_postback_map(partner=partner, params=postback.params)
     errors = {**postback.errors, **mapped.errors}
     fields = [
-        DryRunField(name=name, source=mapped.sources.get(name), value=mapped.values.get(name), error=errors.get(name))
+        DryRunField(
+            name=name,
+            source=mapped.sources.get(name),
+            value=mapped.values.get(name),
+            # The "from parameter" column names the source: the message need not repeat it.
+            error=errors[name].removeprefix(f"{mapped.sources.get(name) or name}: ") if name in errors else None,
+        )
         for name in CANONICAL_FIELDS
     ]
     original_exists, decision = None, None

@@ -133,11 +133,19 @@ def _trace_end(trace: list[str] | None, last_line: str) -> None:
 def _log_stored(partner: Partner, stored: Stored, trace: list[str] | None, elapsed_ms: float) -> None:
     conversion_id = stored.conversion.conversion_id
     if trace is not None:
-        _trace_end(
-            trace,
-            f"🎉 Partner Postback處理完成: partner={partner.partner_name}, conversion_id={conversion_id}, "
-            f"outcome={stored.outcome.answer}, time={elapsed_ms:.2f}ms",
-        )
+        if stored.outcome is Outcome.REJECTED:
+            # Stored for the record, but refused: the step log must not end in a success line.
+            last_line = (
+                f"❌ Partner Postback已拒絕 (數據無效): partner={partner.partner_name}, "
+                f"conversion_id={conversion_id or '-'}, outcome={stored.outcome.answer}, "
+                f"time={elapsed_ms:.2f}ms"
+            )
+        else:
+            last_line = (
+                f"🎉 Partner Postback處理完成: partner={partner.partner_name}, conversion_id={conversion_id}, "
+                f"outcome={stored.outcome.answer}, time={elapsed_ms:.2f}ms"
+            )
+        _trace_end(trace, last_line)
     else:
         logger.info(
             "postback partner=%s outcome=%s conversion_id=%s time=%.2fms",

@@ -37,6 +37,7 @@ from conversions.reconciliation.services import (
 )
 from partners.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
+from partners.selectors import partners_visible_to
 
 DEFAULT_RUN_DAYS = 7
 
@@ -82,6 +83,15 @@ class ReportSourceAdmin(admin.ModelAdmin):
         ),
         ("Last run", {"fields": ("last_run_at", "last_run_summary", "last_run_error")}),
     )
+
+    # A user limited to some partners (PartnerScope) sees and chooses only theirs.
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).filter(partner__in=partners_visible_to(request.user))
+
+    def formfield_for_foreignkey(self, db_field, request: HttpRequest, **kwargs):
+        if db_field.name == "partner":
+            kwargs["queryset"] = partners_visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="last run")
     def last_run_summary(self, source: ReportSource) -> str:

@@ -53,6 +53,16 @@ class ProvisionResult:
     location: str
     template: str = ""
 
+    def describe_plainly(self) -> str:
+        """What happened, in an account manager's words: no file path, URL or migration names."""
+        if self.created:
+            what = f"A new database, {self.alias}, was created for its conversions"
+        elif self.migrations_applied:
+            what = f"Its database {self.alias} already existed and was brought up to date"
+        else:
+            what = f"Its database {self.alias} already existed and is up to date"
+        return f"{what}: it is ready to store this partner's conversions."
+
     def describe(self) -> str:
         if not self.created:
             parts = ["exists"]

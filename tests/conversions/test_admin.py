@@ -41,8 +41,7 @@ def test_list_shows_only_the_chosen_partners_database(analyst_client, involve, r
     assert listed_ids(response) == ["IA-1"]
     assert "Conversions of InvolveAsia" in page_text(response)
     assert listed_ids(analyst_client.get(f"{LIST_URL}?partner=rector")) == ["R-1"]
-    unknown = analyst_client.get(f"{LIST_URL}?partner=nobody", follow=True)
-    assert "There is no partner 'nobody'." in page_text(unknown)
+    assert analyst_client.get(f"{LIST_URL}?partner=nobody").status_code == 404
 
 
 def test_filters_search_and_links_keep_the_partner(analyst_client, involve):
@@ -294,3 +293,43 @@ def test_detail_page_shows_the_lifecycle_history_and_local_amounts(analyst_clien
     assert listed_ids(analyst_client.get(base + "&currency=SGD")) == []
     assert listed_ids(analyst_client.get(base + "&status=approved")) == ["IA-900001"]
     assert listed_ids(analyst_client.get(base + "&status=pending")) == []
+
+
+def test_offer_name_column_and_case_insensitive_searches(analyst_client, involve):
+    for query in (
+        "conversion_id=ACME-1&offer_name=Shopee%20ID%20(Media%20Buyers)%20-%20CPS&offer_id=77&aff_sub=RAMPUP-9",
+        "conversion_id=acme-2&offer_name=Lazada%20MY",
+        "conversion_id=B-3&offer_name=" + "Long%20" * 20 + "Offer",
+    ):
+        post(analyst_client, f"/partner/involve/event?{query}")
+    base = f"{LIST_URL}?partner=involve_asia"
+    listed = analyst_client.get(base)
+    assert re.search(
+        r'<td class="field-offer_label"><span title="Shopee ID \(Media Buyers\) - CPS">', listed.content.decode()
+    )
+    assert "#77" in page_text(listed)
+    assert listed_ids(analyst_client.get(base + "&q=acme-1")) == ["ACME-1"]  # conversion_id in any case
+    assert listed_ids(analyst_client.get(base + "&q=ACME-2")) == ["acme-2"]
+    assert listed_ids(analyst_client.get(base + "&q=acme")) == []  # ...whole, not a prefix
+    assert listed_ids(analyst_client.get(base + "&q=shopee id")) == ["ACME-1"]  # offer name's start, any case
+    assert listed_ids(analyst_client.get(base + "&q=LAZADA")) == ["acme-2"]
+    assert listed_ids(analyst_client.get(base + "&q=" + "long%20" * 20 + "off")) == ["B-3"]  # past the indexed 64
+    assert listed_ids(analyst_client.get(base + "&q=" + "long%20" * 20 + "xyz")) == []
+
+
+def test_received_date_custom_range(analyst_client, involve):
+    from datetime import UTC, datetime
+
+    for conversion_id, received in (
+        ("R-1", datetime(2025, 4, 1, 9, tzinfo=UTC)),
+        ("R-2", datetime(2025, 4, 3, 9, tzinfo=UTC)),
+    ):
+        PartnerConversion.objects.using(involve.database_alias).create(
+            partner_id=involve.pk, conversion_id=conversion_id, received_at=received, is_processed=True
+        )
+    base = f"{LIST_URL}?partner=involve_asia"
+    page = analyst_client.get(base).content.decode()
+    assert 'name="received_at__range_from"' in page and 'name="received_at__range_to"' in page
+    assert listed_ids(analyst_client.get(base + "&received_at__range_from=2025-04-02")) == ["R-2"]
+    assert listed_ids(analyst_client.get(base + "&received_at__range_to=2025-04-01")) == ["R-1"]
+    assert analyst_client.get(base + "&received_at__range_to=tomorrow").status_code == 302  # refused, not a 500

@@ -42,6 +42,14 @@ def form_data(mapping_rows=(), **fields):
     return data
 
 
+def status_rows(name: str, rows) -> dict[str, str]:
+    keys = ("value", "status") if name == "status_mapping" else ("from", "to")
+    data = {f"{name}-TOTAL": str(len(rows) + 1)}
+    for index, row in enumerate(rows):
+        data.update({f"{name}-{index}-{key}": cell for key, cell in zip(keys, row, strict=True)})
+    return data
+
+
 def page_text(response) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", response.content.decode())))
 
@@ -97,7 +105,8 @@ def test_adding_a_partner_with_a_mapping_table_provisions_its_database(
     assert response.status_code == 200, page_text(response)
     partner = Partner.objects.get(partner_code="acme")
     assert partner.parameter_mapping == {"sub_id": "aff_sub", "conversion_id": "txn", "usd_earning": "payout"}
-    assert "Database acme_db" in page_text(response) and "created from template" in page_text(response)
+    assert "A new database, acme_db, was created for its conversions: it is ready to store" in page_text(response)
+    assert "sqlite" not in page_text(response) and "0001_initial" not in page_text(response)
     with connections["acme_db"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM partner_conversions")
         assert cursor.fetchone() == (0,)
@@ -211,7 +220,8 @@ def test_test_postback_shows_fields_ignored_and_errors_storing_nothing(manager_c
     html = response.content.decode()
     text = page_text(response)
     assert "Would be rejected (HTTP 400)" in text
-    assert "usd_earning: usd_payout: 'abc' is not a number" in text
+    assert "usd_earning (from usd_payout): 'abc' is not a number" in text
+    assert "usd_payout: usd_payout" not in text and "usd_earning: usd_earning" not in text
     row = re.search(r'<tr data-field="sub_id">(.*?)</tr>', html, re.S).group(1)
     assert "aff_sub" in row and "s1" in row
     row = re.search(r'<tr data-field="conversion_datetime">(.*?)</tr>', html, re.S).group(1)
@@ -235,7 +245,10 @@ def test_test_postback_shows_fields_ignored_and_errors_storing_nothing(manager_c
     involve.status_mapping = {"1": "rejected"}
     involve.save()
     stale = page_text(manager_client.post(url, {"payload": full_url + "&conversion_status=bogus"}))
-    assert "conversion_status: 'bogus' is not a known status (known: 1, approved, paid, pending, rejected)" in stale
+    assert (
+        "status (from conversion_status): 'bogus' is not a known status (known: 1, approved, paid, pending, rejected)"
+        in stale
+    )
     assert partner_rows(involve).count() == 1
     broken = page_text(manager_client.post(url, {"payload": '{"conversion_id": '}))
     assert "body: is not valid JSON" in broken
@@ -283,12 +296,17 @@ def test_status_mapping_and_transitions_are_edited_and_validated(manager_client,
             endpoint_path="/involve/event",
             database_name="involve_asia_db",
             database_url=involve.database_url,
-            status_mapping='{"1": "won"}',
-            status_transitions='[["rejected", "approved"]]',
+            **status_rows("status_mapping", [("1", "won"), ("", ""), ("Cancelled", "rejected")]),
+            **status_rows("status_transitions", [("rejected", "approved")]),
         ),
     )
     assert bad.status_code == 200
-    assert "'1' maps to 'won', which is not one of our statuses" in page_text(bad)
+    assert "Row 1 (1): choose one of our statuses." in page_text(bad)
+    # only the faulty row is marked, the good and the blank ones are not
+    marked = re.findall(r'<tr class="rows-row( row-error)?" data-row="(\d+)"', bad.content.decode())
+    status_table = bad.content.decode().split('id="id_status_mapping"')[1].split("</table>")[0]
+    assert re.findall(r'<tr class="rows-row row-error" data-row="(\d+)"', status_table) == ["1"]
+    assert len(marked) > 3
     good = manager_client.post(
         url,
         form_data(
@@ -297,14 +315,17 @@ def test_status_mapping_and_transitions_are_edited_and_validated(manager_client,
             endpoint_path="/involve/event",
             database_name="involve_asia_db",
             database_url=involve.database_url,
-            status_mapping='{"1": "approved", "2": "pending"}',
-            status_transitions='[["rejected", "approved"]]',
+            **status_rows("status_mapping", [("2", "pending"), ("1", "approved")]),
+            **status_rows("status_transitions", [("rejected", "approved"), ("", "")]),
         ),
         follow=True,
     )
     assert good.status_code == 200, page_text(good)
     involve.refresh_from_db()
     assert involve.status_mapping == {"1": "approved", "2": "pending"}
+    page = manager_client.get(url).content.decode()
+    assert 'name="status_mapping-0-value" value="2"' in page and 'name="status_mapping-1-value" value="1"' in page
+    assert '<option value="rejected" selected>' in page.split('name="status_transitions-0-from"')[1]
     assert involve.status_transitions == [["rejected", "approved"]]
     assert manager_client.get("/partner/involve/event?conversion_id=S1&state=2").json()["status"] == "success"
     assert manager_client.get("/partner/involve/event?conversion_id=S1&state=1").json()["status"] == "updated"
@@ -340,3 +361,37 @@ def test_refused_postbacks_are_shown_on_the_partner_page(manager_client, involve
     manager_client.get("/partner/involve/event?usd_payout=1")  # 400: no conversion_id
     page = page_text(manager_client.get(f"/admin/partners/partner/{involve.pk}/change/"))
     assert "1 × invalid_data (400)" in page
+
+
+def test_mapping_error_marks_only_its_row_and_rows_keep_their_order(manager_client, database_pool, backend, acme_alias):
+    rows = [("sub_id", "aff_sub"), ("", ""), ("bogus", "x"), ("conversion_id", "txn")]
+    bad = manager_client.post(ADD_URL, form_data(rows))
+    table = bad.content.decode().split('id="id_parameter_mapping"')[1].split("</table>")[0]
+    assert re.findall(r'<tr class="rows-row row-error" data-row="(\d+)"', table) == ["3"]
+    assert "Row 3: &#x27;bogus&#x27; is not one of our fields." in table  # beside the row at fault
+
+    url = database_pool.url(backend, "acme_db")
+    typed = [("usd_earning", "payout"), ("sub_id", "aff_sub"), ("conversion_id", "txn")]
+    saved = manager_client.post(ADD_URL, form_data(typed, database_url=url), follow=True)
+    assert saved.status_code == 200
+    partner = Partner.objects.get(partner_code="acme")
+    page = manager_client.get(f"/admin/partners/partner/{partner.pk}/change/").content.decode()
+    shown = re.findall(r'name="parameter_mapping-\d+-param" value="([^"]+)"', page)
+    assert shown == ["payout", "aff_sub", "txn"]  # as typed, not in our fields' order
+
+
+def test_test_postback_warns_of_unfilled_macros_and_keeps_its_help_below_the_box(manager_client, involve):
+    url = f"/admin/partners/partner/{involve.pk}/test-postback/"
+    template = (
+        "https://x.example/partner/involve/event?conversion_id={conversion_id}&aff_sub=%7Baff_sub%7D&usd_payout=1"
+    )
+    response = manager_client.post(url, {"payload": template})
+    warning = re.search(r'<ul class="messagelist" id="dry-run-macros">(.*?)</ul>', response.content.decode(), re.S)
+    assert warning, "no warning for a URL template"
+    assert "conversion_id={conversion_id}" in unescape(warning.group(1)) and "aff_sub={aff_sub}" in unescape(
+        warning.group(1)
+    )
+    filled = manager_client.post(url, {"payload": "conversion_id=IA-1&aff_sub=s1"}).content.decode()
+    assert 'id="dry-run-macros"' not in filled
+    # the help text is its own paragraph under the box, not a span floating beside it
+    assert re.search(r"</textarea>\s*<p class=\"help\" id=\"test-postback-help\">", filled)

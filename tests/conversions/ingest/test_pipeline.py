@@ -351,6 +351,16 @@ def test_step_logs_when_the_partner_enables_logging(client, involve, caplog):
     assert lines[-1].endswith("ms")
 
 
+def test_a_rejected_postbacks_step_log_ends_with_the_refusal(client, involve, caplog):
+    caplog.set_level("INFO", logger="conversions.ingest")
+    assert client.get("/partner/involve/event?conversion_id=bad1&usd_payout=abc").status_code == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "conversions.ingest"][0].splitlines()
+    assert not any(line.startswith("🎉") for line in lines)
+    assert lines[-1].startswith(
+        "❌ Partner Postback已拒絕 (數據無效): partner=InvolveAsia, conversion_id=bad1, outcome=error"
+    )
+
+
 def test_one_summary_line_when_logging_is_off(client, make_partner, caplog):
     make_partner("involve_asia", enable_logging=False)
     caplog.set_level("INFO", logger="conversions.ingest")
