@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from bench.fake_publisher import FakePublisher
 from publishers.models import Publisher
@@ -57,7 +58,8 @@ class FakeClock:
     """A clock the test moves by hand."""
 
     def __init__(self, start: datetime.datetime | None = None):
-        self.now = start or datetime.datetime(2026, 1, 5, 12, 0, tzinfo=datetime.UTC)
+        # Ahead of the real time the deliveries of a test are written at: they are due.
+        self.now = start or timezone.now() + datetime.timedelta(minutes=5)
 
     def __call__(self) -> datetime.datetime:
         return self.now
