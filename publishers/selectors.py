@@ -5,16 +5,20 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Min
+from django.db.models import Min, Q
 from django.utils import timezone
 
+from conversions.models import ORIGINAL, PartnerConversion
 from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.mapping import CANONICAL_FIELDS
+from partners.models import Partner
 from partners.selectors import partner_list_served
 from publishers.models import PENDING, Delivery, Publisher
 from publishers.payouts import payout_compute, payout_rule
@@ -153,3 +157,29 @@ def deliveries_queue_state(*, now: datetime.datetime | None = None) -> tuple[int
 
 def deliveries_of_conversion(*, alias: str, conversion_id: int) -> list[Delivery]:
     return list(Delivery.objects.using(alias).filter(conversion_id=conversion_id).order_by("created_at", "id"))
+
+
+def publisher_partners(publisher: Publisher) -> list[Partner]:
+    """The active partners whose conversions the publisher may match (none chosen: every one)."""
+    chosen = list(publisher.partners.filter(is_active=True))
+    if chosen or publisher.partners.exists():
+        return chosen
+    return list(Partner.objects.filter(is_active=True).order_by("partner_code"))
+
+
+def publisher_matching_conversions(
+    *, route: PublisherRoute, partner: Partner, conversions
+) -> Iterator[PartnerConversion]:
+    """The originals of `conversions` that the publisher matches (prefixes narrowed in SQL,
+    then the same test the ingest applies)."""
+    queryset = conversions.filter(ORIGINAL, partner_id=partner.pk)
+    if route.prefixes:
+        prefixes = Q()
+        for prefix in route.prefixes:
+            prefixes |= Q(**{f"{route.match_field}__startswith": prefix})
+        queryset = queryset.filter(prefixes)
+    else:
+        queryset = queryset.exclude(**{f"{route.match_field}__isnull": True})
+    for conversion in queryset.only("id", "received_at", *CANONICAL_FIELDS).iterator(chunk_size=2000):
+        if route.matches({route.match_field: getattr(conversion, route.match_field)}):
+            yield conversion

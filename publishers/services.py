@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from conversions.ingest.access import SIGNATURE_HEADER, TIMESTAMP_HEADER, postback_signature
-from conversions.models import ORIGINAL, PartnerConversion
+from conversions.models import PartnerConversion
 from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
@@ -26,7 +26,12 @@ from publishers import metrics
 from publishers.deliveries import delivery_values
 from publishers.models import DELIVERED, FAILED, PENDING, RECORDED, Delivery, DeliveryAttempt, Publisher
 from publishers.outbound import OutboundClient, OutboundResult
-from publishers.selectors import publisher_directory, publisher_route
+from publishers.selectors import (
+    publisher_directory,
+    publisher_matching_conversions,
+    publisher_partners,
+    publisher_route,
+)
 
 logger = logging.getLogger("publishers.delivery")
 
@@ -54,12 +59,6 @@ def publisher_resume(*, publisher: Publisher) -> None:
     publisher.refresh_from_db()
 
 
-def publisher_partners(publisher: Publisher) -> list[Partner]:
-    """The active partners whose conversions the publisher may match."""
-    chosen = list(publisher.partners.filter(is_active=True))
-    return chosen or list(Partner.objects.filter(is_active=True))
-
-
 def deliveries_resend(*, partner: Partner, delivery_ids: Iterable[int], now: datetime.datetime | None = None) -> int:
     """Send these deliveries again at once (with the same idempotency key); how many."""
     with partner_database(partner) as alias:
@@ -79,31 +78,20 @@ def publisher_backfill(*, publisher: Publisher, days: int, now: datetime.datetim
     for partner in publisher_partners(publisher):
         with partner_database(partner) as alias:
             delivered = Delivery.objects.using(alias).filter(publisher_id=publisher.pk).values("conversion_id")
-            candidates = PartnerConversion.objects.using(alias).filter(
-                ORIGINAL, partner_id=partner.pk, received_at__gte=since
-            )
-            field_name = route.match_field
-            if route.prefixes:
-                prefix_filter = Q()
-                for prefix in route.prefixes:
-                    prefix_filter |= Q(**{f"{field_name}__startswith": prefix})
-                candidates = candidates.filter(prefix_filter)
-            else:
-                candidates = candidates.exclude(**{f"{field_name}__isnull": True})
-            candidates = candidates.exclude(pk__in=delivered).only("id", *CANONICAL_FIELDS)
-            rows = []
-            for conversion in candidates.iterator(chunk_size=1000):
-                values = {name: getattr(conversion, name) for name in CANONICAL_FIELDS}
-                if not route.matches(values):
-                    continue  # a regular expression is applied here, exactly as the ingest does
-                rows.append(
-                    Delivery(
-                        conversion_id=conversion.pk,
-                        **delivery_values(
-                            route=route, conversion=values, partner=partner, event=RECORDED, source="backfill"
-                        ),
-                    )
+            recent = PartnerConversion.objects.using(alias).filter(received_at__gte=since).exclude(pk__in=delivered)
+            rows = [
+                Delivery(
+                    conversion_id=conversion.pk,
+                    **delivery_values(
+                        route=route,
+                        conversion={name: getattr(conversion, name) for name in CANONICAL_FIELDS},
+                        partner=partner,
+                        event=RECORDED,
+                        source="backfill",
+                    ),
                 )
+                for conversion in publisher_matching_conversions(route=route, partner=partner, conversions=recent)
+            ]
             with transaction.atomic(using=alias):
                 Delivery.objects.using(alias).bulk_create(rows, batch_size=500, ignore_conflicts=True)
             written += len(rows)
