@@ -121,6 +121,11 @@ ADMIN_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
 }
 
 
+def admin_grants_add(group: str, *grants: tuple[str, str, tuple[str, ...]]) -> None:
+    """Another app's models for an admin group (called from its AppConfig.ready)."""
+    ADMIN_GROUPS[group] = (*ADMIN_GROUPS[group], *(grant for grant in grants if grant not in ADMIN_GROUPS[group]))
+
+
 def admin_groups_ensure(*, apps: Any = None) -> list[str]:
     """Create the admin groups and give them exactly their permissions (idempotent).
 
@@ -141,8 +146,11 @@ def admin_groups_ensure(*, apps: Any = None) -> list[str]:
             created.append(name)
         permissions = []
         for app_label, model, actions in grants:
+            try:
+                verbose = registry.get_model(app_label, model)._meta.verbose_name
+            except LookupError:
+                continue  # an app (registered by admin_grants_add) this migration state does not have yet
             content_type, _ = ContentType.objects.get_or_create(app_label=app_label, model=model)
-            verbose = registry.get_model(app_label, model)._meta.verbose_name
             for action in actions:
                 permission, _ = Permission.objects.get_or_create(
                     content_type=content_type,

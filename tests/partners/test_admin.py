@@ -54,8 +54,20 @@ def test_groups_exist_with_their_permissions(live_db):
         for group in Group.objects.filter(name__in=["Account managers", "Analysts"])
     }
     assert perms == {
-        "Account managers": ["add_partner", "change_partner", "view_partner", "view_partnerconversion"],
-        "Analysts": ["view_partner", "view_partnerconversion"],
+        "Account managers": [
+            "add_partner",
+            "add_publisher",
+            "add_publisherofferpayout",
+            "change_partner",
+            "change_publisher",
+            "change_publisherofferpayout",
+            "delete_publisherofferpayout",
+            "view_partner",
+            "view_partnerconversion",
+            "view_publisher",
+            "view_publisherofferpayout",
+        ],
+        "Analysts": ["view_partner", "view_partnerconversion", "view_publisher"],
     }
 
 
