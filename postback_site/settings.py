@@ -318,6 +318,7 @@ DELIVERY_BACKOFF_SECONDS = [
     int(s) for s in env.list("DELIVERY_BACKOFF_SECONDS", default=["60", "300", "1800", "7200", "43200", "86400"])
 ]
 PUBLISHER_PAUSE_AFTER_FAILURES = env.int("PUBLISHER_PAUSE_AFTER_FAILURES", default=10)
+DELIVERY_METRICS_PORT = env.int("DELIVERY_METRICS_PORT", default=0)  # the worker's own /metrics (0: none)
 
 # --- Email (publisher reports) ----------------------------------------------------
 # django-environ's EMAIL_URL: smtp+tls://user:password@smtp.example.com:587, consolemail://, ...

@@ -9,11 +9,14 @@ class PublishersConfig(AppConfig):
         from conversions.ingest.hooks import decision_listener
         from partners.databases import partner_models_register
         from partners.services import admin_grants_add
+        from postback_site.metrics import metrics_scrape_hook
         from publishers.deliveries import deliveries_announced
+        from publishers.metrics import delivery_gauges_refresh
 
         # The outbox lives in each partner's database, beside the conversions it is written with.
         partner_models_register(self.label, "delivery", "deliveryattempt")
         decision_listener(deliveries_announced)
+        metrics_scrape_hook(delivery_gauges_refresh)
         # Account managers configure publishers; analysts read them.
         admin_grants_add(
             "Account managers",

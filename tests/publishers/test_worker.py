@@ -190,3 +190,19 @@ def test_redirects_are_not_followed(client, involve, make_publisher, fake_publis
     assert delivery.state == PENDING and delivery.last_status_code == 302
     assert len(fake_publisher.requests()) == 1
     assert Delivery.objects.using(involve.database_alias).count() == 1
+
+
+def test_metrics_count_deliveries_by_publisher_and_outcome_and_show_the_queue(
+    client, involve, make_publisher, fake_publisher, clock
+):
+    make_publisher(url_template=fake_publisher.url + "/pb")
+    involve_postback(client, conversion_id="M-1")
+    involve_postback(client, conversion_id="M-2")
+    fake_publisher.answers(500)
+    DeliveryWorker(clock=clock, batch_size=1).run_once()
+    with override_settings(METRICS_TOKEN="metrics-token"):
+        text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token").content.decode()
+    assert 'publisher_deliveries_total{outcome="delivered",publisher="rampup"}' in text
+    assert 'publisher_deliveries_total{outcome="error",publisher="rampup"}' in text
+    assert "publisher_delivery_queue_depth 1.0" in text  # the failed one waits for its retry
+    assert "publisher_delivery_oldest_due_seconds 0.0" in text  # it is not due yet

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 
 import pytest
@@ -14,7 +15,7 @@ from conversions.models import PartnerConversion
 from publishers.deliveries import delivery_values
 from publishers.models import DELIVERED, Delivery
 from publishers.selectors import publisher_route
-from tests.e2e.server import PROJECT_DIR, service_env
+from tests.e2e.server import PROJECT_DIR, free_port, service_env
 
 DELIVERIES = 1000
 LEASE_SECONDS = 3.0
@@ -70,7 +71,8 @@ def test_two_workers_and_one_killed_mid_batch_send_every_delivery_never_concurre
             DELIVERY_POLL_SECONDS="0.2",
         )
         victim = start_worker(env, tmp_path / "victim.log")
-        survivor = start_worker(env, tmp_path / "survivor.log")
+        metrics_port = free_port()
+        survivor = start_worker({**env, "DELIVERY_METRICS_PORT": str(metrics_port)}, tmp_path / "survivor.log")
         try:
             deadline = time.monotonic() + 60
             while len(fake.requests()) < 150:  # both are sending by now: kill one mid-batch
@@ -84,6 +86,7 @@ def test_two_workers_and_one_killed_mid_batch_send_every_delivery_never_concurre
                 assert time.monotonic() < deadline, (tmp_path / "survivor.log").read_text()
                 time.sleep(0.2)
             connections[involve.database_alias].close()
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         finally:
             survivor.send_signal(signal.SIGTERM)
             code = survivor.wait(timeout=30)
@@ -91,6 +94,8 @@ def test_two_workers_and_one_killed_mid_batch_send_every_delivery_never_concurre
                 victim.kill()
         assert code == 0, (tmp_path / "survivor.log").read_text()  # a graceful stop
         received = fake.requests()
+    # the worker's own metrics: what it delivered, by publisher and outcome
+    assert 'publisher_deliveries_total{outcome="delivered",publisher="rampup"}' in metrics
 
     keys = set(Delivery.objects.using(involve.database_alias).values_list("idempotency_key", flat=True))
     by_key = defaultdict(list)

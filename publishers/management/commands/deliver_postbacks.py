@@ -4,7 +4,9 @@ import logging
 import signal
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from prometheus_client import start_http_server
 
 from publishers.services import DeliveryWorker
 
@@ -18,8 +20,17 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Send what is due now, then exit.")
         parser.add_argument("--concurrency", type=int, default=None, help="Sends in flight (DELIVERY_CONCURRENCY).")
         parser.add_argument("--batch-size", type=int, default=None, help="Deliveries claimed at a time.")
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.DELIVERY_METRICS_PORT,
+            help="Serve this worker's Prometheus metrics on this port (0: off; DELIVERY_METRICS_PORT).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["metrics_port"]:
+            # Any path answers the metrics (and a TCP startup probe finds the port open).
+            start_http_server(options["metrics_port"])
         worker = DeliveryWorker(concurrency=options["concurrency"], batch_size=options["batch_size"])
 
         def stop(signum: int, _frame: Any) -> None:
