@@ -183,7 +183,7 @@ class Delivery(models.Model):
     publisher_id = models.BigIntegerField()
     event = models.CharField(max_length=16)
     source = models.CharField(max_length=16, default="postback", help_text="postback, reprocess, report or backfill.")
-    idempotency_key = models.CharField(max_length=64, unique=True)
+    idempotency_key = models.CharField(max_length=64)  # a uuid4: unique without an index to keep up
     method = models.CharField(max_length=4, default="GET")
     url = models.TextField()
     body = models.TextField(blank=True, default="")

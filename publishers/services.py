@@ -207,23 +207,16 @@ class DeliveryWorker:
         sends = [self.pool.submit(self._send, delivery, publishers[delivery.publisher_id]) for delivery in claimed]
         outcomes = [(delivery, future.result()) for delivery, future in zip(claimed, sends, strict=True)]
         with partner_database(partner) as alias:
-            for delivery, (started_at, outcome) in outcomes:
-                state = delivery_record(
-                    alias=alias,
-                    delivery=delivery,
-                    outcome=outcome,
-                    started_at=started_at,
-                    now=self.clock(),
-                    owner=self.owner,
-                )
-                publisher = publishers[delivery.publisher_id]
-                metrics.delivery_count(publisher=publisher.code, outcome=state if outcome.succeeded else "error")
-                if state == DELIVERED:
-                    result.delivered += 1
-                else:
-                    result.failed += state == FAILED
-                    result.retried += state == PENDING
-                publisher_attempt_account(publisher=publisher, succeeded=outcome.succeeded, now=self.clock())
+            states = deliveries_record(alias=alias, outcomes=outcomes, now=self.clock(), owner=self.owner)
+        for (delivery, (_started_at, outcome)), state in zip(outcomes, states, strict=True):
+            publisher = publishers[delivery.publisher_id]
+            metrics.delivery_count(publisher=publisher.code, outcome=state if outcome.succeeded else "error")
+            if state == DELIVERED:
+                result.delivered += 1
+            else:
+                result.failed += state == FAILED
+                result.retried += state == PENDING
+            publisher_attempt_account(publisher=publisher, succeeded=outcome.succeeded, now=self.clock())
 
     def _send(self, delivery: Delivery, publisher: Publisher) -> tuple[datetime.datetime, OutboundResult]:
         started_at = self.clock()
@@ -282,46 +275,59 @@ def delivery_next_attempt(*, attempts: int, now: datetime.datetime) -> datetime.
     return now + datetime.timedelta(seconds=backoff[attempts - 1])
 
 
-def delivery_record(
+def deliveries_record(
     *,
     alias: str,
-    delivery: Delivery,
-    outcome: OutboundResult,
-    started_at: datetime.datetime,
+    outcomes: list[tuple[Delivery, tuple[datetime.datetime, OutboundResult]]],
     now: datetime.datetime,
     owner: str,
-) -> str:
-    """Record one attempt and the delivery's new state (delivered, pending again, failed).
+) -> list[str]:
+    """Record a batch's attempts and each delivery's new state (delivered, pending again,
+    failed), in one transaction; the states, in order.
 
-    The state changes only while `owner` still holds the lease: a worker whose lease
-    expired (another one claimed it meanwhile) only adds its attempt to the log.
+    A state changes only while `owner` still holds the delivery's lease: a worker whose
+    lease expired (another one claimed it meanwhile) only adds its attempt to the log.
+    Successes are written with one UPDATE per status code, failures one by one.
     """
-    number = delivery.attempts + 1
-    if outcome.succeeded:
-        values = {"state": DELIVERED, "delivered_at": now, "last_error": ""}
-    else:
+    states: list[str] = []
+    attempts: list[DeliveryAttempt] = []
+    delivered: dict[int, list[int]] = {}
+    failed: list[tuple[int, dict]] = []
+    for delivery, (started_at, outcome) in outcomes:
+        number = delivery.attempts + 1
+        attempts.append(
+            DeliveryAttempt(
+                delivery_id=delivery.pk,
+                number=number,
+                worker=owner,
+                started_at=started_at,
+                duration_ms=outcome.duration_ms,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                response_excerpt=outcome.excerpt,
+            )
+        )
+        if outcome.succeeded:
+            delivered.setdefault(outcome.status_code, []).append(delivery.pk)
+            states.append(DELIVERED)
+            continue
         retry_at = delivery_next_attempt(attempts=number, now=now)
         values = {"state": FAILED} if retry_at is None else {"state": PENDING, "next_attempt_at": retry_at}
         values["last_error"] = outcome.error or f"HTTP {outcome.status_code}"
+        values["last_status_code"] = outcome.status_code
+        failed.append((delivery.pk, values))
+        states.append(values["state"])
+    leased = Delivery.objects.using(alias).filter(lease_owner=owner)
+    released = {"attempts": F("attempts") + 1, "leased_until": None, "lease_owner": ""}
     with transaction.atomic(using=alias):
-        DeliveryAttempt.objects.using(alias).create(
-            delivery_id=delivery.pk,
-            number=number,
-            worker=owner,
-            started_at=started_at,
-            duration_ms=outcome.duration_ms,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            response_excerpt=outcome.excerpt,
-        )
-        Delivery.objects.using(alias).filter(pk=delivery.pk, lease_owner=owner).update(
-            attempts=F("attempts") + 1,
-            last_status_code=outcome.status_code,
-            leased_until=None,
-            lease_owner="",
-            **values,
-        )
-    return values["state"]
+        DeliveryAttempt.objects.using(alias).bulk_create(attempts)
+        for status_code, ids in delivered.items():
+            leased.filter(pk__in=ids).update(
+                state=DELIVERED, delivered_at=now, last_status_code=status_code, last_error="", **released
+            )
+        for pk, values in failed:
+            leased.filter(pk=pk).update(**values, **released)
+    return states
 
 
 def publisher_attempt_account(*, publisher: Publisher, succeeded: bool, now: datetime.datetime) -> None:

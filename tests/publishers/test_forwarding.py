@@ -169,3 +169,23 @@ def test_reprocessed_rejected_postback_fires_too(client, involve, make_publisher
     conversion_reprocess(partner=involve, conversion=rejected)
     [delivery] = deliveries(involve)
     assert delivery.source == "reprocess" and delivery.event == "recorded"
+
+
+def test_concurrent_repeats_of_a_conversion_write_one_delivery(client, involve, make_publisher, fake_publisher):
+    from django.test import Client
+
+    from tests.conftest import run_concurrently
+
+    make_publisher(url_template=fake_publisher.url + "/pb?c={conversion_id}")
+
+    def post(_index):
+        return (
+            Client()
+            .get("/partner/involve/event", {"conversion_id": "RACE-1", "aff_sub": "RPID1", "usd_sale_amount": "5"})
+            .json()["status"]
+        )
+
+    outcomes = run_concurrently(post, 8)
+    assert sorted(outcomes) == ["duplicate"] * 7 + ["success"]
+    [delivery] = deliveries(involve)
+    assert delivery.conversion_id == partner_rows(involve).get(is_duplicate=False).pk
