@@ -197,7 +197,7 @@ def main() -> None:
                 "p = Partner.objects.get(partner_code='involve_asia'); "
                 "print(Delivery.objects.using(p.database_alias).filter(state='pending').count())",
             )
-            print(f"   deliveries written by the 'one' loads: {out.strip()}")
+            print(f"   deliveries written by the 'one' loads: {out.strip().splitlines()[-1]}")
     finally:
         if server is not None:
             server.terminate()

@@ -206,3 +206,18 @@ def test_metrics_count_deliveries_by_publisher_and_outcome_and_show_the_queue(
     assert 'publisher_deliveries_total{outcome="error",publisher="rampup"}' in text
     assert "publisher_delivery_queue_depth 1.0" in text  # the failed one waits for its retry
     assert "publisher_delivery_oldest_due_seconds 0.0" in text  # it is not due yet
+
+
+def test_outbound_client_times_out_and_caps_what_it_reads():
+    from bench.fake_publisher import FakePublisher
+    from publishers.outbound import OutboundClient
+
+    with FakePublisher(delay=0.5) as slow:
+        client = OutboundClient(connect_timeout=1, read_timeout=0.1, max_response_bytes=4096, allow_private=True)
+        result = client.send(method="GET", url=slow.url + "/pb", headers={}, body=None)
+        assert result.status_code is None and "ReadTimeoutError" in result.error
+    with FakePublisher() as fake:
+        client = OutboundClient(connect_timeout=1, read_timeout=1, max_response_bytes=5, allow_private=True)
+        result = client.send(method="GET", url=fake.url + "/pb", headers={}, body=None)
+        assert result.succeeded and result.excerpt == '{"ok"'
+        client.close()
