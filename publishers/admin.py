@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -360,7 +360,9 @@ class PublisherAdmin(admin.ModelAdmin):
 
     def _publisher(self, request: HttpRequest, object_id: str) -> Publisher:
         publisher = self.get_object(request, object_id)
-        if publisher is None or not self.has_view_or_change_permission(request, publisher):
+        if publisher is None:
+            raise Http404(f"No publisher {object_id[:40]!r}")
+        if not self.has_view_or_change_permission(request, publisher):
             raise PermissionDenied
         return publisher
 

@@ -187,3 +187,10 @@ def test_analyst_reads_publishers_but_cannot_change_or_resend(analyst_client, ma
     log_url = reverse("admin:publishers_publisher_deliveries", args=[publisher.pk])
     assert analyst_client.get(log_url).status_code == 200
     assert analyst_client.post(log_url, {"delivery": ["1:1"]}).status_code == 403
+
+
+def test_malformed_resend_selection_is_ignored_not_a_500(admin_client, make_publisher):
+    publisher = make_publisher()
+    log_url = reverse("admin:publishers_publisher_deliveries", args=[publisher.pk])
+    response = admin_client.post(log_url, {"delivery": ["nonsense", "1:", ":2", "99999:1"]}, follow=True)
+    assert response.status_code == 200 and "0 deliveries queued" in response.content.decode()
