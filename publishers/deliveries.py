@@ -11,6 +11,7 @@ at that moment, whatever changes later.
 import datetime
 import json
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -61,10 +62,17 @@ def deliveries_announced(announcement: Announcement) -> list[Companion]:
 
 
 def macro_values(
-    *, route: PublisherRoute, conversion: dict[str, Any], partner_code: str, event: str, key: str
+    *,
+    route: PublisherRoute,
+    conversion: dict[str, Any],
+    partner_code: str,
+    event: str,
+    key: str,
+    payout: Decimal | None,
+    names: Iterable[str] | None = None,
 ) -> dict[str, str]:
-    """Every macro's value for one delivery (amounts as plain decimals, times in ISO 8601 UTC)."""
-    payout = route.payout(conversion)
+    """The macros' values for one delivery (amounts as plain decimals, times in ISO 8601
+    UTC): `names` only, or all of them."""
     values = {
         "conversion_id": conversion.get("conversion_id"),
         "click_id": conversion.get("click_id"),
@@ -84,7 +92,7 @@ def macro_values(
         "publisher_code": route.code,
         "idempotency_key": key,
     }
-    return {name: _text(value) for name, value in values.items()}
+    return {name: _text(values[name]) for name in (values if names is None else names)}
 
 
 def _text(value: Any) -> str:
@@ -102,8 +110,17 @@ def delivery_values(
 ) -> dict[str, Any]:
     """A Delivery's column values (without its conversion) for one publisher and event."""
     key = uuid.uuid4().hex
-    macros = macro_values(route=route, conversion=conversion, partner_code=partner.partner_code, event=event, key=key)
-    payout = macros["payout"]
+    payout = route.payout(conversion)
+    # On the ingest's path: a GET renders only the macros its template uses.
+    macros = macro_values(
+        route=route,
+        conversion=conversion,
+        partner_code=partner.partner_code,
+        event=event,
+        key=key,
+        payout=payout,
+        names=None if route.method == "POST" else route.template_macros,
+    )
     now = timezone.now()
     return {
         "partner_id": partner.pk,
@@ -112,9 +129,9 @@ def delivery_values(
         "source": source,
         "idempotency_key": key,
         "method": route.method,
-        "url": template_render(route.url_template, macros),
+        "url": template_render(route.url_template, macros, parts=route.template_parts),
         "body": json.dumps(macros, sort_keys=True) if route.method == "POST" else "",
-        "payout": Decimal(payout) if payout else None,
+        "payout": payout,
         "created_at": now,
         "next_attempt_at": now,
     }

@@ -66,11 +66,21 @@ def template_validate(template: str) -> None:
         raise TemplateError("macros may not be used in the host name")
 
 
-def template_render(template: str, values: Mapping[str, Any]) -> str:
-    """`template` with every macro replaced by its URL-encoded value (missing: empty)."""
+def template_parts(template: str) -> tuple[str, ...]:
+    """The template split once: literal text at even indexes, macro names at odd ones."""
+    return tuple(MACRO_PATTERN.split(template))
 
-    def replace(match: re.Match) -> str:
-        value = values.get(match.group(1))
-        return "" if value is None else quote(str(value), safe="")
 
-    return MACRO_PATTERN.sub(replace, template)
+def template_render(template: str, values: Mapping[str, Any], *, parts: tuple[str, ...] | None = None) -> str:
+    """`template` with every macro replaced by its URL-encoded value (missing: empty);
+    `parts`: the template already split by template_parts."""
+    parts = parts if parts is not None else template_parts(template)
+    rendered = []
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            rendered.append(part)
+        else:
+            value = values.get(part)
+            if value:
+                rendered.append(quote(str(value), safe=""))
+    return "".join(rendered)

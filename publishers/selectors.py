@@ -22,6 +22,7 @@ from partners.models import Partner
 from partners.selectors import partner_list_served
 from publishers.models import PENDING, Delivery, Publisher
 from publishers.payouts import payout_compute, payout_rule
+from publishers.postback_urls import template_parts
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class PublisherRoute:
     regex: re.Pattern | None
     events: frozenset[str]
     url_template: str
+    template_parts: tuple[str, ...]
+    template_macros: frozenset[str]
     method: str
     payout_default: tuple[str, Decimal]
     payout_overrides: dict[str, tuple[str, Decimal]]
@@ -70,6 +73,8 @@ def publisher_route(publisher: Publisher) -> PublisherRoute:
         regex=re.compile(publisher.match_regex) if publisher.match_regex else None,
         events=frozenset(publisher.events or ()),
         url_template=publisher.url_template,
+        template_parts=template_parts(publisher.url_template),
+        template_macros=frozenset(template_parts(publisher.url_template)[1::2]),
         method=publisher.http_method,
         payout_default=(publisher.payout_kind, publisher.payout_value),
         payout_overrides={rule.offer: (rule.payout_kind, rule.payout_value) for rule in publisher.offer_payouts.all()},
