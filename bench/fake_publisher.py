@@ -52,26 +52,32 @@ class FakePublisher:
                 )
                 with publisher.lock:
                     status = publisher.script.pop(0) if publisher.script else publisher.default_status
-                if publisher.delay:
-                    time.sleep(publisher.delay)
-                answer = b'{"ok": true}' if status < 400 else b'{"error": "nope"}'
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-                record.finished = time.time()
-                record.status = status
-                with publisher.lock:
-                    publisher.received.append(record)
+                    publisher.received.append(record)  # on arrival: a sender killed meanwhile is seen too
+                try:
+                    if publisher.delay:
+                        time.sleep(publisher.delay)
+                    answer = b'{"ok": true}' if status < 400 else b'{"error": "nope"}'
+                    self.send_response(status)
+                    if 300 <= status < 400:
+                        self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    record.status = status
+                finally:
+                    record.finished = time.time()
 
             do_GET = _answer
             do_POST = _answer
 
             def log_message(self, *args) -> None:
                 pass
+
+            def handle(self) -> None:
+                # A sender that dies mid-request (a killed worker) is expected here.
+                with contextlib.suppress(ConnectionError):
+                    super().handle()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True

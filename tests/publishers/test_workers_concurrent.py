@@ -74,13 +74,17 @@ def test_two_workers_and_one_killed_mid_batch_send_every_delivery_never_concurre
         metrics_port = free_port()
         survivor = start_worker({**env, "DELIVERY_METRICS_PORT": str(metrics_port)}, tmp_path / "survivor.log")
         try:
-            deadline = time.monotonic() + 60
-            while len(fake.requests()) < 150:  # both are sending by now: kill one mid-batch
+            deadline = time.monotonic() + 120
+            while len(fake.requests()) < 150:  # both are sending by now
                 assert time.monotonic() < deadline, (tmp_path / "victim.log").read_text()
                 time.sleep(0.01)
+            # Answers slow to a second: each worker surely has sends in flight when one is killed.
+            fake.delay = 1.0
+            time.sleep(0.5)
             victim.send_signal(signal.SIGKILL)
             killed_at = time.time()
             victim.wait(timeout=10)
+            fake.delay = 0.05
             outbox = Delivery.objects.using(involve.database_alias)
             while outbox.exclude(state=DELIVERED).exists():
                 assert time.monotonic() < deadline, (tmp_path / "survivor.log").read_text()
