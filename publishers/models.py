@@ -1,8 +1,11 @@
 """Publishers (configuration, in `default`) and their delivery outbox (in each partner's database)."""
 
+import ipaddress
 import re
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import models
@@ -10,7 +13,8 @@ from django.utils import timezone
 
 from conversions.models import PartnerConversion
 from partners.lifecycle import STATUSES
-from publishers.postback_urls import TemplateError, template_validate
+from publishers.outbound import address_refusal
+from publishers.postback_urls import MACRO_PATTERN, TemplateError, template_validate
 
 MATCH_FIELDS = [("sub_id", "sub_id"), ("media_id", "media_id")]
 METHODS = [("GET", "GET"), ("POST", "POST (JSON body)")]
@@ -125,6 +129,18 @@ class Publisher(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"
 
+    def _clean_destination(self) -> None:
+        """A template aimed at an address we never send to is refused when saved (a host
+        name is checked at each send, where it is resolved)."""
+        try:
+            host = urlsplit(MACRO_PATTERN.sub("x", self.url_template or "")).hostname or ""
+            ipaddress.ip_address(host)
+        except ValueError:
+            return
+        refusal = address_refusal(host, allow_private=settings.OUTBOUND_ALLOW_PRIVATE)
+        if refusal:
+            raise ValidationError({"url_template": f"Postbacks are never sent there: {refusal}."})
+
     @property
     def is_paused(self) -> bool:
         return self.paused_at is not None
@@ -138,6 +154,7 @@ class Publisher(models.Model):
         return split_lines(self.report_recipients)
 
     def clean(self) -> None:
+        self._clean_destination()
         if bool(self.prefixes) == bool(self.match_regex):
             raise ValidationError(
                 {"match_regex": "Give either a list of prefixes or a regular expression (one of them)."}

@@ -88,6 +88,7 @@ def test_manager_adds_a_publisher_and_the_ingest_sees_it_at_once(client, manager
         ({"match_prefixes": "RPID"}, "match_regex", "either a list of prefixes or a regular expression"),
         ({"report_recipients": "ops@x.example, nope"}, "report_recipients", "'nope' is not an email address"),
         ({"payout_value": "-1"}, "payout_value", "never negative"),
+        ({"url_template": "http://169.254.169.254/latest/meta-data/?c={conversion_id}"}, "url_template", "metadata"),
     ],
 )
 def test_bad_configuration_is_a_clear_form_error(manager_client, live_db, overrides, field, message):
@@ -179,6 +180,17 @@ def test_report_downloads_as_csv_and_xlsx_and_bad_dates_are_form_errors(client, 
     assert bad.status_code == 400 and "The end date is before the start date." in bad.content.decode()
     bad = admin_client.get(url, {"start": "yesterday", "end": "2026-01-05"})
     assert bad.status_code == 400 and "Enter a valid date." in bad.content.decode()
+
+
+def test_a_private_address_is_refused_when_saved_unless_allowed(manager_client, live_db):
+    from django.test import override_settings
+
+    with override_settings(OUTBOUND_ALLOW_PRIVATE=False):
+        response = manager_client.post(
+            reverse("admin:publishers_publisher_add"), form_data(url_template="http://10.1.2.3/pb?c={conversion_id}")
+        )
+    assert "10.1.2.3 is a private address" in " ".join(response.context["adminform"].form.errors["url_template"])
+    assert not Publisher.objects.exists()
 
 
 def test_analyst_reads_publishers_but_cannot_change_or_resend(analyst_client, make_publisher):
