@@ -24,5 +24,6 @@ RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --ver
 
 USER postback
 EXPOSE 8080
-# Cloud Run sets $PORT; gunicorn.conf.py binds to it.
+# Cloud Run sets $PORT; gunicorn.conf.py binds to it. The delivery worker runs from this
+# same image as `python manage.py deliver_postbacks` (cloudrun_manifest --worker).
 CMD ["gunicorn", "-c", "postback_site/gunicorn.conf.py"]

@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make run    start the service on the embedded default (SQLite under var/), port 8000
+#   make run    start the service and its delivery worker on the embedded default (SQLite under var/), port 8000
 #   make test   lint + vulnerability audit + the whole test suite (needs PostgreSQL on 127.0.0.1:5432)
 PYTHON ?= python3
 VENV := .venv
@@ -25,9 +25,14 @@ $(VENV)/.dev: requirements.lock requirements-dev.lock | $(BIN)/python
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
+# The server and, beside it, the delivery worker that sends postbacks to publishers;
+# Ctrl-C (or the server ending) stops both.
 run: $(VENV)/.runtime
 	$(BIN)/python manage.py init_partners
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	@$(BIN)/python manage.py deliver_postbacks & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	trap 'exit 130' INT TERM; \
 	PORT=$(PORT) $(BIN)/gunicorn -c postback_site/gunicorn.conf.py
 
 lint: $(VENV)/.dev

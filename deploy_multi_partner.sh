@@ -68,8 +68,16 @@ while read -r code service region project; do
     deployed=$((deployed + 1))
 done <<< "$partners"
 
+# The delivery worker (deliver_postbacks) sends every partner's postbacks to publishers;
+# POSTBACK_WORKER_INSTANCES scales it (claims are leased: any number is safe).
+worker_manifest="$MANIFEST_DIR/postback-delivery-worker.yaml"
+"$PYTHON" manage.py cloudrun_manifest --worker --project "$init_project" --region "$init_region" \
+    --worker-instances "${POSTBACK_WORKER_INSTANCES:-1}" > "$worker_manifest"
+(( dry_run )) || echo "Deploying the delivery worker in $init_project/$init_region" >&2
+run gcloud run services replace "$worker_manifest" --region "$init_region" --project "$init_project" --quiet
+
 if (( dry_run )); then
-    echo "DRY_RUN: init job and $deployed service(s) not deployed; manifests in $MANIFEST_DIR" >&2
+    echo "DRY_RUN: init job, $deployed service(s) and the delivery worker not deployed; manifests in $MANIFEST_DIR" >&2
 else
-    echo "Initialised the databases and deployed $deployed service(s)." >&2
+    echo "Initialised the databases and deployed $deployed service(s) and the delivery worker." >&2
 fi

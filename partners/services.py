@@ -137,6 +137,11 @@ ADMIN_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
 }
 
 
+def admin_grants_add(group: str, *grants: tuple[str, str, tuple[str, ...]]) -> None:
+    """Another app's models for an admin group (called from its AppConfig.ready)."""
+    ADMIN_GROUPS[group] = (*ADMIN_GROUPS[group], *(grant for grant in grants if grant not in ADMIN_GROUPS[group]))
+
+
 def admin_groups_ensure(*, apps: Any = None) -> list[str]:
     """Create the admin groups and give them exactly their permissions (idempotent).
 
@@ -160,7 +165,7 @@ def admin_groups_ensure(*, apps: Any = None) -> list[str]:
             try:
                 verbose = registry.get_model(app_label, model)._meta.verbose_name
             except LookupError:
-                continue  # a model added after this migration: `init_partners` grants it
+                continue  # a model this migration state does not have yet: `init_partners` grants it
             content_type, _ = ContentType.objects.get_or_create(app_label=app_label, model=model)
             for action in actions:
                 permission, _ = Permission.objects.get_or_create(

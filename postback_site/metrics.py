@@ -6,8 +6,10 @@ prometheus_client, so every worker writes its samples there and a scrape sums th
 
 import hmac
 import ipaddress
+import logging
 import os
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -90,6 +92,15 @@ def connections_gauges_refresh() -> None:
 
 connection_broker.listen(_connection_event)
 
+# Gauges an app computes when /metrics is read (e.g. the delivery queue), registered by the app.
+_scrape_hooks: list[Callable[[], None]] = []
+
+
+def metrics_scrape_hook(hook: Callable[[], None]) -> None:
+    """Run `hook` before each scrape (registering twice is a no-op); a failing hook is logged, not fatal."""
+    if hook not in _scrape_hooks:
+        _scrape_hooks.append(hook)
+
 
 # The labelled series of each (partner, outcome), looked up once: `labels()` costs more
 # than the increment on the hot path.
@@ -157,6 +168,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if refused is not None:
         return refused
     connections_gauges_refresh()
+    for hook in _scrape_hooks:
+        try:
+            hook()
+        except Exception:  # a gauge that cannot be computed must not hide the others
+            logging.getLogger(__name__).exception("metrics hook %s failed", getattr(hook, "__name__", hook))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "postback_site",
     "partners",
     "conversions",
+    "publishers",
 ]
 
 MIDDLEWARE = [
@@ -316,3 +317,25 @@ if LOG_FILE:
 # --- Admin -----------------------------------------------------------------------
 # Base URL partners call (for the postback URL shown in the admin); empty = the admin's own host.
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
+
+# --- Forwarding to publishers (the deliver_postbacks worker) ----------------------
+# Destinations on loopback, private or link-local addresses are refused unless this is set.
+OUTBOUND_ALLOW_PRIVATE = env.bool("OUTBOUND_ALLOW_PRIVATE", default=False)
+DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=32)  # sends in flight per worker process
+DELIVERY_BATCH_SIZE = env.int("DELIVERY_BATCH_SIZE", default=128)  # claimed at a time (4 waves of sends)
+DELIVERY_LEASE_SECONDS = env.float("DELIVERY_LEASE_SECONDS", default=60.0)
+DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=1.0)
+DELIVERY_CONNECT_TIMEOUT = env.float("DELIVERY_CONNECT_TIMEOUT", default=5.0)
+DELIVERY_READ_TIMEOUT = env.float("DELIVERY_READ_TIMEOUT", default=10.0)
+DELIVERY_RESPONSE_MAX_BYTES = env.int("DELIVERY_RESPONSE_MAX_BYTES", default=4096)
+# Seconds to wait after the 1st, 2nd, ... failed attempt; after the last, the delivery has failed.
+DELIVERY_BACKOFF_SECONDS = [
+    int(s) for s in env.list("DELIVERY_BACKOFF_SECONDS", default=["60", "300", "1800", "7200", "43200", "86400"])
+]
+PUBLISHER_PAUSE_AFTER_FAILURES = env.int("PUBLISHER_PAUSE_AFTER_FAILURES", default=10)
+DELIVERY_METRICS_PORT = env.int("DELIVERY_METRICS_PORT", default=0)  # the worker's own /metrics (0: none)
+
+# --- Email (publisher reports) ----------------------------------------------------
+# django-environ's EMAIL_URL: smtp+tls://user:password@smtp.example.com:587, consolemail://, ...
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="reports@localhost")

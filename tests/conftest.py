@@ -204,6 +204,8 @@ def _seed_definition(code: str) -> dict[str, Any]:
 
 def _empty(alias: str) -> None:
     with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM publisher_delivery_attempts")
+        cursor.execute("DELETE FROM publisher_deliveries")
         cursor.execute("DELETE FROM partner_conversion_changes")
         cursor.execute("DELETE FROM partner_conversions")
         cursor.execute("DELETE FROM postback_daily_counters")

@@ -280,6 +280,58 @@ def _companion_table(alias: str, vendor: str, model: type[models.Model]) -> _Tab
     return _Table(model, connections[alias])
 
 
+def original_insert_with_companions(
+    *, alias: str, values: dict[str, Any], companions: Sequence[Companion]
+) -> tuple[PartnerConversion | None, PartnerConversion | None]:
+    """original_insert, and the rows announced with it (hooks.Companion) written with it
+    atomically when it is inserted.
+
+    On PostgreSQL one statement (the companions' INSERTs are CTEs that take the new
+    row's id: a conversion that conflicts inserts none of them), so the transaction costs
+    no BEGIN and COMMIT round trips; elsewhere a transaction of the statements.
+    """
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using=alias):
+            conversion, original = original_insert(alias=alias, values=values)
+            if conversion is not None:
+                companions_insert(alias=alias, conversion_id=conversion.pk, companions=companions)
+        return conversion, original
+    conversions, _changes, reader = _tables_for(alias)
+    row = conversions.row_values(values)
+    params = conversions.db_values(row)
+    tables = []
+    for companion in companions:
+        table = _companion_table(alias, connection.vendor, companion.model)
+        tables.append((table, companion.conversion_field))
+        companion_row = table.row_values({**companion.values, companion.conversion_field: None})
+        params += [
+            value
+            for name, value in zip(table.attnames, table.db_values(companion_row), strict=True)
+            if name != companion.conversion_field
+        ]
+    inserted = _execute(alias, _insert_with_companions_sql(alias, connection.vendor, tuple(tables)), params)
+    if inserted is not None:
+        return PartnerConversion.from_db(alias, None, (inserted[0], *row)), None
+    return None, reader.read(alias, values["partner_id"], values["conversion_id"])
+
+
+@lru_cache(maxsize=64)
+def _insert_with_companions_sql(alias: str, vendor: str, tables: tuple[tuple["_Table", str], ...]) -> str:
+    connection = connections[alias]
+    conversions = _tables_for(alias)[0]
+    parts = [f"inserted AS ({conversions.insert_original_sql})"]
+    for index, (table, conversion_field) in enumerate(tables):
+        # Typed: a bare parameter in a SELECT list would be text, not the column's type.
+        selected = ", ".join(
+            "inserted.id" if field.attname == conversion_field else f"CAST(%s AS {field.db_type(connection)})"
+            for field in table.fields
+        )
+        insert = f"INSERT INTO {table.table} ({table.columns}) SELECT {selected} FROM inserted"  # noqa: S608
+        parts.append(f"companion_{index} AS ({insert})")
+    return f"WITH {', '.join(parts)} SELECT id FROM inserted"  # noqa: S608
+
+
 def companions_insert(*, alias: str, conversion_id: int, companions: Iterable[Companion]) -> None:
     """Write the rows announced with a conversion (hooks.Companion), linked to it by id.
 

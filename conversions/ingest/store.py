@@ -26,6 +26,7 @@ from conversions.ingest.statements import (
     conversion_insert,
     original_get,
     original_insert,
+    original_insert_with_companions,
     original_update,
 )
 from conversions.models import REQUEST_DIGESTS_KEPT, PartnerConversion
@@ -160,11 +161,7 @@ def _insert_original(
     )
     if not companions:
         return original_insert(alias=alias, values=values)
-    with transaction.atomic(using=alias):
-        conversion, original = original_insert(alias=alias, values=values)
-        if conversion is not None:
-            companions_insert(alias=alias, conversion_id=conversion.pk, companions=companions)
-    return conversion, original
+    return original_insert_with_companions(alias=alias, values=values, companions=companions)
 
 
 def conversion_settle(

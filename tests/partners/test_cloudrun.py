@@ -163,8 +163,11 @@ def test_deploy_script_dry_run_initialises_then_covers_every_active_partner(part
         *init_job_lines(tmp_path),
         f"{replace}/involve_asia.yaml --region asia-southeast1 --project acme-prod --quiet",
         f"{replace}/rector.yaml --region europe-west1 --project acme-eu --quiet",
+        f"{replace}/postback-delivery-worker.yaml --region asia-southeast1 --project acme-prod --quiet",
     ]
-    assert "init job and 2 service(s) not deployed" in result.stderr
+    assert "init job, 2 service(s) and the delivery worker not deployed" in result.stderr
+    worker = yaml.safe_load((tmp_path / "postback-delivery-worker.yaml").read_text())
+    assert worker["metadata"]["name"] == "postback-delivery-worker"
     job = yaml.safe_load((tmp_path / "postback-init.yaml").read_text())
     assert job["kind"] == "Job" and job["metadata"]["namespace"] == "acme-prod"
     for code in ("involve_asia", "rector"):
@@ -181,6 +184,8 @@ def test_deploy_script_dry_run_for_one_partner(partners, tmp_path):
     assert result.stdout.splitlines() == [
         *init_job_lines(tmp_path, "acme-eu", "europe-west1"),
         f"gcloud run services replace {tmp_path}/rector.yaml --region europe-west1 --project acme-eu --quiet",
+        f"gcloud run services replace {tmp_path}/postback-delivery-worker.yaml --region europe-west1 "
+        "--project acme-eu --quiet",
     ]
     failed = run_script("paused", tmp_path=tmp_path)
     assert failed.returncode != 0
@@ -323,6 +328,31 @@ def test_init_job_runs_init_partners_from_the_same_image_with_the_services_envir
     service_env = container_of(manifest("involve_asia", "--image", IMAGE, "--public-base-url", PUBLIC))["env"]
     shared = [entry for entry in service_env if entry["name"] not in {"POSTBACK_PARTNERS", "WEB_CONCURRENCY"}]
     assert container["env"] == shared
+
+
+def test_worker_is_a_service_with_cpu_always_allocated_running_deliver_postbacks(partners):
+    worker = manifest("--worker", "--image", IMAGE, "--project", "acme-prod", "--worker-instances", "3")
+    assert (worker["kind"], worker["metadata"]["name"]) == ("Service", "postback-delivery-worker")
+    assert worker["metadata"]["annotations"]["run.googleapis.com/ingress"] == "internal"
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert annotations["autoscaling.knative.dev/minScale"] == annotations["autoscaling.knative.dev/maxScale"] == "3"
+    container = container_of(worker)
+    assert [*container["command"], *container["args"]] == [
+        "python",
+        "manage.py",
+        "deliver_postbacks",
+        "--metrics-port",
+        "8080",
+    ]
+    shared = [
+        e
+        for e in container_of(manifest("involve_asia", "--image", IMAGE))["env"]
+        if e["name"] not in {"POSTBACK_PARTNERS", "WEB_CONCURRENCY"}
+    ]
+    assert [e for e in container["env"] if e["name"] != "DELIVERY_CONCURRENCY"] == shared
+    with pytest.raises(CommandError, match="--worker-instances must be from 1 to 100"):
+        call_command("cloudrun_manifest", "--worker", "--image", IMAGE, "--project", "p", "--worker-instances", "0")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ One image serves every partner; each partner gets its own Cloud Run service whos
 POSTBACK_PARTNERS names only that partner. Credentials are Secret Manager references,
 never values. `--list` prints the deployable partners for deploy_multi_partner.sh, and
 `--init-job` the Cloud Run job that runs `init_partners` from the same image before the
-services start (the first boot, and the migrations of every later image).
+services start (the first boot, and the migrations of every later image), and `--worker`
+the service that runs the delivery worker (`deliver_postbacks`) for every partner.
 """
 
 import json
@@ -24,6 +25,10 @@ REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 CONTAINER_PORT = 8080
 INIT_JOB_NAME = "postback-init"
 INIT_COMMAND = ["python", "manage.py", "init_partners"]
+WORKER_NAME = "postback-delivery-worker"
+# The delivery worker of the publishers app; it answers its metrics on the container port
+# (which is also what Cloud Run's startup probe checks).
+WORKER_COMMAND = ["python", "manage.py", "deliver_postbacks", "--metrics-port", str(8080)]
 DEFAULT_REGION = "asia-southeast1"
 # Exit status when the partners cannot be read (e.g. not initialised yet), told apart by the deploy script.
 UNREADABLE_CONFIGURATION = 3
@@ -66,8 +71,31 @@ class Command(BaseCommand):
             "--region", default=DEFAULT_REGION, help=f"the init job's region (default {DEFAULT_REGION})"
         )
         parser.add_argument("--job-name", default=INIT_JOB_NAME, help=f"the init job's name (default {INIT_JOB_NAME})")
+        parser.add_argument(
+            "--worker", action="store_true", help="print the delivery worker's service (deliver_postbacks, no partner)"
+        )
+        parser.add_argument(
+            "--worker-instances", type=int, default=1, help="the delivery worker's instances (default 1; min = max)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["worker"]:
+            self._require_image(options)
+            project = options["project"] or settings.GOOGLE_CLOUD_PROJECT
+            if not project:
+                raise CommandError("The worker needs a project: pass --project or set GOOGLE_CLOUD_PROJECT")
+            if not 1 <= options["worker_instances"] <= 100:
+                raise CommandError("--worker-instances must be from 1 to 100")
+            manifest = worker_manifest(
+                image=options["image"],
+                project=project,
+                region=_region(options["region"], owner="--region"),
+                secret_prefix=options["secret_prefix"],
+                instances=options["worker_instances"],
+                public_base_url=options["public_base_url"],
+            )
+            self.stdout.write(to_yaml(manifest), ending="")
+            return
         if options["init_job"]:
             self._require_image(options)
             project = options["project"] or settings.GOOGLE_CLOUD_PROJECT
@@ -316,6 +344,58 @@ def init_job_manifest(
                     },
                 }
             }
+        },
+    }
+
+
+def worker_manifest(
+    *, image: str, project: str, region: str, secret_prefix: str, instances: int, public_base_url: str = ""
+) -> dict[str, Any]:
+    """The Knative Service running the delivery worker: CPU always allocated (it works
+    between requests), `instances` always running, reachable only from inside the project."""
+    env = [
+        {"name": "DELIVERY_CONCURRENCY", "value": "32"},
+        *runtime_env(project=project, region=region, secret_prefix=secret_prefix, public_base_url=public_base_url),
+    ]
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": WORKER_NAME,
+            "namespace": project,
+            "labels": {"cloud.googleapis.com/location": region, "app": "postback", "role": "delivery-worker"},
+            "annotations": {
+                "run.googleapis.com/ingress": "internal",
+                "run.googleapis.com/description": "Sends postbacks to publishers (python manage.py deliver_postbacks)",
+            },
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": {"app": "postback", "role": "delivery-worker"},
+                    "annotations": {
+                        "autoscaling.knative.dev/minScale": str(instances),
+                        "autoscaling.knative.dev/maxScale": str(instances),
+                        "run.googleapis.com/cpu-throttling": "false",
+                    },
+                },
+                "spec": {
+                    "containerConcurrency": 10,
+                    # SIGTERM lets the batch in flight finish within the send timeouts.
+                    "timeoutSeconds": 30,
+                    "containers": [
+                        {
+                            "image": image,
+                            "command": WORKER_COMMAND[:1],
+                            "args": WORKER_COMMAND[1:],
+                            "ports": [{"name": "http1", "containerPort": CONTAINER_PORT}],
+                            "env": env,
+                            "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+                        }
+                    ],
+                },
+            },
+            "traffic": [{"latestRevision": True, "percent": 100}],
         },
     }
 

@@ -1,0 +1,26 @@
+from django.apps import AppConfig
+
+
+class PublishersConfig(AppConfig):
+    name = "publishers"
+    verbose_name = "Publishers"
+
+    def ready(self) -> None:
+        from conversions.ingest.hooks import decision_listener
+        from partners.databases import partner_models_register
+        from partners.services import admin_grants_add
+        from postback_site.metrics import metrics_scrape_hook
+        from publishers.deliveries import deliveries_announced
+        from publishers.metrics import delivery_gauges_refresh
+
+        # The outbox lives in each partner's database, beside the conversions it is written with.
+        partner_models_register(self.label, "delivery", "deliveryattempt")
+        decision_listener(deliveries_announced)
+        metrics_scrape_hook(delivery_gauges_refresh)
+        # Account managers configure publishers; analysts read them.
+        admin_grants_add(
+            "Account managers",
+            ("publishers", "publisher", ("add", "change", "view")),
+            ("publishers", "publisherofferpayout", ("add", "change", "delete", "view")),
+        )
+        admin_grants_add("Analysts", ("publishers", "publisher", ("view",)))
