@@ -124,6 +124,13 @@ def _partner_scope_ids(user) -> list[int] | None:
     return scope_ids or None
 
 
+def partner_scope_applies(user) -> bool:
+    """Whether `user` is limited to some partners (a PartnerScope applies to them)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return True
+    return _partner_scope_ids(user) is not None
+
+
 def partners_visible_to(user) -> QuerySet[Partner]:
     """The partners `user` may see in the admin and the API, ordered by code.
 

@@ -22,6 +22,7 @@ from conversions.models import ORIGINAL, PartnerConversion
 from partners.databases import PartnerDatabaseUnavailable, partner_database
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
+from partners.selectors import partner_scope_applies, partners_visible_to
 from publishers.deliveries import delivery_values
 from publishers.models import (
     DELIVERY_STATES,
@@ -357,6 +358,34 @@ class PublisherAdmin(admin.ModelAdmin):
             path("<path:object_id>/report/", view(self.report_view), name="publishers_publisher_report"),
             *super().get_urls(),
         ]
+
+    def get_queryset(self, request: HttpRequest):
+        # A user limited to some partners sees a publisher only when every partner whose
+        # conversions it may match is theirs (one matching every partner: none of them).
+        publishers = super().get_queryset(request)
+        if not partner_scope_applies(request.user):
+            return publishers
+        others = Partner.objects.exclude(pk__in=partners_visible_to(request.user).values("pk"))
+        return publishers.filter(partners__isnull=False).exclude(partners__in=others).distinct()
+
+    def get_form(self, request: HttpRequest, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        if not partner_scope_applies(request.user) or "partners" not in form.base_fields:
+            return form
+
+        class ScopedPublisherForm(form):
+            def clean_partners(self):
+                partners = self.cleaned_data.get("partners")
+                if not partners:
+                    raise forms.ValidationError("Choose the partners (among yours) whose conversions it receives.")
+                return partners
+
+        return ScopedPublisherForm
+
+    def formfield_for_manytomany(self, db_field, request: HttpRequest, **kwargs):
+        if db_field.name == "partners":
+            kwargs["queryset"] = partners_visible_to(request.user)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def _publisher(self, request: HttpRequest, object_id: str) -> Publisher:
         publisher = self.get_object(request, object_id)

@@ -206,3 +206,27 @@ def test_malformed_resend_selection_is_ignored_not_a_500(admin_client, make_publ
     log_url = reverse("admin:publishers_publisher_deliveries", args=[publisher.pk])
     response = admin_client.post(log_url, {"delivery": ["nonsense", "1:", ":2", "99999:1"]}, follow=True)
     assert response.status_code == 200 and "0 deliveries queued" in response.content.decode()
+
+
+def test_a_scoped_user_sees_only_publishers_of_their_partners(client, users, involve, rector, make_publisher):
+    from django.contrib.auth.models import Group, User
+
+    from partners.models import PartnerScope
+
+    user = User.objects.create_user("ia_manager", password="pw", is_staff=True)
+    user.groups.add(Group.objects.get(name="Account managers"))
+    PartnerScope.objects.create(user=user).partners.add(involve)
+    client.force_login(user)
+    theirs = make_publisher(code="ia_only", partners=[involve])
+    both = make_publisher(code="both", partners=[involve, rector])
+    everywhere = make_publisher(code="everywhere")
+    listed = client.get(CHANGELIST).content.decode()
+    assert "ia_only" in listed and "both" not in listed and "everywhere" not in listed
+    for publisher, status in ((theirs, 200), (both, 404), (everywhere, 404)):
+        log_url = reverse("admin:publishers_publisher_deliveries", args=[publisher.pk])
+        assert client.get(log_url).status_code == status
+        report_url = reverse("admin:publishers_publisher_report", args=[publisher.pk])
+        assert client.get(report_url).status_code == status
+    added = client.get(reverse("admin:publishers_publisher_add"))
+    choices = [label for _value, label in added.context["adminform"].form.fields["partners"].choices]
+    assert [str(label) for label in choices] == [str(involve)]
