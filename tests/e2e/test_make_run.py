@@ -1,0 +1,109 @@
+"""The README's run command: `make run` on the embedded default serves the seed postbacks,
+runs the delivery worker beside the server, and Ctrl-C stops both."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.fake_publisher import FakePublisher
+from tests.e2e.server import PROJECT_DIR, free_port, manage, service_env
+
+SEED_POSTBACK = (
+    "/partner/involve/event?sub_id=test123&media_id=media456&click_id=click789&usd_sale_amount=99.99"
+    "&usd_payout=9.99&offer_name=Test&conversion_id=conv001&conversion_datetime=2025-01-15"
+)
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_make_run_serves_the_seed_postbacks_with_the_delivery_worker_and_stops_on_ctrl_c(tmp_path: Path):
+    port = free_port()
+    # The embedded default, only placed in a temporary folder instead of var/.
+    env = {
+        key: value
+        for key, value in service_env().items()
+        if key not in {"DATABASE_URL", "PARTNER_DATABASE_URL", "SECRET_KEY", "LOG_FILE", "MAKEFLAGS"}
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
+        PARTNER_DATABASE_URL=f"sqlite:///{tmp_path}/{{name}}.sqlite3",
+        OUTBOUND_ALLOW_PRIVATE="1",  # the fake publisher listens on 127.0.0.1
+        PARTNER_CACHE_SECONDS="1",
+        DELIVERY_POLL_SECONDS="0.2",
+    )
+    log_path = tmp_path / "make-run.log"
+    with FakePublisher() as publisher, open(log_path, "w") as log:
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"PORT={port}"],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if _get(base + "/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert make.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.3)
+
+            added = manage(
+                env,
+                "shell",
+                "-c",
+                "from publishers.models import Publisher; from publishers.services import publisher_save;"
+                "p = Publisher(code='tester', name='Tester', match_regex='^test',"
+                f" url_template='{publisher.url}/pb?c={{conversion_id}}&s={{sub_id}}', events=['recorded'],"
+                " payout_kind='percent_sale', payout_value=1); p.full_clean(); p.save(); publisher_save(publisher=p)",
+            )
+            assert added.returncode == 0, added.stderr
+            time.sleep(1.5)  # PARTNER_CACHE_SECONDS: the server's directory of publishers reloads
+
+            status, body = _get(base + SEED_POSTBACK)
+            assert (status, body["status"]) == (200, "success"), body
+            status, body = _get(base + SEED_POSTBACK.replace("involve/event", "rector/event").replace("001", "002"))
+            assert (status, body["status"]) == (200, "success"), body
+
+            deadline = time.monotonic() + 30
+            while not any(received.query.get("c") == ["conv001"] for received in publisher.requests()):
+                assert time.monotonic() < deadline, "the delivery worker sent nothing\n" + log_path.read_text()
+                time.sleep(0.2)
+            sent = [received for received in publisher.requests() if received.query.get("c") == ["conv001"]]
+            assert sent[0].path == "/pb" and sent[0].query["s"] == ["test123"]
+        finally:
+            os.killpg(make.pid, signal.SIGINT)  # Ctrl-C
+            try:
+                make.wait(timeout=30)
+            finally:
+                deadline = time.monotonic() + 15
+                while _group_alive(make.pid) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                alive = _group_alive(make.pid)
+                if alive:
+                    os.killpg(make.pid, signal.SIGKILL)
+        assert not alive, "Ctrl-C left the server or the worker running\n" + log_path.read_text()
