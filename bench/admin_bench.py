@@ -106,6 +106,8 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
     for label, url in pages.items():
         if label.startswith("dashboard"):
             pages[label] = url.format(pk=partner.pk, **dates)
+    from bench.postback_bench import cpu_model
+
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; load average before: {load()}")
 
     print(f"\n{'page':40} {'median':>9} {'min':>9} {'max':>9}  rows shown")
@@ -126,13 +128,6 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
             f"{max(timings) * 1000:7.0f}ms  {shown if 'detail' not in label else '-'}"
         )
     print(f"load average after: {load()}")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def load() -> str:

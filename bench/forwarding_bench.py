@@ -35,6 +35,7 @@ from psycopg import sql
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 from bench.fake_publisher import FakePublisher  # noqa: E402
+from bench.postback_bench import cpu_model  # noqa: E402
 
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
 TAIL = (
@@ -89,13 +90,6 @@ def manage(env: dict[str, str], *args: str) -> str:
     if done.returncode:
         raise SystemExit(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def deliveries_round(env, fake: FakePublisher, round_number: int, count: int) -> float:

@@ -37,7 +37,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pgbouncer import PgBouncer, PgBouncerMissing  # noqa: E402
-from bench.postback_bench import CLOCK_TICKS, LUA_CLOCK, drop_databases, ensure_wrk, free_port  # noqa: E402
+from bench.postback_bench import (  # noqa: E402
+    CLOCK_TICKS,
+    LUA_CLOCK,
+    drop_databases,
+    ensure_wrk,
+    free_port,
+    stop,
+    wait_until_up,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
@@ -138,34 +146,17 @@ def metric(base: str, name: str) -> float:
 
 def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**env, "PORT": str(port)}
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "postback_site/gunicorn.conf.py"],
             cwd=PROJECT_DIR,
-            env=env,
+            env={**env, "PORT": str(port)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/info", timeout=5).read()
-            return server, base
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the server did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    wait_until_up(base + "/info", server, log_path, seconds=60)
+    return server, base
 
 
 def run_wrk(wrk: str, base: str, mode: str, run_id: str, args, workdir: Path, prefix: str) -> dict:
@@ -223,7 +214,7 @@ def bench_layout(name: str, env: dict, args, wrk: str, workdir: Path, prefix: st
                     flush=True,
                 )
     finally:
-        stop_server(server)
+        stop(server)
     ratios = [s["rps"] / o["rps"] for s, o in zip(results["spread"], results["one"], strict=True)]
     failures = sum(r["non2xx"] + r["socket_errors"] for runs in results.values() for r in runs)
     peak = max(r["peak_connections"] for runs in results.values() for r in runs)

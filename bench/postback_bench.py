@@ -241,8 +241,8 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def wait_until_up(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_up(url: str, server: subprocess.Popen, log_path: Path, *, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
     while True:
         try:
             urllib.request.urlopen(url, timeout=2).read()
@@ -258,9 +258,10 @@ def stop(server: subprocess.Popen | None) -> None:
         return
     server.terminate()
     try:
-        server.wait(timeout=20)
+        server.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.kill()
+        server.wait()
 
 
 def run_wrk(

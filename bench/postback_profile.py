@@ -114,7 +114,7 @@ def main() -> None:
 
     from django.core.management import call_command
 
-    from bench.postback_bench import drop_databases
+    from bench.postback_bench import cpu_model, drop_databases
     from partners.models import Partner
     from postback_site.wsgi import application
 
@@ -206,7 +206,7 @@ def main() -> None:
         else:
             by_stage[stage_of(location)] += own
     total = sum(by_stage.values())
-    cpu = os.popen("lscpu | grep 'Model name'").read().split(":", 1)[-1].strip() or "unknown CPU"  # noqa: S605
+    cpu = cpu_model()
     step_logs = "off" if args.no_step_logs else "on"
     print(
         f"postback profile: {cpu}, {args.requests} {args.load} postbacks, step logs {step_logs}; "

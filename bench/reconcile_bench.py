@@ -16,7 +16,6 @@ missing ones and applying the report once. Drops both databases at the end.
 import argparse
 import datetime
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -34,16 +33,6 @@ BASE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 DAYS = 100  # the stored conversions are spread evenly over these days
 WINDOW = (40, 49)  # the report's days (0-based, included)
 HEADER = "conversion_id,datetime_conversion,offer_id,usd_sale_amount,usd_payout,conversion_currency,conversion_status\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -78,6 +67,7 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
     from django.core.management import call_command
     from django.db import connections
 
+    from bench.postback_bench import cpu_model
     from conversions.models import ReportSource
     from partners.databases import database_create_if_missing, partner_database_provision
     from partners.models import Partner
