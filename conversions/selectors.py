@@ -260,6 +260,26 @@ def _iso_utc(text: str | None) -> str | None:
 STATUS_ORDER = {status: index for index, status in enumerate(STATUSES)}
 
 
+def _in_range(*, partner: Partner, time_range: TimeRange) -> QuerySet[PartnerConversion]:
+    return PartnerConversion.objects.using(partner.database_alias).filter(time_range.q(), partner_id=partner.pk)
+
+
+def conversion_day_groups(*, partner: Partner, time_range: TimeRange) -> QuerySet[PartnerConversion]:
+    """The accepted rows grouped by UTC day, offer, duplicate flag and status, with counts and sums.
+
+    The statistics of migration 0008 are on these very expressions: they tell PostgreSQL's
+    planner how few groups there are, so it aggregates in parallel and in memory.
+    """
+    return (
+        _in_range(partner=partner, time_range=time_range)
+        .filter(processing_error__isnull=True)
+        .annotate(_day=TruncDate(time_range.time_field, tzinfo=UTC))
+        .values("_day", "offer_id", "is_duplicate", "status")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+
+
 def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) -> ConversionStats:
     """Counts by outcome, original amounts, a per-day (UTC) series and the top offers.
 
@@ -269,16 +289,9 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
     have their own small index. Offers are keyed by offer_id (named by their latest
     offer_name), or by offer_name for rows without an offer_id.
     """
-    alias = partner.database_alias
-    in_range = PartnerConversion.objects.using(alias).filter(time_range.q(), partner_id=partner.pk)
+    in_range = _in_range(partner=partner, time_range=time_range)
     day = TruncDate(time_range.time_field, tzinfo=UTC)
-    accepted = (
-        in_range.filter(processing_error__isnull=True)
-        .annotate(_day=day)
-        .values("_day", "offer_id", "is_duplicate", "status")
-        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
-        .order_by()
-    )
+    accepted = conversion_day_groups(partner=partner, time_range=time_range)
     rejected = (
         in_range.filter(processing_error__isnull=False)
         .annotate(_day=day)
