@@ -70,6 +70,23 @@ def secret_masked(value: Any, *, secret: str) -> Any:
     partner has a secret, every occurrence of it replaced: it must never be stored or logged."""
     if isinstance(value, str):
         return value.replace(secret, MASK) if secret and secret in value else value
+    if type(value) is dict:
+        # The flat dict of text every postback has, without a call per key and value.
+        masked = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                masked[secret_masked(key, secret=secret)] = secret_masked(item, secret=secret)
+                continue
+            hidden = key.lower() in SECRET_PARAMS
+            if secret and secret in key:
+                key = key.replace(secret, MASK)
+            if hidden:
+                masked[key] = MASK
+            elif type(item) is str:
+                masked[key] = item.replace(secret, MASK) if secret and secret in item else item
+            else:
+                masked[key] = secret_masked(item, secret=secret)
+        return masked
     if isinstance(value, dict):
         return {
             secret_masked(key, secret=secret): MASK

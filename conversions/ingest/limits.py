@@ -55,7 +55,7 @@ def params_limits_check(params: Mapping[str, Any]) -> Refusal | None:
     for name, value in params.items():
         if name in INTERNAL_PARAMS:
             continue
-        values = value if isinstance(value, list) else [value]
+        values = value if type(value) is list else (value,)
         count += len(values)
         if count > max_count:
             return too_many_parameters()
@@ -67,7 +67,7 @@ def params_limits_check(params: Mapping[str, Any]) -> Refusal | None:
                 errors={shown: f"parameter name is {len(name)} characters long; the limit is {max_name}"},
             )
         for item in values:
-            length = _length(item)
+            length = len(item) if type(item) is str else _length(item)
             if length > max_value:
                 return Refusal(
                     reason="parameter_value_too_long",

