@@ -146,7 +146,17 @@ def _log_stored(partner: Partner, stored: Stored, trace: list[str] | None, elaps
                 f"outcome={stored.outcome.answer}, time={elapsed_ms:.2f}ms"
             )
         _trace_end(trace, last_line)
-    else:
+    if stored.outcome is Outcome.REJECTED:
+        # As a refusal is (_refused): a WARNING naming the fields, whatever the step logs.
+        logger.warning(
+            "postback rejected partner=%s reason=invalid_data status=%s ip=%s conversion_id=%s fields=%s",
+            partner.partner_code,
+            stored.outcome.http_status,
+            stored.conversion.request_ip,
+            conversion_id or "-",
+            ",".join(stored.errors),
+        )
+    elif trace is None:
         logger.info(
             "postback partner=%s outcome=%s conversion_id=%s time=%.2fms",
             partner.partner_code,

@@ -28,6 +28,13 @@ def json_response(body: dict[str, Any], *, status: int, headers: dict[str, str] 
     return JsonResponse(body, status=status, headers=headers, json_dumps_params=COMPACT_JSON)
 
 
+def _logged(response: JsonResponse) -> JsonResponse:
+    """A 4xx the pipeline has logged itself (one line per postback; a quota refusal once a
+    day): Django's own `Bad Request: /path` WARNING would say it again, on every one."""
+    response._has_been_logged = True
+    return response
+
+
 def stored_response(*, partner: Partner, stored: Stored, elapsed_ms: float) -> JsonResponse:
     """200 success / duplicate / updated, or 400 for a postback stored as rejected."""
     outcome = stored.outcome
@@ -44,7 +51,7 @@ def stored_response(*, partner: Partner, stored: Stored, elapsed_ms: float) -> J
         body["changes"] = {name: [_json_value(v) for v in pair] for name, pair in stored.changes.items()}
     if stored.note:
         body["note"] = stored.note
-    return json_response(body, status=outcome.http_status)
+    return _logged(json_response(body, status=outcome.http_status))
 
 
 def refusal_response(*, partner: Partner, refusal: Refusal) -> JsonResponse:
@@ -58,7 +65,7 @@ def refusal_response(*, partner: Partner, refusal: Refusal) -> JsonResponse:
     if refusal.errors:
         body["errors"] = refusal.errors
     headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
-    return json_response(body, status=refusal.http_status, headers=headers)
+    return _logged(json_response(body, status=refusal.http_status, headers=headers))
 
 
 def not_found_response(endpoint_path: str) -> JsonResponse:

@@ -1,7 +1,9 @@
 """The audit of refused postbacks: counted per partner, local day and reason, visible to staff."""
 
 import io
+import logging
 
+import pytest
 from django.core.management import call_command
 
 from conversions.ingest.refusals import refusal_counts
@@ -42,3 +44,41 @@ def test_command_says_when_nothing_was_refused(make_partner):
     out = io.StringIO()
     call_command("postback_rejections", stdout=out)
     assert out.getvalue().strip() == "rector: no rejected postbacks"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def log_lines():
+    """WARNING and above of our ingest logger and of Django's request logger, as (logger, message)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("conversions.ingest", "django.request")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield lambda: [(r.name, r.getMessage()) for r in handler.records if r.levelno >= logging.WARNING]
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def test_a_refused_or_rejected_postback_is_one_warning_line_not_two(client, make_partner, log_lines):
+    make_partner("involve_asia", postback_secret="s" * 24, max_daily_requests=1)
+    token = "token=" + "s" * 24
+    client.get(f"{URL}?conversion_id=a&token=nope")  # 403 token_invalid
+    client.get(f"{URL}?{token}&conversion_id=b&usd_payout=abc")  # 400 invalid_data, stored as rejected
+    client.get(f"{URL}?{token}&conversion_id=c")  # 429: logged once a day by the quota, not per postback
+    client.get(f"{URL}?{token}&conversion_id=d")  # 429 again
+
+    lines = log_lines()
+    assert [name for name, _ in lines if name == "django.request"] == [], lines
+    ours = [message for name, message in lines if name == "conversions.ingest"]
+    assert len(ours) == 2, ours
+    assert "reason=token_invalid status=403" in ours[0]
+    assert "reason=invalid_data status=400" in ours[1]
+    assert "conversion_id=b fields=usd_earning" in ours[1]
