@@ -112,14 +112,15 @@ def database_pool(tmp_path_factory: pytest.TempPathFactory, partner_server_port:
 @pytest.fixture(autouse=True)
 def _fresh_partner_directory() -> Iterator[None]:
     from conversions.ingest.quota import quota_ledger, redis_breaker
+    from conversions.ingest.refusals import refusal_ledger
     from conversions.ingest.store import _recently_stored
 
-    for state in (partner_directory, quota_ledger, _recently_stored):
+    for state in (partner_directory, quota_ledger, _recently_stored, refusal_ledger):
         state.clear()
     redis_breaker.reset()
     guards_reset()
     yield
-    for state in (partner_directory, quota_ledger, _recently_stored):
+    for state in (partner_directory, quota_ledger, _recently_stored, refusal_ledger):
         state.clear()
     redis_breaker.reset()
     guards_reset()
@@ -203,6 +204,9 @@ def _seed_definition(code: str) -> dict[str, Any]:
 
 
 def _empty(alias: str) -> None:
+    from conversions.ingest.refusals import refusal_ledger
+
+    refusal_ledger.clear()  # no refusal count of this test lands after the DELETE
     with connections[alias].cursor() as cursor:
         cursor.execute("DELETE FROM publisher_delivery_attempts")
         cursor.execute("DELETE FROM publisher_deliveries")

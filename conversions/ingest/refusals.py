@@ -5,10 +5,14 @@ A Refusal is raised by the parse and guard stages and answered by the pipeline; 
 partner-local day and reason in the partner's own database.
 """
 
+import atexit
 import datetime
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.utils import timezone
 
 from conversions.ingest.counters import daily_counter_increment
@@ -72,25 +76,120 @@ class RefusalCount:
 
 
 def refusal_record(*, partner: Partner, reason: str, now: datetime.datetime | None = None) -> None:
-    """Count one refused postback for the partner's local day. Never raises: the audit
-    must not turn a 4xx into a 5xx when the partner database is away."""
+    """Count one refused postback for the partner's local day. Never raises, and costs
+    the postback no write: the count is added to the partner database's counter within
+    QUOTA_FLUSH_SECONDS (refusal_ledger), so a flood of bad postbacks neither pays a
+    second statement each nor queues on one counter row."""
     now = now or timezone.now()
-    try:
-        with partner_database(partner) as alias:
-            daily_counter_increment(
-                alias=alias,
-                partner_id=partner.pk,
-                day=partner.local_now(now).date(),
-                name=REJECTED_PREFIX + reason,
-                now=now,
-            )
-    except PartnerDatabaseUnavailable as exc:
-        logger.error("cannot count refused postback partner=%s reason=%s: %s", partner.partner_code, reason, exc)
+    refusal_ledger.add(partner=partner, day=partner.local_now(now).date(), reason=reason, now=now)
+
+
+@dataclass
+class _Pending:
+    partner: Partner
+    count: int
+    last_at: datetime.datetime
+
+
+class RefusalLedger:
+    """This process's refused postbacks not yet added to their partners' counters.
+
+    Added by a thread of this process every QUOTA_FLUSH_SECONDS while some are pending
+    (0: at once, by the refusing request), before this process reads the counts
+    (refusal_counts), and when the process exits; a partner database that is away keeps
+    its counts pending for the next try. Only a process killed outright loses the counts
+    of its last QUOTA_FLUSH_SECONDS (the rejected postbacks themselves are stored rows).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, datetime.date, str], _Pending] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time: no count is added twice
+        self._flusher: threading.Thread | None = None
+        self._exit_registered = False
+
+    def add(self, *, partner: Partner, day: datetime.date, reason: str, now: datetime.datetime) -> None:
+        key = (partner.pk, day, reason)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None:
+                self._pending[key] = _Pending(partner=partner, count=1, last_at=now)
+            else:
+                pending.partner, pending.count, pending.last_at = partner, pending.count + 1, max(pending.last_at, now)
+            if settings.QUOTA_FLUSH_SECONDS > 0:
+                self._flusher_ensure()
+                return
+        self.flush()
+
+    def flush(self, *, partner_id: int | None = None) -> None:
+        """Add the pending counts (of one partner, or all) to the partners' databases."""
+        with self._flush_lock:
+            with self._lock:
+                keys = [key for key in self._pending if partner_id is None or key[0] == partner_id]
+                taken = {key: self._pending.pop(key) for key in keys}
+            for key, pending in taken.items():
+                try:
+                    with partner_database(pending.partner) as alias:
+                        daily_counter_increment(
+                            alias=alias,
+                            partner_id=key[0],
+                            day=key[1],
+                            name=REJECTED_PREFIX + key[2],
+                            now=pending.last_at,
+                            by=pending.count,
+                        )
+                except Exception as exc:  # kept for the next try, whatever went wrong
+                    self._put_back(key, pending)
+                    message = "cannot count %d refused postback(s) partner=%s reason=%s yet: %s"
+                    arguments = (pending.count, pending.partner.partner_code, key[2], exc)
+                    if isinstance(exc, PartnerDatabaseUnavailable):
+                        logger.error(message, *arguments)
+                    else:
+                        logger.exception(message, *arguments)
+
+    def _put_back(self, key: tuple[int, datetime.date, str], pending: _Pending) -> None:
+        with self._lock:
+            kept = self._pending.setdefault(key, _Pending(pending.partner, 0, pending.last_at))
+            kept.count += pending.count
+            kept.last_at = max(kept.last_at, pending.last_at)
+
+    def clear(self) -> None:
+        """Forget the pending counts; returns once no flush is under way (tests)."""
+        with self._flush_lock, self._lock:
+            self._pending = {}
+
+    def _flusher_ensure(self) -> None:
+        """(Under self._lock.) The thread that adds the pending counts, started when needed."""
+        if not self._exit_registered:
+            atexit.register(self.flush)
+            self._exit_registered = True
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_while_pending, name="refusal-counts", daemon=True)
+            self._flusher.start()
+
+    def _flush_while_pending(self) -> None:
+        started = time.monotonic()
+        while True:
+            # Short naps, so a pending count waits QUOTA_FLUSH_SECONDS as it is now.
+            time.sleep(min(settings.QUOTA_FLUSH_SECONDS, 0.25))
+            if time.monotonic() - started < settings.QUOTA_FLUSH_SECONDS:
+                continue
+            self.flush()
+            started = time.monotonic()
+            with self._lock:
+                if not self._pending:
+                    self._flusher = None
+                    return
+
+
+refusal_ledger = RefusalLedger()
 
 
 def refusal_counts(*, partner: Partner, days: int = 30) -> list[RefusalCount]:
-    """Refused postbacks of the last `days` local days, newest day first (raises
-    PartnerDatabaseUnavailable when the partner's database cannot be read)."""
+    """Refused postbacks of the last `days` local days, newest day first, this process's
+    pending ones included (raises PartnerDatabaseUnavailable when the partner's database
+    cannot be read)."""
+    refusal_ledger.flush(partner_id=partner.pk)
     since = partner.local_now().date() - datetime.timedelta(days=days - 1)
     with partner_database(partner) as alias:
         rows = list(

@@ -2,6 +2,7 @@
 
 import io
 import logging
+import time
 
 import pytest
 from django.core.management import call_command
@@ -82,3 +83,53 @@ def test_a_refused_or_rejected_postback_is_one_warning_line_not_two(client, make
     assert "reason=token_invalid status=403" in ours[0]
     assert "reason=invalid_data status=400" in ours[1]
     assert "conversion_id=b fields=usd_earning" in ours[1]
+
+
+def _stored_counts(partner) -> dict[str, int]:
+    from conversions.models import DailyCounter
+
+    rows = DailyCounter.objects.using(partner.database_alias).filter(name__startswith="rejected:")
+    return {row.name.removeprefix("rejected:"): row.count for row in rows}
+
+
+def test_refusals_are_counted_in_batches_not_one_write_each(client, make_partner, settings):
+    settings.QUOTA_FLUSH_SECONDS = 60
+    partner = make_partner("involve_asia", postback_secret="s" * 24)
+    for n in range(20):
+        assert client.get(f"{URL}?conversion_id=r{n}&token=nope").status_code == 403
+    assert _stored_counts(partner) == {}  # nothing written by the refused postbacks themselves
+
+    # This process's pending counts are added before it reads them.
+    assert {row.reason: row.count for row in refusal_counts(partner=partner)} == {"token_invalid": 20}
+    assert _stored_counts(partner) == {"token_invalid": 20}
+
+    # And by its own thread within QUOTA_FLUSH_SECONDS, with nobody reading.
+    settings.QUOTA_FLUSH_SECONDS = 0.2
+    for n in range(5):
+        client.get(f"{URL}?conversion_id=s{n}&token=nope")
+    deadline = time.monotonic() + 10
+    while _stored_counts(partner) != {"token_invalid": 25} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stored_counts(partner) == {"token_invalid": 25}
+
+
+def test_counts_wait_for_a_partner_database_that_is_away(client, make_partner, settings, monkeypatch):
+    from conversions.ingest import refusals
+    from partners.databases import PartnerDatabaseUnavailable
+
+    settings.QUOTA_FLUSH_SECONDS = 60
+    partner = make_partner("involve_asia", postback_secret="s" * 24)
+    for n in range(3):
+        client.get(f"{URL}?conversion_id=r{n}&token=nope")
+    real = refusals.daily_counter_increment
+
+    def away(**kwargs):
+        raise PartnerDatabaseUnavailable(partner.database_alias, "connection refused")
+
+    monkeypatch.setattr(refusals, "daily_counter_increment", away)
+    refusals.refusal_ledger.flush()  # fails: the counts stay pending
+    client.get(f"{URL}?conversion_id=r9&token=nope")
+    monkeypatch.setattr(refusals, "daily_counter_increment", real)
+    assert _stored_counts(partner) == {}
+    refusals.refusal_ledger.flush()
+    assert _stored_counts(partner) == {"token_invalid": 4}
