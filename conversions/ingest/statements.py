@@ -268,6 +268,43 @@ def _update_sql(alias: str, vendor: str, names: tuple[str, ...], guards: tuple[s
     return f"WITH updated AS ({update_sql} RETURNING id) {insert_history} RETURNING 1"
 
 
+def duplicate_insert(
+    *, alias: str, values: dict[str, Any], original_pk: int, guards: dict[str, Any]
+) -> PartnerConversion | None:
+    """Insert `values` as a duplicate of the original `original_pk`, in one statement, if
+    that row is still the original of this conversion_id and has the `guards` values;
+    None, with nothing written, when it has changed since they were seen or is gone."""
+    connection = connections[alias]
+    table = _tables_for(alias)[0]
+    row = table.row_values({**values, "is_duplicate": True, "duplicate_of_id": original_pk})
+    sql = _duplicate_sql(alias, connection.vendor, tuple(guards))
+    where = [original_pk, values["partner_id"], values["conversion_id"], *table.db_values_of(guards)]
+    inserted = _execute(alias, sql, [*table.db_values(row), *where])
+    return None if inserted is None else PartnerConversion.from_db(alias, None, (inserted[0], *row))
+
+
+@lru_cache(maxsize=64)
+def _duplicate_sql(alias: str, vendor: str, guards: tuple[str, ...]) -> str:
+    connection = connections[alias]
+    conversions = _tables_for(alias)[0]
+    quote = connection.ops.quote_name
+    if vendor == "postgresql":
+        # Typed (a bare parameter in a SELECT list would be text), without the length or
+        # precision: an explicit cast to varchar(50) would cut a longer value silently.
+        selected = ", ".join(
+            f"CAST(%s AS {field.db_type(connection).partition('(')[0]})" for field in conversions.fields
+        )
+        same = "IS NOT DISTINCT FROM"
+    else:
+        selected, same = ", ".join(["%s"] * len(conversions.fields)), "IS"
+    conditions = " AND ".join(f"original.{quote(name)} {same} %s" for name in guards)
+    return (
+        f"INSERT INTO {conversions.table} ({conversions.columns}) SELECT {selected} "  # noqa: S608
+        f"FROM {conversions.table} AS original WHERE original.id = %s AND {ORIGINAL_CONDITION} "
+        f"AND {conditions} RETURNING id"
+    )
+
+
 def change_insert(*, alias: str, conversion: PartnerConversion, change: dict[str, Any]) -> None:
     """Record a change in the conversion's history without applying it."""
     changes = _tables_for(alias)[1]

@@ -24,6 +24,7 @@ from conversions.ingest.statements import (
     change_insert,
     companions_insert,
     conversion_insert,
+    duplicate_insert,
     original_get,
     original_insert,
     original_insert_with_companions,
@@ -52,6 +53,8 @@ class Stored:
     errors: dict[str, str] = field(default_factory=dict)
     changes: dict[str, list[Any]] = field(default_factory=dict)
     note: str = ""
+    # The original it was decided against (for a duplicate, the row it repeats).
+    original: PartnerConversion | None = None
 
 
 def postback_store(
@@ -85,44 +88,77 @@ def postback_store(
         return _store_rejected(alias=alias, row=row, errors={"postback": f"cannot be stored: {reason}"}, trace=trace)
 
 
-class _RecentKeys:
-    """The last `size` keys added (oldest forgotten first); safe across threads."""
+class _RecentOriginals:
+    """The originals this process stored or read lately, as their id, lifecycle fields
+    and request digests; the last `size` of them (oldest forgotten first), safe across
+    threads.
+
+    A hint of what the original was, never trusted alone: a repeat decided against it is
+    written only if the original still has those values (statements.duplicate_insert).
+    """
 
     def __init__(self, size: int):
         self.size = size
-        self._keys: dict[tuple, None] = {}
+        self._originals: dict[tuple, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
 
     def __contains__(self, key: tuple) -> bool:
-        return key in self._keys
+        return key in self._originals
 
-    def add(self, key: tuple) -> None:
-        if key in self._keys:
-            return
+    def get(self, alias: str, key: tuple) -> PartnerConversion | None:
+        """The original as last seen (only _SEEN_FIELDS loaded), or None."""
+        seen = self._originals.get(key)
+        return None if seen is None else PartnerConversion.from_db(alias, _SEEN_FIELDS, seen)
+
+    def add(self, key: tuple, original: PartnerConversion) -> None:
+        seen = tuple(getattr(original, name) for name in _SEEN_FIELDS)
         with self._lock:
-            self._keys[key] = None
-            while len(self._keys) > self.size:
-                del self._keys[next(iter(self._keys))]
+            self._originals.pop(key, None)
+            self._originals[key] = seen
+            while len(self._originals) > self.size:
+                del self._originals[next(iter(self._originals))]
+
+    def forget(self, key: tuple) -> None:
+        with self._lock:
+            self._originals.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._keys.clear()
+            self._originals.clear()
 
 
-# (alias, partner_id, conversion_id) of the conversions this process stored lately: a
-# hint of the order of statements only, never of the outcome.
-_recently_stored = _RecentKeys(20_000)
+# What decide() reads of an original, in the model's column order (as from_db takes it).
+_SEEN_FIELDS = [
+    field.attname
+    for field in PartnerConversion._meta.concrete_fields
+    if field.attname in {"id", *LIFECYCLE_FIELDS, "request_digests"}
+]
+# (alias, partner_id, conversion_id) -> the original as this process last saw it.
+_recently_stored = _RecentOriginals(20_000)
 
 
 def _store_valid(
     *, partner: Partner, alias: str, incoming: dict[str, Any], digest: str | None, source: Source, trace: list | None
 ) -> Stored:
-    # A status past pending (approved, rejected, paid) usually reports a change to a
-    # conversion already stored, and a conversion_id this process stored lately is
-    # usually a repeat: its original is read first instead of trying an INSERT that
-    # would find it. Either order leaves the decision to the index.
+    # A conversion_id this process stored or read lately is usually a repeat: decided
+    # against the original as last seen, a duplicate is one guarded INSERT (it is written
+    # only if the original still has those values). A status past pending (approved,
+    # rejected, paid) usually reports a change to a conversion already stored: its
+    # original is read first instead of trying an INSERT that would find it. Either
+    # order leaves the decision to decide() and the unique index.
     key = (alias, incoming["partner_id"], incoming["conversion_id"])
-    read_first = incoming.get("status") not in (None, PENDING) or key in _recently_stored
+    seen = _recently_stored.get(alias, key)
+    if seen is not None:
+        decision = decide(incoming=incoming, original=seen, transitions=partner.status_transitions, digest=digest)
+        if decision.outcome is Outcome.DUPLICATE and not decision.note:
+            guards = {name: getattr(seen, name) for name in LIFECYCLE_FIELDS}
+            duplicate = duplicate_insert(alias=alias, values=incoming, original_pk=seen.pk, guards=guards)
+            if duplicate is not None:
+                stored = Stored(outcome=Outcome.DUPLICATE, conversion=duplicate, original=seen)
+                _trace_repeat(trace, incoming, stored)
+                return stored
+            _recently_stored.forget(key)  # it changed, or is gone: read it
+    read_first = seen is not None or incoming.get("status") not in (None, PENDING)
     for _attempt in range(3):
         original = None
         if not read_first:
@@ -134,22 +170,26 @@ def _store_valid(
             if conversion is not None:
                 if trace is not None:
                     trace.append("✅ 步驟6: 標記為已處理")
-                _recently_stored.add(key)
+                _recently_stored.add(key, conversion)
                 return Stored(outcome=Outcome.SUCCESS, conversion=conversion)
         read_first = False
         stored = conversion_settle(
             partner=partner, alias=alias, incoming=incoming, digest=digest, source=source, original=original
         )
         if stored is not None:
-            _recently_stored.add(key)
-            if trace is not None:
-                trace.append(
-                    f"🔁 已有轉化: conversion_id={incoming['conversion_id']}, outcome={stored.outcome.label} "
-                    f"{stored.note or stored.changes or ''}"
-                )
+            _recently_stored.add(key, stored.original)
+            _trace_repeat(trace, incoming, stored)
             return stored
         # No original (yet, or it vanished in a retention purge): insert it as the original.
     raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
+
+
+def _trace_repeat(trace: list[str] | None, incoming: dict[str, Any], stored: Stored) -> None:
+    if trace is not None:
+        trace.append(
+            f"🔁 已有轉化: conversion_id={incoming['conversion_id']}, outcome={stored.outcome.label} "
+            f"{stored.note or stored.changes or ''}"
+        )
 
 
 def _insert_original(
@@ -194,7 +234,7 @@ def conversion_settle(
         decision = decide(incoming=incoming, original=original, transitions=partner.status_transitions, digest=digest)
         if decision.outcome is Outcome.DUPLICATE:
             duplicate = _store_duplicate(alias=alias, incoming=incoming, original=original, existing=existing)
-            return Stored(outcome=Outcome.DUPLICATE, conversion=duplicate, note=decision.note)
+            return Stored(outcome=Outcome.DUPLICATE, conversion=duplicate, note=decision.note, original=original)
         if not _store_change(
             partner=partner,
             alias=alias,
@@ -207,7 +247,13 @@ def conversion_settle(
         ):
             original = None
             continue  # changed since it was read: decide again on its new state
-        return Stored(outcome=decision.outcome, conversion=original, changes=decision.changes, note=decision.note)
+        return Stored(
+            outcome=decision.outcome,
+            conversion=original,
+            changes=decision.changes,
+            note=decision.note,
+            original=original,
+        )
     raise PartnerDatabaseUnavailable(alias, f"conversion {incoming['conversion_id']} kept changing; retry")
 
 

@@ -289,12 +289,35 @@ def test_hot_path_queries_no_configuration_and_one_partner_statement(client, inv
     assert 'INSERT INTO "partner_conversions"' in partner_queries[0]["sql"]
 
 
-def test_a_repeat_of_a_conversion_stored_lately_is_read_first_not_inserted_and_failed(client, involve):
+def test_a_repeat_of_a_conversion_stored_lately_is_one_statement(client, involve):
     assert client.get("/partner/involve/event?conversion_id=r1").json()["status"] == "success"
     with CaptureQueriesContext(connections[involve.database_alias]) as partner_queries:
-        assert client.get("/partner/involve/event?conversion_id=r1").json()["status"] == "duplicate"
-    statements = [query["sql"].split(" ", 1)[0] for query in partner_queries]
-    assert statements == ["SELECT", "INSERT"]  # the original, then the duplicate row
+        answer = client.get("/partner/involve/event?conversion_id=r1").json()
+    assert answer["status"] == "duplicate"
+    # The duplicate row, written only if the original still is as this process saw it.
+    assert [query["sql"].split(" ", 1)[0] for query in partner_queries] == ["INSERT"]
+    original = partner_rows(involve).get(conversion_id="r1", is_duplicate=False)
+    assert answer["conversion"]["duplicate_of"] == original.pk
+    duplicate = partner_rows(involve).get(pk=answer["conversion"]["id"])
+    assert (duplicate.is_duplicate, duplicate.duplicate_of_id, duplicate.conversion_id) == (True, original.pk, "r1")
+
+
+def test_a_repeat_decided_on_what_this_process_saw_is_decided_again_when_it_changed(client, involve):
+    base = "/partner/involve/event?conversion_id=r2&usd_sale_amount=10"
+    assert client.get(base).json()["status"] == "success"
+    # Another process (or instance) approves it meanwhile.
+    partner_rows(involve).filter(conversion_id="r2").update(status="approved", usd_earning=Decimal("1.50"))
+    with CaptureQueriesContext(connections[involve.database_alias]) as partner_queries:
+        answer = client.get(base).json()
+    # The guarded INSERT wrote nothing; the original is read and the repeat decided on it.
+    assert [query["sql"].split(" ", 1)[0] for query in partner_queries] == ["INSERT", "SELECT", "INSERT"]
+    assert answer["status"] == "duplicate"
+    assert partner_rows(involve).filter(conversion_id="r2").count() == 2
+    # A repeat that differs from the original is never taken for a duplicate.
+    changed = client.get(base.replace("usd_sale_amount=10", "usd_sale_amount=12") + "&conversion_status=paid").json()
+    assert changed["status"] == "updated", changed
+    assert partner_rows(involve).get(conversion_id="r2", is_duplicate=False).usd_sale_amount == Decimal("12.00")
+    assert client.get(base.replace("usd_sale_amount=10", "usd_sale_amount=12")).json()["status"] == "duplicate"
 
 
 def test_a_stale_hint_of_a_stored_conversion_still_records_the_original(client, involve):
@@ -399,3 +422,20 @@ def test_query_string_is_read_exactly_as_django_reads_request_get(client, involv
     expected = {key: values[0] if len(values) == 1 else values for key, values in QueryDict(query).lists()}
     assert partner_rows(involve).get().raw_data == expected
     assert expected["a"] == ["1", "2"] and expected["b"] == "x y" and expected["c"] == "€"
+
+
+def test_what_this_process_saw_of_an_original_is_its_values(client, involve):
+    from conversions.ingest.decide import LIFECYCLE_FIELDS
+    from conversions.ingest.store import _recently_stored
+
+    query = fixture_queries("involve_asia", "conversion_created")[0]
+    assert client.get(f"/partner/involve/event?{query}").json()["status"] == "success"
+    original = partner_rows(involve).get(is_duplicate=False)
+    seen = _recently_stored.get(involve.database_alias, (involve.database_alias, involve.pk, original.conversion_id))
+    expected = {name: getattr(original, name) for name in (*LIFECYCLE_FIELDS, "request_digests", "pk")}
+    assert {name: getattr(seen, name) for name in expected} == expected
+    assert all(value is not None for value in expected.values())
+    # and a repeat of it is the one guarded statement
+    with CaptureQueriesContext(connections[involve.database_alias]) as partner_queries:
+        assert client.get(f"/partner/involve/event?{query}").json()["status"] == "duplicate"
+    assert len(partner_queries) == 1
