@@ -278,8 +278,8 @@ def duplicate_insert(
     table = _tables_for(alias)[0]
     row = table.row_values({**values, "is_duplicate": True, "duplicate_of_id": original_pk})
     sql = _duplicate_sql(alias, connection.vendor, tuple(guards))
-    where = [original_pk, values["partner_id"], values["conversion_id"], *table.db_values_of(guards)]
-    inserted = _execute(alias, sql, [*table.db_values(row), *where])
+    where = [values["partner_id"], values["conversion_id"], *table.db_values_of(guards)]
+    inserted = _execute(alias, sql, [original_pk, *table.db_values(row), *where])
     return None if inserted is None else PartnerConversion.from_db(alias, None, (inserted[0], *row))
 
 
@@ -297,11 +297,15 @@ def _duplicate_sql(alias: str, vendor: str, guards: tuple[str, ...]) -> str:
         same = "IS NOT DISTINCT FROM"
     else:
         selected, same = ", ".join(["%s"] * len(conversions.fields)), "IS"
-    conditions = " AND ".join(f"original.{quote(name)} {same} %s" for name in guards)
+    compared = ("partner_id", "conversion_id", "is_duplicate", "processing_error", *guards)
+    read = ", ".join(quote(name) for name in compared)
+    conditions = " AND ".join(f"{quote(name)} {same} %s" for name in guards)
+    # The row is found by its id alone (MATERIALIZED): planned once for every id, a
+    # lookup by (partner_id, conversion_id) would walk all of the conversion's duplicates.
     return (
-        f"INSERT INTO {conversions.table} ({conversions.columns}) SELECT {selected} "  # noqa: S608
-        f"FROM {conversions.table} AS original WHERE original.id = %s AND {ORIGINAL_CONDITION} "
-        f"AND {conditions} RETURNING id"
+        f"WITH original AS MATERIALIZED (SELECT {read} FROM {conversions.table} WHERE id = %s) "  # noqa: S608
+        f"INSERT INTO {conversions.table} ({conversions.columns}) SELECT {selected} FROM original "
+        f"WHERE {ORIGINAL_CONDITION} AND {conditions} RETURNING id"
     )
 
 
