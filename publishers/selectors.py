@@ -16,7 +16,7 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from conversions.models import ORIGINAL, PartnerConversion
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 from partners.selectors import partner_list_served
@@ -117,9 +117,11 @@ class PublisherDirectory:
                 publishers = list(
                     Publisher.objects.filter(is_active=True).prefetch_related("partners", "offer_payouts")
                 )
-            except DatabaseError:
+            except DatabaseError as exc:
                 if not self._loaded:
-                    raise
+                    # Not the partner database's fault, though it is asked inside its work.
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                    raise ConfigurationUnavailable(reason) from exc
                 logger.exception("cannot reload publishers; serving the cached copy")
                 self._loaded_at = started
                 return

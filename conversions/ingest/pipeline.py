@@ -28,7 +28,7 @@ from conversions.ingest.respond import (
 )
 from conversions.ingest.store import Stored, postback_store
 from conversions.outcomes import Outcome
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
 from postback_site.observability import postback_observe, postback_outcome_observe
@@ -60,6 +60,11 @@ def postback_ingest(request: HttpRequest, endpoint_path: str) -> HttpResponse:
     except Refused as refused:
         _trace_end(trace, f"⛔ 拒絕: {refused.refusal.reason}")
         return _refused(partner, refused.refusal, postback)
+    except ConfigurationUnavailable as exc:
+        _trace_end(trace, "⛔ 配置數據庫不可用")
+        logger.error("postback partner=%s outcome=unavailable configuration database: %s", partner.partner_code, exc)
+        postback_outcome_observe(Outcome.UNAVAILABLE.label)
+        return unavailable_response("The configuration database is unavailable; retry later")
     except PartnerDatabaseUnavailable as exc:
         _trace_end(trace, "⛔ 數據庫不可用")
         logger.error("postback partner=%s outcome=unavailable %s", partner.partner_code, exc)

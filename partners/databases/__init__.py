@@ -17,7 +17,7 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
 
 from partners.databases.broker import ConnectionsExhausted, connection_broker
-from partners.databases.guard import PartnerDatabaseUnavailable, database_guard
+from partners.databases.guard import ConfigurationUnavailable, PartnerDatabaseUnavailable, database_guard
 from partners.databases.provisioning import (
     ProvisionResult,
     database_create_if_missing,
@@ -37,6 +37,7 @@ __all__ = [
     "ConnectionsExhausted",
     "PartnerDatabaseRequired",
     "PartnerDatabaseRouter",
+    "ConfigurationUnavailable",
     "PartnerDatabaseUnavailable",
     "ProvisionResult",
     "connection_broker",

@@ -34,6 +34,15 @@ class PartnerDatabaseUnavailable(Exception):
         self.reason = reason
 
 
+class ConfigurationUnavailable(PartnerDatabaseUnavailable):
+    """The configuration database (`default`) failed during work in a partner's database
+    (e.g. the publishers, read on first use): the work is refused and can be retried, and
+    the partner database's breaker is not told, since that database did nothing wrong."""
+
+    def __init__(self, reason: str):
+        super().__init__("default", reason)
+
+
 @dataclass
 class Ticket:
     """One admitted request on a guarded database."""

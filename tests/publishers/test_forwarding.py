@@ -189,3 +189,32 @@ def test_concurrent_repeats_of_a_conversion_write_one_delivery(client, involve, 
     assert sorted(outcomes) == ["duplicate"] * 7 + ["success"]
     [delivery] = deliveries(involve)
     assert delivery.conversion_id == partner_rows(involve).get(is_duplicate=False).pk
+
+
+def test_the_configuration_database_down_before_publishers_load_is_a_503_not_the_partners_fault(
+    client, involve, make_publisher, monkeypatch
+):
+    from django.db import OperationalError
+
+    from partners.databases.guard import database_guard
+    from publishers import deliveries as deliveries_module
+    from publishers.models import Publisher
+    from publishers.selectors import PublisherDirectory
+
+    make_publisher(partners=[involve])
+    monkeypatch.setattr(deliveries_module, "publisher_directory", PublisherDirectory())  # never loaded here
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Publisher.objects, "filter", down)
+        response = client.get("/partner/involve/event", {"conversion_id": "C-9", "aff_sub": "RPID42"})
+    assert response.status_code == 503
+    assert response.json()["message"] == "The configuration database is unavailable; retry later"
+    assert response.headers["Retry-After"]
+    assert not partner_rows(involve).exists()  # nothing stored: the retry will forward it
+    assert not database_guard(involve.database_alias).is_open  # the partner's database did nothing wrong
+
+    assert involve_postback(client, conversion_id="C-9")["status"] == "success"
+    assert deliveries(involve).count() == 1
