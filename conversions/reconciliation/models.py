@@ -123,6 +123,9 @@ class ReconciliationRun(models.Model):
     recorded = models.PositiveIntegerField(default=0, help_text="Missing conversions recorded from the report.")
     applied = models.PositiveIntegerField(default=0, help_text="Report statuses and amounts applied.")
     started_at = models.DateTimeField(default=timezone.now)
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a running run last stored a batch: its sign of life."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

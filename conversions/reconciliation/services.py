@@ -24,8 +24,8 @@ from itertools import islice
 from typing import IO, Any
 
 import psycopg
-from django.db import DataError, connections, transaction
-from django.db.models import Count, Exists, JSONField, OuterRef
+from django.db import DatabaseError, DataError, connections, transaction
+from django.db.models import Count, Exists, JSONField, OuterRef, Q
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -133,6 +133,7 @@ def reconciliation_run(
     partner = source.partner
     mapping = report_mapping(partner=partner, source=source)
     with partner_database(partner) as alias:
+        runs_interrupted_close(alias=alias, partner_id=partner.pk)
         run = ReconciliationRun.objects.using(alias).create(
             partner_id=partner.pk,
             source_id=source.pk,
@@ -151,6 +152,11 @@ def reconciliation_run(
             ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
             run.state, run.error, run.report_rows = ReconciliationRun.FAILED, error.strip()[:1000], 0
             logger.error("reconcile partner=%s run=%s failed: %s", partner.partner_code, run.pk, exc)
+        except BaseException as exc:
+            # Anything else (the database gone mid-run, Ctrl-C, a bug): the run says it
+            # did not finish rather than stay `running`; raised on as it was.
+            _run_interrupted(alias=alias, run=run, reason=_first_line(exc))
+            raise
         else:
             run.state = ReconciliationRun.DONE
             run.counts = run_counts(alias=alias, run=run)
@@ -160,6 +166,53 @@ def reconciliation_run(
         last_run_at=run.finished_at, last_run_counts=run.counts, last_run_error=run.error
     )
     return run
+
+
+# A running run that stored no batch for this long was cut off (its process stopped).
+RUN_STALE_AFTER = datetime.timedelta(minutes=15)
+INTERRUPTED = "interrupted: {reason}; start a new run"
+
+
+def runs_interrupted_close(*, alias: str, partner_id: int, now: datetime.datetime | None = None) -> int:
+    """Fail the partner's runs still `running` with no sign of life for RUN_STALE_AFTER
+    (a crash or a kill cut them off), without their partial rows; how many."""
+    now = now or timezone.now()
+    stale = now - RUN_STALE_AFTER
+    cut_off = list(
+        ReconciliationRun.objects.using(alias)
+        .filter(partner_id=partner_id, state=ReconciliationRun.RUNNING)
+        .filter(Q(progress_at__lt=stale) | Q(progress_at__isnull=True, started_at__lt=stale))
+        .values_list("pk", "progress_at", "started_at")
+    )
+    for pk, progress_at, started_at in cut_off:
+        since = (progress_at or started_at).isoformat(timespec="seconds")
+        _run_interrupted(
+            alias=alias,
+            run=ReconciliationRun(pk=pk),
+            reason=f"nothing stored since {since}, its process stopped",
+            now=now,
+        )
+        logger.warning("reconcile run=%s was cut off (no progress since %s): failed", pk, since)
+    return len(cut_off)
+
+
+def _run_interrupted(*, alias: str, run: ReconciliationRun, reason: str, now: datetime.datetime | None = None) -> None:
+    """Best effort: the run failed, naming why, without its rows (when the database answers)."""
+    try:
+        ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk, state=ReconciliationRun.RUNNING).update(
+            state=ReconciliationRun.FAILED,
+            error=INTERRUPTED.format(reason=reason)[:1000],
+            report_rows=0,
+            finished_at=now or timezone.now(),
+        )
+    except DatabaseError:
+        logger.exception("reconcile run=%s: cannot mark it failed (the next run will)", run.pk)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text else exc.__class__.__name__
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -208,6 +261,7 @@ def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, row
                 }
             )
         rows_insert(alias=alias, rows=stored)
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(progress_at=timezone.now())
         count += len(batch)
     return count
 

@@ -264,3 +264,52 @@ def test_a_conversion_listed_twice_in_the_report_keeps_its_first_row(partner, so
         ("IA-50", "pending", 2),
         ("IA-51", "pending", 3),
     ]
+
+
+def test_a_run_cut_off_by_a_crash_is_failed_by_the_next_one(partner, source):
+    import datetime
+
+    from django.utils import timezone
+
+    alias = partner.database_alias
+    now = timezone.now()
+    cut_off = ReconciliationRun.objects.using(alias).create(
+        partner_id=partner.pk,
+        date_from=_days()["date_from"],
+        date_to=_days()["date_to"],
+        started_at=now - datetime.timedelta(hours=2),
+        progress_at=now - datetime.timedelta(minutes=20),
+    )
+    ReconciliationRow.objects.using(alias).create(run=cut_off, conversion_id="IA-70", kind="missing_here", rank=0)
+    busy = ReconciliationRun.objects.using(alias).create(
+        partner_id=partner.pk, date_from=_days()["date_from"], date_to=_days()["date_to"], progress_at=now
+    )
+
+    run = run_of(source, [params("IA-71")])
+
+    assert run.state == "done"
+    cut_off.refresh_from_db(using=alias)
+    assert cut_off.state == "failed"
+    assert cut_off.error.startswith("interrupted: nothing stored since ")
+    assert cut_off.error.endswith("its process stopped; start a new run")
+    assert not ReconciliationRow.objects.using(alias).filter(run_id=cut_off.pk).exists()
+    with pytest.raises(RecoveryRefused):
+        run_missing_record(partner=partner, run=cut_off)
+    busy.refresh_from_db(using=alias)
+    assert busy.state == "running"  # still showing signs of life: another process's
+
+
+def test_an_error_during_a_run_fails_it_rather_than_leave_it_running(partner, source, monkeypatch):
+    from conversions.reconciliation import services
+
+    def broken(**kwargs):
+        raise RuntimeError("comparison broke")
+
+    monkeypatch.setattr(services, "report_row_compare", broken)
+    with pytest.raises(RuntimeError):
+        run_of(source, [params("IA-72")])
+
+    run = ReconciliationRun.objects.using(partner.database_alias).get()
+    assert (run.state, run.error) == ("failed", "interrupted: RuntimeError: comparison broke; start a new run")
+    assert run.finished_at is not None
+    assert not ReconciliationRow.objects.using(partner.database_alias).filter(run_id=run.pk).exists()
