@@ -12,10 +12,11 @@ _TABLE = DailyCounter._meta.db_table
 # makes concurrent increments from any worker or instance serialise, never lose a count.
 # The new count is never below `floor + by` (GREATEST on PostgreSQL, the two-argument
 # MAX on SQLite): a counter taking over from another store starts where that one was.
+# `last_at` never goes back either: batches from several processes land in any order.
 _UPSERT = (
     f"INSERT INTO {_TABLE} (partner_id, day, name, count, last_at) VALUES (%s, %s, %s, %s, %s) "  # noqa: S608
     f"ON CONFLICT (partner_id, day, name) DO UPDATE SET count = {{greatest}}({_TABLE}.count + %s, excluded.count), "
-    "last_at = excluded.last_at "
+    f"last_at = {{greatest}}({_TABLE}.last_at, excluded.last_at) "
     "RETURNING count"
 )
 _UPSERTS = {"postgresql": _UPSERT.format(greatest="GREATEST"), "sqlite": _UPSERT.format(greatest="MAX")}

@@ -6,6 +6,7 @@ partner-local day and reason in the partner's own database.
 """
 
 import atexit
+import contextlib
 import datetime
 import logging
 import threading
@@ -95,16 +96,18 @@ class RefusalLedger:
     """This process's refused postbacks not yet added to their partners' counters.
 
     Added by a thread of this process every QUOTA_FLUSH_SECONDS while some are pending
-    (0: at once, by the refusing request), before this process reads the counts
-    (refusal_counts), and when the process exits; a partner database that is away keeps
-    its counts pending for the next try. Only a process killed outright loses the counts
-    of its last QUOTA_FLUSH_SECONDS (the rejected postbacks themselves are stored rows).
+    (0: at once, by the refusing request), before this process reads a partner's counts
+    (refusal_counts), and when the process exits; counts that could not be written (a
+    partner database away) stay pending for the next try, every second or so. Each
+    partner's counts are written under that partner's own lock: a slow database delays
+    only its own. Only a process killed outright loses the counts of its last
+    QUOTA_FLUSH_SECONDS (the rejected postbacks themselves are stored rows).
     """
 
     def __init__(self) -> None:
         self._pending: dict[tuple[int, datetime.date, str], _Pending] = {}
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # one flush at a time: no count is added twice
+        self._partner_locks: dict[int, threading.Lock] = {}  # one flush of a partner at a time
         self._flusher: threading.Thread | None = None
         self._exit_registered = False
 
@@ -116,53 +119,64 @@ class RefusalLedger:
                 self._pending[key] = _Pending(partner=partner, count=1, last_at=now)
             else:
                 pending.partner, pending.count, pending.last_at = partner, pending.count + 1, max(pending.last_at, now)
+            if not self._exit_registered:
+                atexit.register(self.flush)
+                self._exit_registered = True
             if settings.QUOTA_FLUSH_SECONDS > 0:
                 self._flusher_ensure()
                 return
-        self.flush()
+        self.flush(partner_id=partner.pk)
+        with self._lock:
+            if self._pending:  # it could not be written: retried by the thread
+                self._flusher_ensure()
 
     def flush(self, *, partner_id: int | None = None) -> None:
         """Add the pending counts (of one partner, or all) to the partners' databases."""
-        with self._flush_lock:
-            with self._lock:
-                keys = [key for key in self._pending if partner_id is None or key[0] == partner_id]
-                taken = {key: self._pending.pop(key) for key in keys}
-            for key, pending in taken.items():
-                try:
-                    with partner_database(pending.partner) as alias:
-                        daily_counter_increment(
-                            alias=alias,
-                            partner_id=key[0],
-                            day=key[1],
-                            name=REJECTED_PREFIX + key[2],
-                            now=pending.last_at,
-                            by=pending.count,
-                        )
-                except Exception as exc:  # kept for the next try, whatever went wrong
-                    self._put_back(key, pending)
-                    message = "cannot count %d refused postback(s) partner=%s reason=%s yet: %s"
-                    arguments = (pending.count, pending.partner.partner_code, key[2], exc)
-                    if isinstance(exc, PartnerDatabaseUnavailable):
-                        logger.error(message, *arguments)
-                    else:
-                        logger.exception(message, *arguments)
-
-    def _put_back(self, key: tuple[int, datetime.date, str], pending: _Pending) -> None:
         with self._lock:
-            kept = self._pending.setdefault(key, _Pending(pending.partner, 0, pending.last_at))
-            kept.count += pending.count
-            kept.last_at = max(kept.last_at, pending.last_at)
+            partner_ids = {key[0] for key in self._pending} if partner_id is None else {partner_id}
+            locks = [self._partner_locks.setdefault(pk, threading.Lock()) for pk in sorted(partner_ids)]
+        for pk, lock in zip(sorted(partner_ids), locks, strict=True):
+            with lock:
+                with self._lock:
+                    taken = {key: self._pending.pop(key) for key in [key for key in self._pending if key[0] == pk]}
+                for key, pending in taken.items():
+                    self._write(key, pending)
+
+    def _write(self, key: tuple[int, datetime.date, str], pending: _Pending) -> None:
+        try:
+            with partner_database(pending.partner) as alias:
+                daily_counter_increment(
+                    alias=alias,
+                    partner_id=key[0],
+                    day=key[1],
+                    name=REJECTED_PREFIX + key[2],
+                    now=pending.last_at,
+                    by=pending.count,
+                )
+        except Exception as exc:  # kept for the next try, whatever went wrong
+            with self._lock:
+                kept = self._pending.setdefault(key, _Pending(pending.partner, 0, pending.last_at))
+                kept.count += pending.count
+                kept.last_at = max(kept.last_at, pending.last_at)
+            message = "cannot count %d refused postback(s) partner=%s reason=%s yet: %s"
+            arguments = (pending.count, pending.partner.partner_code, key[2], exc)
+            if isinstance(exc, PartnerDatabaseUnavailable):
+                logger.error(message, *arguments)
+            else:
+                logger.exception(message, *arguments)
 
     def clear(self) -> None:
         """Forget the pending counts; returns once no flush is under way (tests)."""
-        with self._flush_lock, self._lock:
-            self._pending = {}
+        with self._lock:
+            locks = [lock for _pk, lock in sorted(self._partner_locks.items())]
+        with contextlib.ExitStack() as held:
+            for lock in locks:  # in flush()'s order: no flush is under way while held
+                held.enter_context(lock)
+            with self._lock:
+                self._pending = {}
 
     def _flusher_ensure(self) -> None:
         """(Under self._lock.) The thread that adds the pending counts, started when needed."""
-        if not self._exit_registered:
-            atexit.register(self.flush)
-            self._exit_registered = True
         if self._flusher is None or not self._flusher.is_alive():
             self._flusher = threading.Thread(target=self._flush_while_pending, name="refusal-counts", daemon=True)
             self._flusher.start()
@@ -170,9 +184,11 @@ class RefusalLedger:
     def _flush_while_pending(self) -> None:
         started = time.monotonic()
         while True:
-            # Short naps, so a pending count waits QUOTA_FLUSH_SECONDS as it is now.
-            time.sleep(min(settings.QUOTA_FLUSH_SECONDS, 0.25))
-            if time.monotonic() - started < settings.QUOTA_FLUSH_SECONDS:
+            # Short naps, so a pending count waits QUOTA_FLUSH_SECONDS as it is now (one
+            # second between tries of counts that could not be written at once).
+            interval = settings.QUOTA_FLUSH_SECONDS or 1.0
+            time.sleep(min(interval, 0.25))
+            if time.monotonic() - started < interval:
                 continue
             self.flush()
             started = time.monotonic()

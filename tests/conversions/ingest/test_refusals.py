@@ -133,3 +133,86 @@ def test_counts_wait_for_a_partner_database_that_is_away(client, make_partner, s
     assert _stored_counts(partner) == {}
     refusals.refusal_ledger.flush()
     assert _stored_counts(partner) == {"token_invalid": 4}
+
+
+def _ledger(monkeypatch):
+    from conversions.ingest import refusals
+
+    ledger = refusals.RefusalLedger()
+    monkeypatch.setattr(refusals, "refusal_ledger", ledger)
+    return ledger
+
+
+def test_the_last_refusal_time_never_goes_back_when_processes_flush_out_of_order(make_partner, settings):
+    import datetime
+
+    from django.utils import timezone
+
+    from conversions.ingest.refusals import RefusalLedger
+
+    settings.QUOTA_FLUSH_SECONDS = 60
+    partner = make_partner("involve_asia", postback_secret="s" * 24)
+    worker_a, worker_b = RefusalLedger(), RefusalLedger()  # two processes' ledgers
+    now = timezone.now()
+    day = partner.local_now(now).date()
+    worker_b.add(partner=partner, day=day, reason="token_invalid", now=now - datetime.timedelta(seconds=0.9))
+    worker_a.add(partner=partner, day=day, reason="token_invalid", now=now)
+    worker_a.flush()
+    worker_b.flush()  # the older batch lands last
+    [row] = refusal_counts(partner=partner)
+    assert (row.count, row.last_at) == (2, now)
+
+
+def test_counted_at_once_a_count_that_could_not_be_written_is_retried(client, make_partner, settings, monkeypatch):
+    from conversions.ingest import refusals
+    from partners.databases import PartnerDatabaseUnavailable
+
+    settings.QUOTA_FLUSH_SECONDS = 0
+    ledger = _ledger(monkeypatch)
+    partner = make_partner("involve_asia", postback_secret="s" * 24)
+    real = refusals.daily_counter_increment
+
+    def away(**kwargs):
+        raise PartnerDatabaseUnavailable(partner.database_alias, "connection refused")
+
+    monkeypatch.setattr(refusals, "daily_counter_increment", away)
+    assert client.get(f"{URL}?conversion_id=r1&token=nope").status_code == 403
+    monkeypatch.setattr(refusals, "daily_counter_increment", real)  # the database is back
+    deadline = time.monotonic() + 10
+    while _stored_counts(partner) != {"token_invalid": 1} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stored_counts(partner) == {"token_invalid": 1}
+    assert ledger._exit_registered  # and what is still pending at exit is written then
+
+
+@pytest.mark.parametrize("flush_seconds", [0, 60])
+def test_a_slow_partner_database_delays_only_its_own_refusal_counts(make_partner, settings, monkeypatch, flush_seconds):
+    import threading
+
+    from conversions.ingest import refusals
+
+    settings.QUOTA_FLUSH_SECONDS = flush_seconds
+    ledger = _ledger(monkeypatch)
+    fast, slow = make_partner("involve_asia", postback_secret="s" * 24), make_partner("rector")
+    real = refusals.daily_counter_increment
+
+    def slow_for_one(**kwargs):
+        if kwargs["alias"] == slow.database_alias:
+            time.sleep(3)
+        return real(**kwargs)
+
+    monkeypatch.setattr(refusals, "daily_counter_increment", slow_for_one)
+    if flush_seconds:  # the ledger's thread writes the slow partner's count
+        refusals.refusal_record(partner=slow, reason="token_invalid")
+        writing = threading.Thread(target=ledger.flush)
+    else:  # the refusing request writes it
+        writing = threading.Thread(target=refusals.refusal_record, kwargs={"partner": slow, "reason": "token_invalid"})
+    writing.start()
+    time.sleep(0.3)  # the slow partner's count is being written
+    started = time.monotonic()
+    refusals.refusal_record(partner=fast, reason="token_invalid")
+    counts = refusal_counts(partner=fast)  # the admin's partner list reads it per partner
+    elapsed = time.monotonic() - started
+    writing.join()
+    assert [(row.reason, row.count) for row in counts] == [("token_invalid", 1)]
+    assert elapsed < 1.5, f"the other partner waited {elapsed:.1f} s for the slow database"
