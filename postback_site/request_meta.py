@@ -74,7 +74,7 @@ def secret_masked(value: Any, *, secret: str) -> Any:
         # The flat dict of text every postback has, without a call per key and value.
         masked = {}
         for key, item in value.items():
-            if type(key) is not str:
+            if not isinstance(key, str):
                 masked[secret_masked(key, secret=secret)] = secret_masked(item, secret=secret)
                 continue
             hidden = key.lower() in SECRET_PARAMS

@@ -164,3 +164,12 @@ def test_storing_and_masking_keep_their_meaning_on_any_parameters():
             masked = secret_masked(params, secret=secret)
             assert repr(masked) == repr(_reference_secret_masked(params, secret=secret)), params
             assert repr(storable_json(masked)) == repr(_reference_storable_json(masked)), masked
+
+
+def test_a_token_parameter_is_masked_whatever_string_type_its_name_is():
+    from postback_site.request_meta import secret_masked
+
+    class Name(str):
+        pass
+
+    assert secret_masked({Name("Token"): "s3cret-value", "a": "x"}, secret="") == {"Token": "****", "a": "x"}
