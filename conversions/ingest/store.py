@@ -89,9 +89,8 @@ def postback_store(
 
 
 class _RecentOriginals:
-    """The originals this process stored or read lately, as their id, lifecycle fields
-    and request digests; the last `size` of them (oldest forgotten first), safe across
-    threads.
+    """The originals this process stored or read lately, as their id and lifecycle
+    fields; the last `size` of them (oldest forgotten first), safe across threads.
 
     A hint of what the original was, never trusted alone: a repeat decided against it is
     written only if the original still has those values (statements.duplicate_insert).
@@ -111,7 +110,9 @@ class _RecentOriginals:
         return None if seen is None else PartnerConversion.from_db(alias, _SEEN_FIELDS, seen)
 
     def add(self, key: tuple, original: PartnerConversion) -> None:
-        seen = tuple(getattr(original, name) for name in _SEEN_FIELDS)
+        # Its request digests are not kept (up to 32 of them): decide() reads them only for
+        # a change, and a change is never written from what was seen.
+        seen = tuple(() if name == "request_digests" else getattr(original, name) for name in _SEEN_FIELDS)
         with self._lock:
             self._originals.pop(key, None)
             self._originals[key] = seen
