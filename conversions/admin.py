@@ -42,7 +42,7 @@ from conversions.models import ConversionChange, PartnerConversion
 from conversions.outcomes import Outcome
 from conversions.selectors import conversion_stats, conversion_sub_id_prefixes, partners_stats
 from partners.admin import PartnerAdmin, partner_postback_url
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from partners.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
 from partners.forms import TestPostbackForm
 from partners.lifecycle import STATUS_CHOICES
 from partners.models import Partner
@@ -551,7 +551,7 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
         try:
             for conversion in list(queryset.filter(processing_error__isnull=False).only("pk")):
                 counts[conversion_reprocess(partner=partner, conversion=conversion).outcome] += 1
-        except DatabaseError as exc:
+        except (DatabaseError, ConfigurationUnavailable) as exc:
             self.message_user(request, f"Reprocessing stopped: {exc}", messages.ERROR)
         total = sum(counts.values())
         still_rejected = counts[Outcome.REJECTED]

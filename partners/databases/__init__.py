@@ -73,8 +73,12 @@ def partner_database(partner: Any) -> Iterator[str]:
     guard = database_guard(alias)
     ticket = guard.admit(alias)
     failure = None
+    concluded = True
     try:
         yield alias
+    except ConfigurationUnavailable:
+        concluded = False  # `default` failed: this database was not the one tried
+        raise
     except ConnectionsExhausted as exc:
         # The process ran out of connections: not this database's fault.
         raise PartnerDatabaseUnavailable(alias, str(exc)) from exc
@@ -85,7 +89,7 @@ def partner_database(partner: Any) -> Iterator[str]:
         # It answered, with an error (e.g. not provisioned): retrying later may work.
         raise PartnerDatabaseUnavailable(alias, _first_line(exc)) from exc
     finally:
-        guard.release(ticket, failure=failure)
+        guard.release(ticket, failure=failure, concluded=concluded)
         connection = connections[alias]
         if not connection.in_atomic_block:
             connection.close()

@@ -88,14 +88,15 @@ class DatabaseGuard:
             self._working[id(ticket)] = ticket
             return ticket
 
-    def release(self, ticket: Ticket, *, failure: str | None = None) -> None:
-        """The request is done with the database; `failure` when the database did not answer."""
+    def release(self, ticket: Ticket, *, failure: str | None = None, concluded: bool = True) -> None:
+        """The request is done with the database; `failure` when the database did not answer;
+        not `concluded` when it stopped before it could tell (the breaker stays as it was)."""
         with self._cond:
             self._working.pop(id(ticket), None)
-            if failure is not None and settings.DB_BREAKER_SECONDS > 0:
+            if concluded and failure is not None and settings.DB_BREAKER_SECONDS > 0:
                 self._open_until = time.monotonic() + settings.DB_BREAKER_SECONDS
                 self._reason = failure
-            elif ticket.probe or (failure is None and self._open_until and not self._probing):
+            elif concluded and (ticket.probe or (failure is None and self._open_until and not self._probing)):
                 self._open_until = 0.0
             if ticket.probe:
                 self._probing = False

@@ -186,6 +186,38 @@ def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager_cli
     assert entry.user.username == "manager"
 
 
+def test_reprocess_stopped_by_the_configuration_database_keeps_the_summary_of_what_it_did(
+    manager_client, involve, monkeypatch
+):
+    from django.db import OperationalError
+
+    from publishers import deliveries as deliveries_module
+    from publishers.models import Publisher
+    from publishers.selectors import PublisherDirectory
+
+    assert manager_client.get("/partner/involve/event?conversion_id=T1").status_code == 200
+    assert manager_client.get("/partner/involve/event?tx=T2").status_code == 400  # rejected (older)
+    assert manager_client.get("/partner/involve/event?tx=T1").status_code == 400  # rejected (newer: first)
+    Partner.objects.filter(pk=involve.pk).update(parameter_mapping={**involve.parameter_mapping, "conversion_id": "tx"})
+    monkeypatch.setattr(deliveries_module, "publisher_directory", PublisherDirectory())  # not loaded yet
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(Publisher.objects, "filter", down)
+    response = manager_client.post(
+        f"{LIST_URL}?partner=involve_asia&has_error=yes",
+        {"action": "reprocess_rejected", "select_across": "1", "index": "0", "_selected_action": ["1"]},
+        follow=True,
+    )
+    shown = re.findall(r'<li class="(?:error|success|warning)">(.*?)</li>', response.content.decode())
+    # T1's rejected row became a duplicate (it needs no publishers) before T2 needed them.
+    assert partner_rows(involve).filter(processing_error__isnull=False).count() == 1
+    assert any(message.startswith("Reprocessing stopped: database &#x27;default&#x27;") for message in shown), shown
+    assert any(message.startswith("Reprocessed 1 rejected postback(s)") for message in shown), shown
+    assert LogEntry.objects.filter(object_id=str(involve.pk)).exists()
+
+
 def test_reprocess_matches_a_fresh_postback(involve, client, live_db):
     # T1 already exists as an original; a rejected row carrying T1 becomes its duplicate
     post(client, "/partner/involve/event?conversion_id=T1")

@@ -65,6 +65,16 @@ def test_a_failed_probe_opens_the_breaker_again(guard):
         guard.admit("db")
 
 
+def test_a_probe_that_never_reached_the_database_decides_nothing(guard):
+    guard.release(guard.admit("db"), failure="connection refused")
+    time.sleep(0.55)
+    guard.release(guard.admit("db"), concluded=False)  # e.g. `default` failed first
+    assert guard.is_open
+    probe = guard.admit("db")  # a real probe may go through again at once
+    guard.release(probe)
+    assert not guard.is_open
+
+
 @pytest.fixture
 def backend():
     return "postgres"
