@@ -323,7 +323,7 @@ PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
 OUTBOUND_ALLOW_PRIVATE = env.bool("OUTBOUND_ALLOW_PRIVATE", default=False)
 DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=32)  # sends in flight per worker process
 DELIVERY_BATCH_SIZE = env.int("DELIVERY_BATCH_SIZE", default=128)  # claimed at a time (4 waves of sends)
-DELIVERY_LEASE_SECONDS = env.float("DELIVERY_LEASE_SECONDS", default=60.0)
+DELIVERY_LEASE_SECONDS = env.float("DELIVERY_LEASE_SECONDS", default=90.0)  # > 4 waves x 15 s (publishers.checks)
 DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=1.0)
 DELIVERY_CONNECT_TIMEOUT = env.float("DELIVERY_CONNECT_TIMEOUT", default=5.0)
 DELIVERY_READ_TIMEOUT = env.float("DELIVERY_READ_TIMEOUT", default=10.0)

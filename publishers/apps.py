@@ -10,6 +10,7 @@ class PublishersConfig(AppConfig):
         from partners.databases import partner_models_register
         from partners.services import admin_grants_add
         from postback_site.metrics import metrics_scrape_hook
+        from publishers import checks  # noqa: F401  (registers the system check)
         from publishers.deliveries import deliveries_announced
         from publishers.metrics import delivery_gauges_refresh
 

@@ -116,9 +116,9 @@ class DeliveryWorker:
 
     PostgreSQL: `FOR UPDATE SKIP LOCKED` lets any number of workers claim side by side;
     SQLite: the claim's IMMEDIATE transaction lets one worker claim at a time. A claimed
-    delivery is leased for DELIVERY_LEASE_SECONDS (longer than a send's timeouts): a
-    worker that dies mid-batch leaves its deliveries to be claimed again when their
-    lease expires, with the same idempotency key.
+    delivery is leased for DELIVERY_LEASE_SECONDS (longer than a batch's sends, see
+    publishers.checks): a worker that dies mid-batch leaves its deliveries to be claimed
+    again when their lease expires, with the same idempotency key.
     """
 
     def __init__(

@@ -221,3 +221,15 @@ def test_outbound_client_times_out_and_caps_what_it_reads():
         result = client.send(method="GET", url=fake.url + "/pb", headers={}, body=None)
         assert result.succeeded and result.excerpt == '{"ok"'
         client.close()
+
+
+def test_a_lease_shorter_than_a_batch_may_take_to_send_is_a_warning(settings):
+    from publishers.checks import delivery_lease_check
+
+    settings.DELIVERY_BATCH_SIZE, settings.DELIVERY_CONCURRENCY = 128, 32
+    settings.DELIVERY_CONNECT_TIMEOUT, settings.DELIVERY_READ_TIMEOUT = 5.0, 10.0
+    settings.DELIVERY_LEASE_SECONDS = 60.0  # four waves of sends may take 60 s
+    [warning] = delivery_lease_check()
+    assert warning.id == "publishers.W001" and "(60 s:" in warning.msg
+    settings.DELIVERY_LEASE_SECONDS = 90.0  # the default
+    assert delivery_lease_check() == []

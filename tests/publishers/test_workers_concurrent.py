@@ -66,8 +66,12 @@ def test_two_workers_and_one_killed_mid_batch_send_every_delivery_never_concurre
             DATABASE_URL=f"postgres://root@127.0.0.1:5432/{default['NAME']}",
             OUTBOUND_ALLOW_PRIVATE="1",
             DELIVERY_LEASE_SECONDS=str(LEASE_SECONDS),
-            DELIVERY_BATCH_SIZE="64",
+            # One wave per batch, each send under 2.5 s: a live worker's lease outlasts its
+            # sends (publishers.W001), and each delivery is sent right after its claim.
+            DELIVERY_BATCH_SIZE="16",
             DELIVERY_CONCURRENCY="16",
+            DELIVERY_CONNECT_TIMEOUT="0.5",
+            DELIVERY_READ_TIMEOUT="2",
             DELIVERY_POLL_SECONDS="0.2",
         )
         victim = start_worker(env, tmp_path / "victim.log")
