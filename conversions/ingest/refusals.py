@@ -82,7 +82,10 @@ def refusal_record(*, partner: Partner, reason: str, now: datetime.datetime | No
     QUOTA_FLUSH_SECONDS (refusal_ledger), so a flood of bad postbacks neither pays a
     second statement each nor queues on one counter row."""
     now = now or timezone.now()
-    refusal_ledger.add(partner=partner, day=partner.local_now(now).date(), reason=reason, now=now)
+    try:
+        refusal_ledger.add(partner=partner, day=partner.local_now(now).date(), reason=reason, now=now)
+    except Exception:  # e.g. no thread could be started: the audit must not turn a 4xx into a 500
+        logger.exception("cannot count refused postback partner=%s reason=%s", partner.partner_code, reason)
 
 
 @dataclass
