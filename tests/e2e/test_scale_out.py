@@ -58,6 +58,15 @@ def test_two_instances_store_exactly_one_original_per_conversion(postgres_env, t
     assert originals(env, "involve_asia_db") == Counter(ids)
 
 
+def gunicorn_workers(port: int, count: int) -> list[int]:
+    """The `count` workers of the gunicorn on `port`, once all are forked (the first one
+    may answer while the others are still starting)."""
+    deadline = time.monotonic() + 30
+    while len(workers := gunicorn_pids(port)[1]) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return workers
+
+
 def gunicorn_pids(port: int) -> tuple[int, list[int]]:
     """(master, workers) of the gunicorn listening on `port`, found through /proc."""
     pids = []
@@ -79,7 +88,7 @@ def gunicorn_pids(port: int) -> tuple[int, list[int]]:
 def test_sigkill_of_a_worker_mid_load_loses_no_answered_conversion(postgres_env, tmp_path):
     env = postgres_env
     with running_server(env, tmp_path / "server.log") as base:
-        _master, workers = gunicorn_pids(int(base.rsplit(":", 1)[1]))
+        workers = gunicorn_workers(int(base.rsplit(":", 1)[1]), 2)
         assert len(workers) == 2
         answered = []
         killed = threading.Event()
