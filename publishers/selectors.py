@@ -120,8 +120,7 @@ class PublisherDirectory:
             except DatabaseError as exc:
                 if not self._loaded:
                     # Not the partner database's fault, though it is asked inside its work.
-                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-                    raise ConfigurationUnavailable(reason) from exc
+                    raise ConfigurationUnavailable(exc) from exc
                 logger.exception("cannot reload publishers; serving the cached copy")
                 self._loaded_at = started
                 return

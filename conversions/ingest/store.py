@@ -101,9 +101,6 @@ class _RecentOriginals:
         self._originals: dict[tuple, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
 
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._originals
-
     def get(self, alias: str, key: tuple) -> PartnerConversion | None:
         """The original as last seen (only _SEEN_FIELDS loaded), or None."""
         seen = self._originals.get(key)

@@ -48,7 +48,7 @@ from conversions.reconciliation.models import (
     ReportSource,
 )
 from conversions.reconciliation.sources import ReportError, ReportRow, source_report_rows
-from partners.databases import partner_database
+from partners.databases import error_first_line, partner_database
 from partners.mapping import MappedPostback, postback_map
 from partners.models import Partner
 
@@ -155,7 +155,7 @@ def reconciliation_run(
         except BaseException as exc:
             # Anything else (the database gone mid-run, Ctrl-C, a bug): the run says it
             # did not finish rather than stay `running`; raised on as it was.
-            _run_interrupted(alias=alias, run=run, reason=_first_line(exc))
+            _run_interrupted(alias=alias, run=run, reason=_error_named(exc))
             raise
         else:
             run.state = ReconciliationRun.DONE
@@ -210,9 +210,10 @@ def _run_interrupted(*, alias: str, run: ReconciliationRun, reason: str, now: da
         logger.exception("reconcile run=%s: cannot mark it failed (the next run will)", run.pk)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text else exc.__class__.__name__
+def _error_named(exc: BaseException) -> str:
+    """`RuntimeError: what it says` (its first line), or the class name alone."""
+    name = exc.__class__.__name__
+    return f"{name}: {error_first_line(exc)}" if str(exc).strip() else name
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -17,7 +17,12 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
 
 from partners.databases.broker import ConnectionsExhausted, connection_broker
-from partners.databases.guard import ConfigurationUnavailable, PartnerDatabaseUnavailable, database_guard
+from partners.databases.guard import (
+    ConfigurationUnavailable,
+    PartnerDatabaseUnavailable,
+    database_guard,
+    error_first_line,
+)
 from partners.databases.provisioning import (
     ProvisionResult,
     database_create_if_missing,
@@ -43,6 +48,7 @@ __all__ = [
     "connection_broker",
     "database_create_if_missing",
     "database_ping",
+    "error_first_line",
     "partner_database",
     "INIT_COMMAND",
     "NOT_INITIALISED",
@@ -83,11 +89,11 @@ def partner_database(partner: Any) -> Iterator[str]:
         # The process ran out of connections: not this database's fault.
         raise PartnerDatabaseUnavailable(alias, str(exc)) from exc
     except (OperationalError, InterfaceError) as exc:
-        failure = _first_line(exc)
+        failure = error_first_line(exc)
         raise PartnerDatabaseUnavailable(alias, failure) from exc
     except DatabaseError as exc:
         # It answered, with an error (e.g. not provisioned): retrying later may work.
-        raise PartnerDatabaseUnavailable(alias, _first_line(exc)) from exc
+        raise PartnerDatabaseUnavailable(alias, error_first_line(exc)) from exc
     finally:
         guard.release(ticket, failure=failure, concluded=concluded)
         connection = connections[alias]
@@ -98,11 +104,6 @@ def partner_database(partner: Any) -> Iterator[str]:
 def partner_database_unregister(alias: str) -> None:
     """Forget a registered partner alias (closing its connections)."""
     alias_unregister(alias)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 INIT_COMMAND = "python manage.py init_partners"
@@ -146,5 +147,5 @@ def database_ping(alias: str, query: str = "SELECT 1") -> str | None:
             cursor.fetchone()
     except Exception as exc:  # any driver failure means "unreachable" to a health check
         connections[alias].close()
-        return _first_line(exc)
+        return error_first_line(exc)
     return None

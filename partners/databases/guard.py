@@ -39,8 +39,14 @@ class ConfigurationUnavailable(PartnerDatabaseUnavailable):
     (e.g. the publishers, read on first use): the work is refused and can be retried, and
     the partner database's breaker is not told, since that database did nothing wrong."""
 
-    def __init__(self, reason: str):
-        super().__init__("default", reason)
+    def __init__(self, error: BaseException):
+        super().__init__("default", error_first_line(error))
+
+
+def error_first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 @dataclass
