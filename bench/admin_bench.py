@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
     from django.test import Client
     from seed_conversions import seed
 
-    from partners.databases import database_create_if_missing
+    from infra.databases import database_create_if_missing
     from partners.models import Partner
 
     database_create_if_missing("default")

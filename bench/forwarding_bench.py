@@ -4,7 +4,7 @@
     .venv/bin/python bench/forwarding_bench.py --rounds 5 --deliveries 5000 --duration 15
 
 1. Deliveries per second of one `deliver_postbacks --once` process (DELIVERY_CONCURRENCY
-   sends in flight, default 32) against a fake publisher (bench/fake_publisher.py, in this
+   sends in flight, default 32) against a fake publisher (tests/support/fake_publisher.py, in this
    process) that answers each postback in 50 ms; the rate is the number delivered over
    the time from the first request the fake publisher received to the last answer.
 2. The ingest's new-conversion throughput (gunicorn with postback_site/gunicorn.conf.py,
@@ -34,8 +34,8 @@ from psycopg import sql
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
-from bench.fake_publisher import FakePublisher  # noqa: E402
 from bench.postback_bench import cpu_model  # noqa: E402
+from tests.support.fake_publisher import FakePublisher  # noqa: E402
 
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
 TAIL = (

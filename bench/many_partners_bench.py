@@ -36,7 +36,6 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pgbouncer import PgBouncer, PgBouncerMissing  # noqa: E402
 from bench.postback_bench import (  # noqa: E402
     CLOCK_TICKS,
     LUA_CLOCK,
@@ -46,6 +45,7 @@ from bench.postback_bench import (  # noqa: E402
     stop,
     wait_until_up,
 )
+from tests.support.pgbouncer import PgBouncer, PgBouncerMissing  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}

@@ -42,7 +42,7 @@ STAGES = (
     ("metrics", ("prometheus_client", "postback_site/metrics.py", "mmap")),
     (
         "statements and database driver",
-        ("conversions/ingest/statements.py", "psycopg", "django/db/", "partners/databases/"),
+        ("conversions/ingest/statements.py", "psycopg", "django/db/", "infra/databases/"),
     ),
     (
         "guards (limits, access, quota)",
@@ -187,7 +187,7 @@ def main() -> None:
         os.dup2(stderr, 2)
         from django.db import connections
 
-        from partners.databases import connection_broker
+        from infra.databases import connection_broker
 
         connections.close_all()
         connection_broker.close_idle()

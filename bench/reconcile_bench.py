@@ -68,10 +68,10 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
     from django.db import connections
 
     from bench.postback_bench import cpu_model
-    from conversions.models import ReportSource
-    from partners.databases import database_create_if_missing, partner_database_provision
+    from infra.databases import database_create_if_missing, partner_database_provision
     from partners.models import Partner
     from partners.services import SEED_PARTNERS
+    from reconciliation.models import ReportSource
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); load average at start: {os.getloadavg()}")
     database_create_if_missing("default")
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, *, partner_url: str) -> None:
 
 
 def timed_run(source, path: Path):
-    from conversions.reconciliation.services import reconciliation_run
+    from reconciliation.services import reconciliation_run
 
     first, last = (datetime.date(2025, 1, 1) + datetime.timedelta(days=day) for day in WINDOW)
     with path.open("rb") as upload:
@@ -137,7 +137,7 @@ def check(run_, expected: dict[str, int]) -> None:
 
 
 def recovery(partner, run_) -> None:
-    from conversions.reconciliation.services import run_missing_record, run_report_apply
+    from reconciliation.services import run_missing_record, run_report_apply
 
     started = time.perf_counter()
     recorded = run_missing_record(partner=partner, run=run_)
@@ -216,7 +216,7 @@ def drop(server: str, names: list[str]) -> None:
     import psycopg
     from django.db import connections
 
-    from partners.databases import connection_broker
+    from infra.databases import connection_broker
 
     connections.close_all()
     connection_broker.close_idle()

@@ -33,7 +33,7 @@ def provision(database_url: str, alias: str = "bench_db") -> None:
     import django
 
     django.setup()
-    from partners.databases import partner_database_provision
+    from infra.databases import partner_database_provision
     from partners.models import Partner
 
     print(partner_database_provision(partner=Partner(database_name=alias, database_url=database_url)).describe())

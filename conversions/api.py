@@ -29,7 +29,7 @@ from conversions.serializers import (
     StatsQuerySerializer,
     StatsSerializer,
 )
-from partners.databases import PartnerDatabaseUnavailable
+from infra.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint, partner_is_visible_to
 

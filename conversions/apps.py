@@ -6,14 +6,16 @@ class ConversionsConfig(AppConfig):
     verbose_name = "Conversions"
 
     def ready(self) -> None:
-        from partners.databases import partner_models_register
+        from infra.databases import partner_models_register
 
-        # These live in each partner's own database; the report sources (configuration) in `default`.
+        # These live in each partner's own database.
         partner_models_register(
             self.label,
             "PartnerConversion",
             "ConversionChange",
             "DailyCounter",
+            # Its migrations 0006 and 0009 still create these tables on a new partner database
+            # (the models moved to the reconciliation app, their migrations stayed here).
             "ReconciliationRun",
             "ReconciliationRow",
         )

@@ -3,6 +3,9 @@
 Every number comes from conversions/selectors.py (the `/stats` API's selectors); this
 module only arranges them into Chart.js datasets (conversions/static/conversions/
 dashboard.js draws them) and the tables shown beside the charts.
+
+Each dataset names what it counts (`kind`: an outcome or a status), so a row's kind and
+the network's status never share a colour: invalid postbacks amber, rejected sales red.
 """
 
 from decimal import Decimal
@@ -29,6 +32,10 @@ def _statuses(stats: ConversionStats) -> list[str | None]:
     return ordered + ([None] if None in present else [])
 
 
+def _status_kind(status: str | None) -> str:
+    return f"status:{status}" if status in STATUSES else "status:other"
+
+
 def dashboard_partner_charts(*, stats: ConversionStats, prefixes: list[PrefixTotals]) -> list[dict[str, Any]]:
     """The charts of one partner's dashboard."""
     days = [day.day.isoformat() for day in stats.days]
@@ -38,9 +45,9 @@ def dashboard_partner_charts(*, stats: ConversionStats, prefixes: list[PrefixTot
         "Postbacks per day",
         days,
         [
-            {"label": "originals", "data": [day.originals for day in stats.days]},
-            {"label": "duplicates", "data": [day.duplicates for day in stats.days]},
-            {"label": "rejected", "data": [day.rejected for day in stats.days]},
+            {"label": "originals", "kind": "outcome:original", "data": [day.originals for day in stats.days]},
+            {"label": "duplicates", "kind": "outcome:duplicate", "data": [day.duplicates for day in stats.days]},
+            {"label": "invalid", "kind": "outcome:invalid", "data": [day.rejected for day in stats.days]},
         ],
         stacked=True,
     )
@@ -51,6 +58,7 @@ def dashboard_partner_charts(*, stats: ConversionStats, prefixes: list[PrefixTot
         [
             {
                 "label": status or NO_STATUS,
+                "kind": _status_kind(status),
                 "data": [day.statuses[status].originals if status in day.statuses else 0 for day in stats.days],
             }
             for status in statuses
@@ -64,6 +72,7 @@ def dashboard_partner_charts(*, stats: ConversionStats, prefixes: list[PrefixTot
         [
             {
                 "label": f"sales: {status or NO_STATUS}",
+                "kind": _status_kind(status),
                 "data": [
                     _number(day.statuses[status].usd_sale_amount) if status in day.statuses else 0 for day in stats.days
                 ],
@@ -84,14 +93,14 @@ def dashboard_partner_charts(*, stats: ConversionStats, prefixes: list[PrefixTot
         "chart-offers",
         "Top offers (originals)",
         [offer.offer_name or offer.offer_id or "-" for offer in stats.top_offers],
-        [{"label": "originals", "data": [offer.originals for offer in stats.top_offers]}],
+        [{"label": "originals", "kind": "outcome:original", "data": [offer.originals for offer in stats.top_offers]}],
         horizontal=True,
     )
     top_prefixes = _chart(
         "chart-prefixes",
         "Top sub_id prefixes (originals)",
         [prefix.prefix if prefix.prefix is not None else "(no sub_id)" for prefix in prefixes],
-        [{"label": "originals", "data": [prefix.originals for prefix in prefixes]}],
+        [{"label": "originals", "kind": "outcome:original", "data": [prefix.originals for prefix in prefixes]}],
         horizontal=True,
     )
     return [outcomes, by_status, revenue, offers, top_prefixes]

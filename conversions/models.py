@@ -1,9 +1,10 @@
+from typing import Any
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from conversions.outcomes import RowKind
-from conversions.reconciliation.models import ReconciliationRow, ReconciliationRun, ReportSource
 from partners.lifecycle import STATUS_CHOICES
 from partners.mapping import CANONICAL_FIELDS, STATUS_RAW_MAX_LENGTH
 
@@ -16,16 +17,6 @@ ORIGINAL_SQL = "NOT is_duplicate AND processing_error IS NULL"
 REQUEST_DIGESTS_KEPT = 32
 # What brought a change (hooks.Source): a postback, a reprocessed one, a network's report.
 CHANGE_SOURCES = [("postback", "postback"), ("reprocess", "reprocess"), ("report", "report")]
-# The reconciliation models are declared with the app's other models (Django finds models
-# in the app's models module); which of them live in partner databases is in apps.py.
-__all__ = [
-    "ConversionChange",
-    "DailyCounter",
-    "PartnerConversion",
-    "ReconciliationRow",
-    "ReconciliationRun",
-    "ReportSource",
-]
 
 
 def _max_length(name: str) -> int:
@@ -138,18 +129,23 @@ class PartnerConversion(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.conversion_id or f"rejected #{self.pk}"
+        return self.conversion_id or f"invalid #{self.pk}"
 
     @property
     def outcome(self) -> RowKind:
-        """What this row is: the original, a duplicate or a rejected postback."""
+        """What this row is: the original, a duplicate or an invalid postback."""
         return row_kind(is_duplicate=self.is_duplicate, processing_error=self.processing_error)
+
+    def canonical_values(self) -> dict[str, Any]:
+        """Our canonical fields (CANONICAL_FIELDS) as stored: what a decision, a publisher's
+        payout and its postback URL read of a conversion."""
+        return {name: getattr(self, name) for name in CANONICAL_FIELDS}
 
 
 def row_kind(*, is_duplicate: bool, processing_error: str | None) -> RowKind:
     """What a row with these values is (ORIGINAL's definition, for values read without the model)."""
     if processing_error is not None:
-        return RowKind.REJECTED
+        return RowKind.INVALID
     return RowKind.DUPLICATE if is_duplicate else RowKind.ORIGINAL
 
 

@@ -3,7 +3,7 @@
 `Outcome` is what happened to one postback: its HTTP status, the `status` word of its
 JSON answer, the label of the `postback_requests_total` metric and of the log line, and
 the kind of row it stored. `RowKind` is what a stored row is (the `outcome` column of
-the read API and the admin): an original, a duplicate or a rejected postback. The
+the read API and the admin): an original, a duplicate or an invalid postback. The
 responses, the metrics, the logs, the read API, the admin and the OpenAPI schema all
 read them from here.
 """
@@ -17,7 +17,15 @@ class RowKind(StrEnum):
 
     ORIGINAL = "original"
     DUPLICATE = "duplicate"
-    REJECTED = "rejected"
+    # An invalid postback's row (processing_error and its raw data). "rejected" is the read
+    # API's published word for it, kept for its clients; people read "invalid" (`label`).
+    # Not the network's status `rejected` (a sale the network turned down).
+    INVALID = "rejected"
+
+    @property
+    def label(self) -> str:
+        """The word people read: original, duplicate, invalid."""
+        return "invalid" if self is RowKind.INVALID else self.value
 
 
 @dataclass(frozen=True)
@@ -59,16 +67,16 @@ class Outcome(Enum):
         "A change that would roll the state back (a late `pending` after `approved`): recorded as not "
         "applied; `note` says why.",
     )
-    REJECTED = _Spec(
-        "rejected",
+    INVALID = _Spec(
+        "invalid",
         400,
         "error",
-        RowKind.REJECTED,
+        RowKind.INVALID,
         "Invalid data (missing conversion_id, a bad amount or date, a value too long, an unreadable body): "
-        "stored as a rejected row with every raw parameter; `errors` names each field.",
+        "stored as an invalid row with every raw parameter; `errors` names each field.",
     )
     REFUSED = _Spec(
-        "rejected",
+        "invalid",
         400,
         "error",
         None,

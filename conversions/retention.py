@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from conversions.models import DailyCounter, PartnerConversion
-from partners.databases import partner_database
+from infra.databases import partner_database
 from partners.models import Partner
 
 

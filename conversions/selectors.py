@@ -19,7 +19,7 @@ from django.db.models.functions import Cast, Left, TruncDate
 
 from conversions.models import PartnerConversion, row_kind
 from conversions.outcomes import RowKind
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.lifecycle import STATUSES
 from partners.models import Partner
 
@@ -325,7 +325,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
             key = ("offer_id", group["offer_id"])
             by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
     for group in rejected:
-        amounts = {"outcome": RowKind.REJECTED, "count": group["count"], "sale": None, "earning": None}
+        amounts = {"outcome": RowKind.INVALID, "count": group["count"], "sale": None, "earning": None}
         totals.add(**amounts)
         by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
     for group in unnamed_offers:

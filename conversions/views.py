@@ -10,7 +10,7 @@ from conversions.ingest import postback_ingest
 from conversions.ingest.respond import method_not_allowed_response
 from conversions.openapi import postback_schema
 from conversions.outcomes import Outcome
-from postback_site.observability import postback_outcome_observe
+from infra.observability import postback_outcome_observe
 
 
 @postback_schema

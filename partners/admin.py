@@ -1,9 +1,13 @@
 """The partner admin: what account managers use to add and configure partners.
 
-What needs a partner's conversions (today's count, refused postbacks, the test
-postback, the count a deletion keeps) is added by conversions/admin.py, which extends
-this admin: partners never import conversions.
+Registered once, here. What needs a partner's conversions (today's count, refused
+postbacks, the dashboards, the test postback, the count a deletion keeps) is added by
+the conversions app through `partner_admin_extend()`: partners never import conversions.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -11,10 +15,10 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from partners.databases import PartnerDatabaseUnavailable
+from infra.databases import PartnerDatabaseUnavailable
 from partners.forms import PartnerAdminForm
 from partners.mapping import postback_url_template
 from partners.models import Partner, PartnerScope
@@ -32,6 +36,37 @@ def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
     return postback_url_template(
         base_url=base_url, endpoint_path=partner.endpoint_path, mapping=partner.parameter_mapping or {}
     )
+
+
+Link = tuple[str, str]  # (label, url)
+
+
+@dataclass(frozen=True)
+class PartnerAdminExtension:
+    """What an app built on partners adds to the one partner admin; every part is optional.
+
+    Columns and fields are `admin.display` functions of a partner; the other parts are
+    called with the request, like ModelAdmin's own get_* hooks.
+    """
+
+    columns: tuple[Callable[[Partner], str], ...] = ()  # appended to the list's columns
+    security_fields: tuple[Callable[[Partner], str], ...] = ()  # read-only, in the "Security" section
+    urls: Callable[["PartnerAdmin"], list[URLPattern]] | None = None  # mounted before the admin's own
+    list_links: Callable[[HttpRequest], list[Link]] | None = None  # the list's object tools
+    partner_links: Callable[[HttpRequest, Partner], list[Link]] | None = None  # a partner page's object tools
+    delete_context: Callable[[HttpRequest, Partner], dict[str, Any]] | None = None  # for delete_confirmation.html
+
+
+partner_admin_extensions: dict[str, PartnerAdminExtension] = {}
+
+
+def partner_admin_extend(*, app_label: str, extension: PartnerAdminExtension) -> None:
+    """Add an app's part of the partner admin (one per app: a second call replaces the first)."""
+    partner_admin_extensions[app_label] = extension
+
+
+def _links(hooks: list, *args: Any) -> list[Link]:
+    return [link for hook in hooks if hook is not None for link in hook(*args)]
 
 
 @admin.register(Partner)
@@ -94,9 +129,33 @@ class PartnerAdmin(admin.ModelAdmin):
             raise Http404("There is no such partner, or it is not one of yours.")
         return partner
 
+    # --- what other apps add (partner_admin_extend) --------------------------------
+
+    def get_list_display(self, request: HttpRequest):
+        columns = (column for extension in partner_admin_extensions.values() for column in extension.columns)
+        return (*super().get_list_display(request), *columns)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Partner | None = None):
+        return (*super().get_readonly_fields(request, obj), *self._security_fields())
+
+    def get_fieldsets(self, request: HttpRequest, obj: Partner | None = None):
+        extra = self._security_fields()
+        return tuple(
+            (name, {**options, "fields": (*options["fields"], *extra)}) if name == "Security" else (name, options)
+            for name, options in super().get_fieldsets(request, obj)
+        )
+
+    @staticmethod
+    def _security_fields() -> tuple[Callable[[Partner], str], ...]:
+        return tuple(field for extension in partner_admin_extensions.values() for field in extension.security_fields)
+
+    # --- views ------------------------------------------------------------------------
+
     def changelist_view(self, request: HttpRequest, extra_context=None):
+        links = _links([extension.list_links for extension in partner_admin_extensions.values()], request)
         # The list and its filters fit 1400 px only without the app list beside them.
-        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
+        context = {"is_nav_sidebar_enabled": False, "list_links": links, **(extra_context or {})}
+        return super().changelist_view(request, context)
 
     def get_actions(self, request: HttpRequest):
         # Deleting goes through the single-partner page, which shows what the database keeps.
@@ -105,21 +164,22 @@ class PartnerAdmin(admin.ModelAdmin):
         return actions
 
     def get_urls(self):
-        urls = super().get_urls()
-        extra = [
-            path(
-                "<path:object_id>/secret/",
-                self.admin_site.admin_view(self.secret_view),
-                name="partners_partner_secret",
-            ),
+        secret = path(
+            "<path:object_id>/secret/", self.admin_site.admin_view(self.secret_view), name="partners_partner_secret"
+        )
+        # Before the admin's own `<path:object_id>/` patterns, which would take e.g. "dashboard/".
+        extended = [
+            url for extension in partner_admin_extensions.values() if extension.urls for url in extension.urls(self)
         ]
-        return extra + urls
+        return [secret, *extended, *super().get_urls()]
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
         partner = self.get_object(request, object_id)
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["postback_url"] = partner_postback_url(partner, request)
+            hooks = [extension.partner_links for extension in partner_admin_extensions.values()]
+            extra_context["partner_links"] = _links(hooks, request, partner)
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: Partner, form: PartnerAdminForm, change: bool) -> None:
@@ -152,6 +212,9 @@ class PartnerAdmin(admin.ModelAdmin):
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["kept_database"] = partner.database_name
+            for extension in partner_admin_extensions.values():
+                if extension.delete_context is not None:
+                    extra_context.update(extension.delete_context(request, partner))
         return super().delete_view(request, object_id, extra_context)
 
     def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

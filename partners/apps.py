@@ -33,7 +33,7 @@ class PartnersConfig(AppConfig):
     verbose_name = "Partners"
 
     def ready(self) -> None:
-        from partners.databases.requests import request_edges_install
+        from infra.databases.requests import request_edges_install
 
         request_edges_install()
         pre_migrate.connect(_lift_timeouts, dispatch_uid="partners.lift_timeouts")

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 from django import forms
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
-from partners.databases import PartnerDatabaseUnavailable, partner_database_check
-from partners.dbconfig import url_mask_password
+from infra.databases import PartnerDatabaseUnavailable, partner_database_check
+from infra.masking import MASK, url_mask_password
 from partners.lifecycle import STATUSES
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
@@ -19,7 +19,6 @@ ORDERED_MAPPINGS = ("parameter_mapping", "status_mapping")  # Partner.row_order 
 
 Row = tuple[str, str]
 MappingRows = list[Row]
-MASK = "****"  # what url_mask_password puts in place of a password
 DATABASE_URL_SCHEMES = frozenset({"postgres", "postgresql", "pgsql", "sqlite"})
 
 

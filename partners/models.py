@@ -1,5 +1,4 @@
 import datetime
-import ipaddress
 import re
 import zoneinfo
 from functools import cached_property, lru_cache
@@ -10,7 +9,8 @@ from django.core.validators import MinLengthValidator, MinValueValidator, RegexV
 from django.db import models
 from django.db.models import Q
 
-from partners.dbconfig import url_mask_password
+from infra.addresses import IPNetwork, networks_parse
+from infra.masking import url_mask_password
 from partners.lifecycle import status_mapping_error, status_transitions_error
 from partners.mapping import CANONICAL_FIELDS
 
@@ -27,31 +27,9 @@ def endpoint_key(endpoint_path: str) -> str:
     return endpoint_path.strip("/")
 
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def allowed_networks_parse(text: str) -> tuple[IPNetwork, ...]:
-    """The networks in an allowlist: IPs or CIDR ranges (IPv4 or IPv6), comma or line separated.
-
-    Raises ValueError naming the first entry that is not an address or a range.
-    """
-    networks = []
-    for entry in re.split(r"[\s,]+", text or ""):
-        if not entry:
-            continue
-        try:
-            # strict=False: 10.0.0.1/8 means the range 10.0.0.0/8, as people usually mean it.
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError as exc:
-            raise ValueError(
-                f"'{entry}' is not an IP address or CIDR range (e.g. 203.0.113.7, 10.0.0.0/8, 2001:db8::/32)."
-            ) from exc
-    return tuple(networks)
-
-
 def _validate_allowed_ips(value: str) -> None:
     try:
-        allowed_networks_parse(value)
+        networks_parse(value)
     except ValueError as exc:
         raise ValidationError(str(exc)) from exc
 
@@ -164,7 +142,7 @@ class Partner(models.Model):
     def database_alias(self) -> str:
         """The Django alias of the partner's database, registered (or re-pointed at the
         partner's current URL) on first use: `.using(partner.database_alias)` just works."""
-        from partners.databases.registry import alias_ensure
+        from infra.databases.registry import alias_ensure
 
         return alias_ensure(self)
 
@@ -186,7 +164,7 @@ class Partner(models.Model):
     @cached_property
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
         """The parsed allowlist, once per loaded Partner (the directory reloads fresh instances)."""
-        return allowed_networks_parse(self.allowed_ips)
+        return networks_parse(self.allowed_ips)
 
     @property
     def database_url_masked(self) -> str:

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Q, QuerySet
 
+from infra.state import process_state_register
 from partners.models import Partner, PartnerScope, endpoint_key
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class PartnerDirectory:
 
 
 partner_directory = PartnerDirectory()
+process_state_register("partners.partner_directory", partner_directory.clear)
 
 
 def partner_list_served() -> list[Partner]:

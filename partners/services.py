@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import transaction
 
-from partners.databases import ProvisionResult, partner_database_provision
+from infra.databases import ProvisionResult, partner_database_provision
 from partners.models import Partner, PartnerScope
 from partners.selectors import partner_directory, partner_is_visible_to
 
@@ -126,13 +126,10 @@ ADMIN_GROUPS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
     "Account managers": (
         ("partners", "partner", ("add", "change", "view")),
         ("conversions", "partnerconversion", ("view",)),
-        # Report sources, and with them reconciliation runs: start them, recover from them.
-        ("conversions", "reportsource", ("add", "change", "view")),
     ),
     "Analysts": (
         ("partners", "partner", ("view",)),
         ("conversions", "partnerconversion", ("view",)),
-        ("conversions", "reportsource", ("view",)),
     ),
 }
 

@@ -2,7 +2,7 @@
 
 The admin's and the deployment checks look for the session, authentication, messages,
 CSRF and clickjacking middleware in MIDDLEWARE; here they sit in PEOPLE_MIDDLEWARE
-(postback_site.middleware), so those checks are silenced and these take their place.
+(infra.middleware), so those checks are silenced and these take their place.
 """
 
 from django.conf import settings
@@ -21,10 +21,10 @@ PEOPLE_REQUIRED = {
 @checks.register(checks.Tags.security, checks.Tags.admin)
 def people_middleware_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
-    if "postback_site.middleware.PeopleMiddleware" not in settings.MIDDLEWARE:
+    if "infra.middleware.PeopleMiddleware" not in settings.MIDDLEWARE:
         messages.append(
             checks.Error(
-                "postback_site.middleware.PeopleMiddleware must be in MIDDLEWARE: it runs PEOPLE_MIDDLEWARE.",
+                "infra.middleware.PeopleMiddleware must be in MIDDLEWARE: it runs PEOPLE_MIDDLEWARE.",
                 id="postback_site.E001",
             )
         )

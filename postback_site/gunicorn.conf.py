@@ -12,9 +12,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # gthread, but a request is read whole in the event loop before a thread serves it, under
 # GUNICORN_HEADER_TIMEOUT / GUNICORN_BODY_TIMEOUT: slow or idle clients hold no thread.
-worker_class = "postback_site.workers.PostbackWorker"
+worker_class = "infra.http.worker.PostbackWorker"
 # gunicorn's own error and access lines, with tokens and credential headers masked.
-logger_class = "postback_site.workers.PostbackLogger"
+logger_class = "infra.http.logger.PostbackLogger"
 # Static files go out through ordinary writes, which GUNICORN_SEND_TIMEOUT bounds; Python's
 # socket.sendfile() waits without limit for a client that stops reading.
 sendfile = False
@@ -69,3 +69,4 @@ def post_fork(server, worker):
     # A request allocates thousands of short-lived objects: collect the young generation
     # less often than every 700 allocations.
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from partners.dbconfig import database_settings
+from infra.databases.config import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -70,13 +70,14 @@ INSTALLED_APPS = [
     "partners",
     "conversions",
     "publishers",
+    "reconciliation",
 ]
 
 MIDDLEWARE = [
-    "postback_site.observability.ObservabilityMiddleware",
+    "infra.observability.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # PEOPLE_MIDDLEWARE, skipped for the views machines call (postbacks): see its module.
-    "postback_site.middleware.PeopleMiddleware",
+    "infra.middleware.PeopleMiddleware",
 ]
 # What serves the admin, the browsable API and their users, in Django's usual order.
 PEOPLE_MIDDLEWARE = [
@@ -92,7 +93,6 @@ PEOPLE_MIDDLEWARE = [
 # checks that PEOPLE_MIDDLEWARE has them instead.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410", "security.W002", "security.W003"]
 
-ROOT_URLCONF = "postback_site.urls"
 WSGI_APPLICATION = "postback_site.wsgi.application"
 
 TEMPLATES = [
@@ -112,10 +112,10 @@ TEMPLATES = [
 
 # --- Databases -------------------------------------------------------------------
 # `default` holds configuration only; each partner's conversions live in the
-# partner's own database, registered at runtime by partners.databases.
+# partner's own database, registered at runtime by infra.databases.
 #
 # Every connection of a process (to any database) comes from one bounded broker
-# (partners/databases/broker.py): at most DB_MAX_CONNECTIONS per process, in use and
+# (infra/databases/broker.py): at most DB_MAX_CONNECTIONS per process, in use and
 # idle, whatever the number of partners; an instance holds at most
 # WEB_CONCURRENCY x DB_MAX_CONNECTIONS. A request uses at most two at once (`default`
 # and one partner database), so the limit must exceed the worker's threads.
@@ -170,7 +170,7 @@ DATABASES = {
     )
 }
 PARTNER_DATABASE_URL = env.str("PARTNER_DATABASE_URL", default=f"sqlite:///{VAR_DIR}/{{name}}.sqlite3")
-DATABASE_ROUTERS = ["partners.databases.PartnerDatabaseRouter"]
+DATABASE_ROUTERS = ["infra.databases.PartnerDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Postback behaviour ----------------------------------------------------------
@@ -195,6 +195,9 @@ POSTBACK_SIGNATURE_TOLERANCE_SECONDS = env.int("POSTBACK_SIGNATURE_TOLERANCE_SEC
 # Far from a partner's daily limit, each process adds to the shared counter in batches.
 QUOTA_BATCH_SIZE = env.int("QUOTA_BATCH_SIZE", default=50)
 QUOTA_FLUSH_SECONDS = env.float("QUOTA_FLUSH_SECONDS", default=1.0)
+# How often a process writes the refused and invalid postbacks it counted (the audit
+# counts, conversions/ingest/refusals.py); QUOTA_FLUSH_SECONDS's value unless set.
+REFUSAL_FLUSH_SECONDS = env.float("REFUSAL_FLUSH_SECONDS", default=QUOTA_FLUSH_SECONDS)
 # Reconciliation against a network's report API: attempts per request (429s, timeouts,
 # 5xx) and the first backoff between them (doubled each time, Retry-After honoured up to the cap).
 RECONCILE_MAX_ATTEMPTS = env.int("RECONCILE_MAX_ATTEMPTS", default=5)
@@ -219,8 +222,10 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 
-# Benchmark only: mounts bench/minimal_view.py at /bench/insert (bench/postback_bench.py).
+# Benchmark only: serves bench/urls.py, the service's URLs plus bench/minimal_view.py at
+# /bench/insert (bench/postback_bench.py).
 BENCH_MINIMAL_VIEW = env.bool("BENCH_MINIMAL_VIEW", default=False)
+ROOT_URLCONF = "bench.urls" if BENCH_MINIMAL_VIEW else "postback_site.urls"
 
 # --- Internationalisation --------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -291,12 +296,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"()": "postback_site.observability.PlainFormatter"},
-        "json": {"()": "postback_site.observability.CloudLoggingFormatter"},
+        "plain": {"()": "infra.observability.PlainFormatter"},
+        "json": {"()": "infra.observability.CloudLoggingFormatter"},
     },
     "handlers": {
         # Buffers a request's lines and writes them to stderr in one call when it ends.
-        "console": {"class": "postback_site.observability.RequestBufferedHandler", "formatter": LOG_FORMAT},
+        "console": {"class": "infra.observability.RequestBufferedHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": _log_handlers, "level": LOG_LEVEL},
     "loggers": {

@@ -1,17 +1,21 @@
-from django.conf import settings
 from django.contrib import admin
 from django.templatetags.static import static
-from django.urls import path
+from django.urls import path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from conversions.api import ConversionListView, ConversionStatsView
 from conversions.views import PostbackView
-from postback_site.metrics import metrics_view
-from postback_site.middleware import machine_endpoint
+from infra.metrics import metrics_view
+from infra.middleware import machine_endpoint
 from postback_site.views import HealthView, InfoView
 
 urlpatterns = [
+    # The reconciliation screens' addresses from before it became an app of its own.
+    re_path(
+        r"^admin/conversions/(?P<rest>(?:reportsource|reconciliationrun|reconciliationrow)/.*)$",
+        RedirectView.as_view(url="/admin/reconciliation/%(rest)s", query_string=True, permanent=True),
+    ),
     path("admin/", admin.site.urls),
     # Browsers ask for it on every page: answered, so no 404 is logged each time.
     path("favicon.ico", RedirectView.as_view(url=static("partners/favicon.png"), permanent=True)),
@@ -31,10 +35,3 @@ handler400 = "postback_site.views.bad_request"
 handler403 = "postback_site.views.permission_denied"
 handler404 = "postback_site.views.page_not_found"
 handler500 = "postback_site.views.server_error"
-
-if settings.BENCH_MINIMAL_VIEW:
-    # The benchmark's floor (bench/postback_bench.py); never enabled in production. Served
-    # as a postback is, without the middleware that serves people.
-    from bench.minimal_view import minimal_insert
-
-    urlpatterns.append(path("bench/insert", machine_endpoint(minimal_insert)))

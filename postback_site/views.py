@@ -12,12 +12,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from partners.databases import NOT_INITIALISED, database_ping, migrations_to_apply, partner_database_state
+from infra.databases import NOT_INITIALISED, database_ping, migrations_to_apply, partner_database_state
+from infra.state import process_state_register
 from partners.selectors import partner_list_served
 
 # (alias, host, port, name) of databases found fully migrated: a schema never goes
 # back, so the migration files are read until it is complete, not on every probe.
 _migrated: set[tuple] = set()
+process_state_register("postback_site.health_migrated", _migrated.clear)
 
 
 def _database_key(alias: str) -> tuple:

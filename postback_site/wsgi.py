@@ -11,7 +11,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from postback_site.request_meta import charset_checked
+from infra.request_meta import charset_checked
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "postback_site.settings")
 

@@ -3,7 +3,6 @@ conversions' match check, a test send, the delivery log (resend, filters), pause
 backfill and reports. The conversion page shows its deliveries."""
 
 import datetime
-import time
 
 from django import forms
 from django.contrib import admin, messages
@@ -17,10 +16,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from conversions.admin import PartnerConversionAdmin
+from conversions.admin.conversions import ConversionAdminExtension, ConversionSection, conversion_admin_extend
 from conversions.models import ORIGINAL, PartnerConversion
-from partners.databases import PartnerDatabaseUnavailable, partner_database
-from partners.mapping import CANONICAL_FIELDS
+from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.models import Partner
 from partners.selectors import partner_scope_applies, partners_visible_to
 from publishers.deliveries import delivery_values
@@ -32,19 +30,23 @@ from publishers.models import (
     Publisher,
     PublisherOfferPayout,
 )
-from publishers.outbound import OutboundClient
 from publishers.reports import XLSX_TYPE, publisher_report, report_csv, report_xlsx
-from publishers.selectors import publisher_partners, publisher_route
+from publishers.selectors import (
+    RECENT_CONVERSIONS,
+    publisher_partners,
+    publisher_recent_conversion,
+    publisher_route,
+)
 from publishers.services import (
     deliveries_resend,
-    delivery_headers,
     publisher_backfill,
     publisher_pause,
     publisher_resume,
     publisher_save,
+    publisher_test_send,
 )
 
-RECENT = 100
+RECENT = RECENT_CONVERSIONS
 LOG_ROWS = 200
 
 
@@ -116,30 +118,6 @@ class ReportForm(forms.Form):
         if data.get("start") and data.get("end") and (data["end"] - data["start"]).days > 400:
             raise forms.ValidationError("A report covers at most 400 days.")
         return data
-
-
-def _recent_conversion_values(publisher: Publisher) -> tuple[Partner, PartnerConversion, bool] | None:
-    """The newest of the last 100 conversions it matches (True), else the newest at all (False)."""
-    route = publisher_route(publisher)
-    newest = None
-    for partner in publisher_partners(publisher):
-        try:
-            with partner_database(partner) as alias:
-                recent = list(
-                    PartnerConversion.objects.using(alias).filter(ORIGINAL).order_by("-received_at", "-id")[:RECENT]
-                )
-        except PartnerDatabaseUnavailable:
-            continue
-        for conversion in recent:
-            if route.matches({route.match_field: getattr(conversion, route.match_field)}):
-                return partner, conversion, True
-        if recent and (newest is None or recent[0].received_at > newest[1].received_at):
-            newest = (partner, recent[0], False)
-    return newest
-
-
-def _values(conversion: PartnerConversion) -> dict:
-    return {name: getattr(conversion, name) for name in CANONICAL_FIELDS}
 
 
 @admin.register(Publisher)
@@ -232,13 +210,13 @@ class PublisherAdmin(admin.ModelAdmin):
     def url_preview(self, publisher: Publisher) -> str:
         if not publisher.pk:
             return "Save the publisher to preview its postback for a recent conversion."
-        found = _recent_conversion_values(publisher)
+        found = publisher_recent_conversion(publisher=publisher)
         if found is None:
             return "No conversion recorded yet to preview with."
         partner, conversion, matched = found
         values = delivery_values(
             route=publisher_route(publisher),
-            conversion=_values(conversion),
+            conversion=conversion.canonical_values(),
             partner=partner,
             event="recorded",
             source="preview",
@@ -309,45 +287,22 @@ class PublisherAdmin(admin.ModelAdmin):
 
     @admin.action(description="Test send: the newest matching conversion, now (not logged as a delivery)")
     def test_send(self, request, queryset):
-        from django.conf import settings
-
-        client = OutboundClient(
-            connect_timeout=settings.DELIVERY_CONNECT_TIMEOUT,
-            read_timeout=settings.DELIVERY_READ_TIMEOUT,
-            max_response_bytes=settings.DELIVERY_RESPONSE_MAX_BYTES,
-            allow_private=settings.OUTBOUND_ALLOW_PRIVATE,
-        )
-        try:
-            for publisher in queryset:
-                found = _recent_conversion_values(publisher)
-                if found is None or not found[2]:
-                    self.message_user(
-                        request, f"{publisher.code}: none of the last {RECENT} conversions matches.", messages.WARNING
-                    )
-                    continue
-                partner, conversion, _matched = found
-                delivery = Delivery(
-                    **delivery_values(
-                        route=publisher_route(publisher),
-                        conversion=_values(conversion),
-                        partner=partner,
-                        event="test",
-                        source="test",
-                    )
-                )
-                headers = delivery_headers(delivery=delivery, secret=publisher.signing_secret, now=time.time())
-                body = delivery.body.encode() if delivery.method == "POST" else None
-                result = client.send(method=delivery.method, url=delivery.url, headers=headers, body=body)
-                level = messages.SUCCESS if result.succeeded else messages.ERROR
-                answer = f"HTTP {result.status_code}" if result.status_code else result.error
+        for publisher in queryset:
+            sent = publisher_test_send(publisher=publisher)
+            if sent is None:
                 self.message_user(
-                    request,
-                    f"{publisher.code}: {delivery.method} {delivery.url} -> {answer} in {result.duration_ms} ms "
-                    f"{result.excerpt[:200]}",
-                    level,
+                    request, f"{publisher.code}: none of the last {RECENT} conversions matches.", messages.WARNING
                 )
-        finally:
-            client.close()
+                continue
+            result = sent.answer
+            level = messages.SUCCESS if result.succeeded else messages.ERROR
+            answer = f"HTTP {result.status_code}" if result.status_code else result.error
+            self.message_user(
+                request,
+                f"{publisher.code}: {sent.method} {sent.url} -> {answer} in {result.duration_ms} ms "
+                f"{result.excerpt[:200]}",
+                level,
+            )
 
     # --- the delivery log and the report ----------------------------------------------
 
@@ -475,44 +430,41 @@ class PublisherAdmin(admin.ModelAdmin):
         )
 
 
-class PartnerConversionWithDeliveriesAdmin(PartnerConversionAdmin):
-    """conversions.admin.PartnerConversionAdmin plus the postbacks sent to publishers for it."""
+# --- a conversion's page: the postbacks sent to publishers for it ---------------------------
 
-    readonly_fields = (*PartnerConversionAdmin.readonly_fields, "deliveries_table")
-    fieldsets = (*PartnerConversionAdmin.fieldsets, ("Publisher postbacks", {"fields": ("deliveries_table",)}))
 
-    @admin.display(description="deliveries")
-    def deliveries_table(self, conversion: PartnerConversion) -> str:
-        alias = conversion._state.db
-        deliveries = list(
-            Delivery.objects.using(alias).filter(conversion_id=conversion.pk).order_by("created_at", "id")
-        )
-        if not deliveries:
-            return "No postback was owed to a publisher for this conversion."
-        names = dict(Publisher.objects.filter(pk__in={d.publisher_id for d in deliveries}).values_list("pk", "code"))
-        return format_html(
-            '<table id="conversion-deliveries"><thead><tr><th>publisher</th><th>event</th><th>state</th>'
-            "<th>attempts</th><th>last answer</th><th>next try</th><th>URL</th></tr></thead><tbody>{}</tbody></table>",
-            format_html_join(
-                "",
-                "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                "<td><code>{}</code></td></tr>",
+@admin.display(description="deliveries")
+def deliveries_table(conversion: PartnerConversion) -> str:
+    alias = conversion._state.db
+    deliveries = list(Delivery.objects.using(alias).filter(conversion_id=conversion.pk).order_by("created_at", "id"))
+    if not deliveries:
+        return "No postback was owed to a publisher for this conversion."
+    names = dict(Publisher.objects.filter(pk__in={d.publisher_id for d in deliveries}).values_list("pk", "code"))
+    return format_html(
+        '<table id="conversion-deliveries"><thead><tr><th>publisher</th><th>event</th><th>state</th>'
+        "<th>attempts</th><th>last answer</th><th>next try</th><th>URL</th></tr></thead><tbody>{}</tbody></table>",
+        format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td><code>{}</code></td></tr>",
+            (
                 (
-                    (
-                        reverse("admin:publishers_publisher_deliveries", args=[d.publisher_id]),
-                        names.get(d.publisher_id, f"#{d.publisher_id}"),
-                        d.event,
-                        d.state,
-                        d.attempts,
-                        d.last_status_code or d.last_error or "-",
-                        d.next_attempt_at.isoformat(timespec="seconds") if d.state == "pending" else "-",
-                        d.url,
-                    )
-                    for d in deliveries
-                ),
+                    reverse("admin:publishers_publisher_deliveries", args=[d.publisher_id]),
+                    names.get(d.publisher_id, f"#{d.publisher_id}"),
+                    d.event,
+                    d.state,
+                    d.attempts,
+                    d.last_status_code or d.last_error or "-",
+                    d.next_attempt_at.isoformat(timespec="seconds") if d.state == "pending" else "-",
+                    d.url,
+                )
+                for d in deliveries
             ),
-        )
+        ),
+    )
 
 
-admin.site.unregister(PartnerConversion)
-admin.site.register(PartnerConversion, PartnerConversionWithDeliveriesAdmin)
+conversion_admin_extend(
+    app_label="publishers",
+    extension=ConversionAdminExtension(sections=(ConversionSection("Publisher postbacks", (deliveries_table,)),)),
+)

@@ -7,9 +7,9 @@ class PublishersConfig(AppConfig):
 
     def ready(self) -> None:
         from conversions.ingest.hooks import decision_listener
-        from partners.databases import partner_models_register
+        from infra.databases import partner_models_register
+        from infra.metrics import metrics_scrape_hook
         from partners.services import admin_grants_add
-        from postback_site.metrics import metrics_scrape_hook
         from publishers import checks  # noqa: F401  (registers the system check)
         from publishers.deliveries import deliveries_announced
         from publishers.metrics import delivery_gauges_refresh

@@ -5,11 +5,13 @@
 Delivery row per matching publisher configured for that event, written in the same
 transaction as the conversion. It does no I/O (the publishers come from a cached
 directory) and renders the URL there, so the delivery says what the conversion was
-at that moment, whatever changes later.
+at that moment, whatever changes later. `delivery_send` sends one delivery, signed as our
+inbound postbacks are (the worker's sends and the admin's test send).
 """
 
 import datetime
 import json
+import time
 import uuid
 from collections.abc import Iterable
 from decimal import Decimal
@@ -17,12 +19,15 @@ from typing import Any
 
 from django.utils import timezone
 
+from conversions.ingest.access import SIGNATURE_HEADER, TIMESTAMP_HEADER, postback_signature
 from conversions.ingest.hooks import Announcement, Companion
 from publishers.models import AMOUNT, RECORDED, Delivery
+from publishers.outbound import OutboundClient, OutboundResult
 from publishers.postback_urls import template_render
 from publishers.selectors import PublisherRoute, publisher_directory
 
 AMOUNT_FIELDS = frozenset({"usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def announcement_event(announcement: Announcement) -> str | None:
@@ -135,3 +140,27 @@ def delivery_values(
         "created_at": now,
         "next_attempt_at": now,
     }
+
+
+def delivery_headers(*, delivery: Delivery, secret: str, now: float) -> dict[str, str]:
+    """The idempotency key, and with a secret the signature, as our inbound postbacks are signed."""
+    headers = {IDEMPOTENCY_HEADER: delivery.idempotency_key}
+    if delivery.method == "POST":
+        headers["Content-Type"] = "application/json"
+    if secret:
+        timestamp = str(int(now))
+        query = delivery.url.partition("?")[2].encode()
+        body = delivery.body.encode() if delivery.method == "POST" else b""
+        headers[TIMESTAMP_HEADER] = timestamp
+        headers[SIGNATURE_HEADER] = postback_signature(
+            secret=secret, query_string=query, body=body, timestamp=timestamp
+        )
+    return headers
+
+
+def delivery_send(*, client: OutboundClient, delivery: Delivery, secret: str) -> OutboundResult:
+    """Send one delivery now, signed with `secret` when there is one; the publisher's faults
+    are the result's error, never raised."""
+    body = delivery.body.encode() if delivery.method == "POST" else None
+    headers = delivery_headers(delivery=delivery, secret=secret, now=time.time())
+    return client.send(method=delivery.method, url=delivery.url, headers=headers, body=body)

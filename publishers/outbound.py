@@ -16,7 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import urllib3
+from django.conf import settings
 from urllib3.exceptions import HTTPError, LocationParseError
+
+from infra.errors import error_first_line
 
 # Cloud metadata endpoints: refused even with OUTBOUND_ALLOW_PRIVATE.
 METADATA_ADDRESSES = frozenset(
@@ -207,7 +210,21 @@ class OutboundClient:
             self._pools.clear()
 
 
+def outbound_client(*, pool_size: int = 10) -> OutboundClient:
+    """The client every send to a publisher goes through (the delivery worker's, the admin's
+    test send), from settings: DELIVERY_CONNECT_TIMEOUT, DELIVERY_READ_TIMEOUT,
+    DELIVERY_RESPONSE_MAX_BYTES, OUTBOUND_ALLOW_PRIVATE; `pool_size` connections kept per destination."""
+    return OutboundClient(
+        connect_timeout=settings.DELIVERY_CONNECT_TIMEOUT,
+        read_timeout=settings.DELIVERY_READ_TIMEOUT,
+        max_response_bytes=settings.DELIVERY_RESPONSE_MAX_BYTES,
+        allow_private=settings.OUTBOUND_ALLOW_PRIVATE,
+        pool_size=pool_size,
+    )
+
+
 def _reason(exc: Exception) -> str:
     reason = getattr(exc, "reason", None) or exc
-    text = str(reason).strip()
-    return text.splitlines()[0][:300] if text else exc.__class__.__name__
+    if not str(reason).strip():
+        return exc.__class__.__name__
+    return error_first_line(reason if isinstance(reason, BaseException) else Exception(reason))[:300]

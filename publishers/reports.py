@@ -20,9 +20,8 @@ from openpyxl.styles import Font
 
 from conversions.exports import csv_text_cell
 from conversions.models import PartnerConversion
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.lifecycle import REJECTED
-from partners.mapping import CANONICAL_FIELDS
 from publishers.models import Publisher
 from publishers.selectors import publisher_matching_conversions, publisher_partners, publisher_route
 
@@ -92,7 +91,7 @@ def publisher_report(*, publisher: Publisher, start: datetime.date, end: datetim
                     PartnerConversion.objects.using(alias).filter(in_range).order_by("conversion_datetime", "id")
                 )
                 for conversion in publisher_matching_conversions(route=route, partner=partner, conversions=conversions):
-                    values = {name: getattr(conversion, name) for name in CANONICAL_FIELDS}
+                    values = conversion.canonical_values()
                     payout = route.payout(values)
                     report.rows.append(
                         [

@@ -16,7 +16,8 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from conversions.models import ORIGINAL, PartnerConversion
-from partners.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
+from infra.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
+from infra.state import process_state_register
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 from partners.selectors import partner_list_served
@@ -25,6 +26,9 @@ from publishers.payouts import payout_compute, payout_rule
 from publishers.postback_urls import template_parts
 
 logger = logging.getLogger(__name__)
+
+# The conversions of each partner a publisher's URL preview and test send look at.
+RECENT_CONVERSIONS = 100
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class PublisherDirectory:
 
 
 publisher_directory = PublisherDirectory()
+process_state_register("publishers.publisher_directory", publisher_directory.clear)
 
 
 def deliveries_queue_state(*, now: datetime.datetime | None = None) -> tuple[int, float]:
@@ -171,6 +176,30 @@ def publisher_partners(publisher: Publisher) -> list[Partner]:
     if chosen or publisher.partners.exists():
         return chosen
     return list(Partner.objects.filter(is_active=True).order_by("partner_code"))
+
+
+def publisher_recent_conversion(*, publisher: Publisher) -> tuple[Partner, PartnerConversion, bool] | None:
+    """The newest of the last RECENT_CONVERSIONS originals of its partners that the publisher
+    matches (True), else the newest original at all (False); None when there is none. A
+    partner database that cannot answer is left out."""
+    route = publisher_route(publisher)
+    newest = None
+    for partner in publisher_partners(publisher):
+        try:
+            with partner_database(partner) as alias:
+                recent = list(
+                    PartnerConversion.objects.using(alias)
+                    .filter(ORIGINAL)
+                    .order_by("-received_at", "-id")[:RECENT_CONVERSIONS]
+                )
+        except PartnerDatabaseUnavailable:
+            continue
+        for conversion in recent:
+            if route.matches({route.match_field: getattr(conversion, route.match_field)}):
+                return partner, conversion, True
+        if recent and (newest is None or recent[0].received_at > newest[1].received_at):
+            newest = (partner, recent[0], False)
+    return newest
 
 
 def publisher_matching_conversions(

@@ -21,12 +21,11 @@ from django.db import connections
 from django.test import override_settings
 from psycopg import sql
 
-from bench.pgbouncer import PgBouncer, PgBouncerMissing
-from partners.databases import connection_broker, partner_database_unregister
-from partners.databases.guard import guards_reset
+from infra.databases import connection_broker, partner_database_unregister
+from infra.state import process_state_reset
 from partners.models import Partner
-from partners.selectors import partner_directory
 from partners.services import partner_create, partner_provision
+from tests.support.pgbouncer import PgBouncer, PgBouncerMissing
 
 POSTGRES_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "root", "dbname": "postgres"}
 BACKENDS = ("sqlite", "postgres")
@@ -59,7 +58,7 @@ def partner_server_port() -> Iterator[int]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from partners.dbconfig import POSTGRES_ENGINES
+    from infra.databases.config import POSTGRES_ENGINES
 
     if settings.DATABASES["default"]["ENGINE"] not in POSTGRES_ENGINES:
         raise pytest.UsageError(
@@ -110,20 +109,11 @@ def database_pool(tmp_path_factory: pytest.TempPathFactory, partner_server_port:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_partner_directory() -> Iterator[None]:
-    from conversions.ingest.quota import quota_ledger, redis_breaker
-    from conversions.ingest.refusals import refusal_ledger
-    from conversions.ingest.store import _recently_stored
-
-    for state in (partner_directory, quota_ledger, _recently_stored, refusal_ledger):
-        state.clear()
-    redis_breaker.reset()
-    guards_reset()
+def _fresh_process_state() -> Iterator[None]:
+    """Each test starts without the caches, ledgers and breakers another test left."""
+    process_state_reset()
     yield
-    for state in (partner_directory, quota_ledger, _recently_stored, refusal_ledger):
-        state.clear()
-    redis_breaker.reset()
-    guards_reset()
+    process_state_reset()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,7 +6,7 @@ from django.db import connections
 from psycopg import sql
 
 import postback_site.views
-from partners.databases import partner_database_unregister
+from infra.databases import partner_database_unregister
 from partners.services import partner_create
 from tests.conftest import POSTGRES_SERVER
 

@@ -6,14 +6,8 @@ import os
 
 import pytest
 
-from postback_site.observability import (
-    CloudLoggingFormatter,
-    PlainFormatter,
-    access_atoms_masked,
-    log_text_masked,
-    trace_fields,
-    url_masked,
-)
+from infra.masking import access_atoms_masked, log_text_masked, url_masked
+from infra.observability import CloudLoggingFormatter, PlainFormatter, trace_fields
 
 SEED_INVOLVE = "/partner/involve/event?conversion_id=obs1&aff_sub=s1&usd_payout=1.5"
 
@@ -67,7 +61,7 @@ def test_json_request_line_names_rejected_and_unknown_postbacks(client, involve,
     assert client.get("/partner/nobody/event?conversion_id=1").status_code == 404
     lines = [line for line in json_lines if line["logger"] == "postback_site.request"]
     assert [(line.get("partner"), line["outcome"], line["httpRequest"]["status"]) for line in lines] == [
-        ("involve_asia", "rejected", 400),
+        ("involve_asia", "invalid", 400),
         (None, "not_found", 404),
     ]
 
@@ -282,7 +276,7 @@ def test_metrics_count_postbacks_by_partner_and_outcome(client, involve, setting
     client.get("/partner/involve/event?usd_payout=bad")
     text = client.get("/metrics", **auth).content.decode()
     assert text.startswith("# HELP") or "# HELP" in text
-    for outcome, added in (("success", 1), ("duplicate", 1), ("updated", 1), ("rejected", 1)):
+    for outcome, added in (("success", 1), ("duplicate", 1), ("updated", 1), ("invalid", 1)):
         name = "postback_requests_total"
         labels = {"partner": "involve_asia", "outcome": outcome}
         assert sample(text, name, **labels) - sample(before, name, **labels) == added
@@ -310,7 +304,7 @@ def test_metrics_count_database_errors_by_alias(client, live_db, settings):
 
 
 def test_request_lines_are_written_together_when_the_request_ends():
-    from postback_site.observability import RequestBufferedHandler
+    from infra.observability import RequestBufferedHandler
 
     read_fd, write_fd = os.pipe()
     handler = RequestBufferedHandler(fd=write_fd)

@@ -5,7 +5,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.checks import run_checks
 from django.test import Client, override_settings
 
-from postback_site.middleware import machine_request
+from infra.middleware import machine_request
 
 POSTBACK = "/partner/involve/event"
 

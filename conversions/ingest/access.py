@@ -6,7 +6,6 @@ comparisons, allowlists parsed once per loaded partner configuration.
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from conversions.ingest.refusals import Refusal
+from infra.addresses import address_allowed
 from partners.models import Partner
 
 if TYPE_CHECKING:
@@ -65,26 +65,12 @@ def _allowlist_check(partner: Partner, client_ip: str | None) -> Refusal | None:
         # A list that cannot be read must not fall open to "anyone".
         logger.error("partner=%s has an unreadable IP allowlist; refusing every client", partner.partner_code)
         networks = ()
-    address = _parse_ip(client_ip)
-    if address is not None and any(address in network for network in networks if network.version == address.version):
+    if address_allowed(client_ip, networks):
         return None
     return Refusal(
         reason="ip_not_allowed",
         message=f"Client address {client_ip or 'unknown'} is not allowed to post for partner '{partner.partner_code}'",
     )
-
-
-def _parse_ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if not value:
-        return None
-    try:
-        address = ipaddress.ip_address(value.split("%", 1)[0])
-    except ValueError:
-        return None
-    # An IPv4 client seen through a dual-stack socket arrives as ::ffff:a.b.c.d.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _secret_check(

@@ -12,7 +12,7 @@ from conversions.ingest.decide import Decision, decide, partner_postback_map
 from conversions.ingest.parse import postback_from_payload
 from conversions.models import ORIGINAL, PartnerConversion
 from conversions.outcomes import Outcome
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 
@@ -42,7 +42,7 @@ class DryRun:
     def outcome(self) -> Outcome:
         """What the postback would get: REJECTED, or the decision against the stored original."""
         if self.errors:
-            return Outcome.REJECTED
+            return Outcome.INVALID
         return self.decision.outcome if self.decision is not None else Outcome.SUCCESS
 
     @property

@@ -13,8 +13,11 @@ from django.http import HttpRequest
 
 from conversions.ingest.refusals import Refusal
 
-# Parameters we add ourselves (the verbatim unreadable body), bounded by the body limit.
-INTERNAL_PARAMS = frozenset({"_raw_body", "_raw_body_base64"})
+# Where a body that could not be read is kept among the parameters: parameters we add
+# ourselves (bounded by the body limit, not by the parameter limits).
+RAW_BODY_PARAM = "_raw_body"
+RAW_BODY_BASE64_PARAM = "_raw_body_base64"
+RAW_BODY_PARAMS = frozenset({RAW_BODY_PARAM, RAW_BODY_BASE64_PARAM})
 
 
 def request_size_check(request: HttpRequest) -> Refusal | None:
@@ -53,7 +56,7 @@ def params_limits_check(params: Mapping[str, Any]) -> Refusal | None:
     max_value = settings.POSTBACK_MAX_PARAM_VALUE_LENGTH
     count = 0
     for name, value in params.items():
-        if name in INTERNAL_PARAMS:
+        if name in RAW_BODY_PARAMS:
             continue
         values = value if type(value) is list else (value,)
         count += len(values)

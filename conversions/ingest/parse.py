@@ -21,21 +21,17 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest, QueryDict
 from django.http.multipartparser import MultiPartParserError
 
-from conversions.ingest.limits import body_too_large, request_size_check, too_many_parameters
-from conversions.ingest.refusals import Refused
-from postback_site.request_meta import (
-    CHARSET_REFUSED,
-    MASK,
-    headers_for_storage,
-    request_client_ip,
-    secret_masked,
-    text_encoding,
+from conversions.ingest.limits import (
+    RAW_BODY_BASE64_PARAM,
+    RAW_BODY_PARAM,
+    body_too_large,
+    request_size_check,
+    too_many_parameters,
 )
+from conversions.ingest.refusals import Refused
+from infra.masking import MASK, headers_for_storage, secret_masked
+from infra.request_meta import CHARSET_REFUSED, request_client_ip, text_encoding
 
-# Where a body that could not be read is kept among the parameters.
-RAW_BODY_PARAM = "_raw_body"
-RAW_BODY_BASE64_PARAM = "_raw_body_base64"
-RAW_BODY_PARAMS = frozenset({RAW_BODY_PARAM, RAW_BODY_BASE64_PARAM})
 RAW_BODY_KEEP = 65536
 FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
 

@@ -18,7 +18,8 @@ from django.http import HttpRequest, HttpResponse
 
 from conversions.ingest.decide import partner_postback_map
 from conversions.ingest.guards import postback_guard
-from conversions.ingest.parse import RAW_BODY_PARAMS, Postback, postback_parse, storable_json
+from conversions.ingest.limits import RAW_BODY_PARAMS
+from conversions.ingest.parse import Postback, postback_parse, storable_json
 from conversions.ingest.refusals import Refusal, Refused, refusal_record
 from conversions.ingest.respond import (
     not_found_response,
@@ -26,12 +27,13 @@ from conversions.ingest.respond import (
     stored_response,
     unavailable_response,
 )
+from conversions.ingest.steps import StepLog
 from conversions.ingest.store import Stored, postback_store
 from conversions.outcomes import Outcome
-from partners.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
+from infra.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
+from infra.observability import postback_observe, postback_outcome_observe
 from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint
-from postback_site.observability import postback_observe, postback_outcome_observe
 
 logger = logging.getLogger("conversions.ingest")
 
@@ -49,52 +51,53 @@ def postback_ingest(request: HttpRequest, endpoint_path: str) -> HttpResponse:
         postback_outcome_observe(Outcome.NOT_FOUND.label)
         return not_found_response(endpoint_path)
     postback_observe(partner)
-    # The step logs of one postback are one log record (one line each step): cheap on
-    # the hot path, and one entry per postback in structured logs.
-    trace = _trace_start(partner, endpoint_path)
+    steps = StepLog.start(partner, endpoint_path)
     postback = None
     try:
         postback = postback_parse(request)
         postback_guard(partner=partner, postback=postback)
-        stored = postback_record(partner=partner, postback=postback, trace=trace)
+        stored = postback_record(partner=partner, postback=postback, steps=steps)
     except Refused as refused:
-        _trace_end(trace, f"⛔ 拒絕: {refused.refusal.reason}")
+        if steps is not None:
+            steps.refused(refused.refusal.reason)
         return _refused(partner, refused.refusal, postback)
     except ConfigurationUnavailable as exc:
-        _trace_end(trace, "⛔ 配置數據庫不可用")
+        if steps is not None:
+            steps.configuration_unavailable()
         logger.error("postback partner=%s outcome=unavailable configuration database: %s", partner.partner_code, exc)
         postback_outcome_observe(Outcome.UNAVAILABLE.label)
         return unavailable_response("The configuration database is unavailable; retry later")
     except PartnerDatabaseUnavailable as exc:
-        _trace_end(trace, "⛔ 數據庫不可用")
+        if steps is not None:
+            steps.database_unavailable()
         logger.error("postback partner=%s outcome=unavailable %s", partner.partner_code, exc)
         postback_outcome_observe(Outcome.UNAVAILABLE.label)
         return unavailable_response(f"The database of partner '{partner.partner_code}' is unavailable; retry later")
-    if stored.outcome is Outcome.REJECTED:
+    if stored.outcome is Outcome.INVALID:
         refusal_record(partner=partner, reason="invalid_data")
     postback_outcome_observe(stored.outcome.label)
     elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-    _log_stored(partner, stored, trace, elapsed_ms)
+    _log_stored(partner, stored, steps, elapsed_ms)
     return stored_response(partner=partner, stored=stored, elapsed_ms=elapsed_ms)
 
 
-def postback_record(*, partner: Partner, postback: Postback, trace: list[str] | None = None) -> Stored:
+def postback_record(*, partner: Partner, postback: Postback, steps: StepLog | None = None) -> Stored:
     """Map a postback that passed the guards and store it in the partner's database.
 
     Raises PartnerDatabaseUnavailable when nothing could be stored, so the sender retries.
     """
     # Before anything is logged or stored: the partner's secret never leaves the request.
     params = postback.masked_params(secret=partner.postback_secret)
-    if trace is not None:
-        trace += ("📊 步驟2: 收集原始數據", f"📋 原始參數: {params}", "🔄 步驟3: 參數映射處理")
+    if steps is not None:
+        steps.received(params)
     mapped = partner_postback_map(partner=partner, params=params)
     if postback.errors:
         mapped.errors = {**postback.errors, **mapped.errors}
     if not mapped.is_valid and postback.body and not RAW_BODY_PARAMS & params.keys():
         # A rejected postback keeps its body as received too, whatever was read of it.
         params = {**params, **postback.raw_body_params(secret=partner.postback_secret)}
-    if trace is not None:
-        trace += (f"  映射: {name} -> {source} = {params[source]}" for name, source in mapped.sources.items())
+    if steps is not None:
+        steps.mapped(mapped.sources, params)
     row = {
         "partner_id": partner.pk,
         "raw_data": storable_json(params),
@@ -102,7 +105,7 @@ def postback_record(*, partner: Partner, postback: Postback, trace: list[str] | 
         "request_ip": postback.client_ip,
     }
     with partner_database(partner) as alias:
-        return postback_store(partner=partner, alias=alias, row=row, mapped=mapped, digest=postback.digest, trace=trace)
+        return postback_store(partner=partner, alias=alias, row=row, mapped=mapped, digest=postback.digest, steps=steps)
 
 
 def _refused(partner: Partner, refusal: Refusal, postback: Postback | None) -> HttpResponse:
@@ -119,39 +122,11 @@ def _refused(partner: Partner, refusal: Refusal, postback: Postback | None) -> H
     return refusal_response(partner=partner, refusal=refusal)
 
 
-def _trace_start(partner: Partner, endpoint_path: str) -> list[str] | None:
-    if not (partner.enable_logging and logger.isEnabledFor(logging.INFO)):
-        return None
-    return [
-        f"🚀 開始處理動態Partner Postback: endpoint_path={endpoint_path}",
-        "🔍 步驟1: 查找Partner配置",
-        f"✅ 找到Partner: {partner.partner_name} (code: {partner.partner_code})",
-    ]
-
-
-def _trace_end(trace: list[str] | None, last_line: str) -> None:
-    if trace is not None:
-        trace.append(last_line)
-        logger.info("\n".join(trace))
-
-
-def _log_stored(partner: Partner, stored: Stored, trace: list[str] | None, elapsed_ms: float) -> None:
+def _log_stored(partner: Partner, stored: Stored, steps: StepLog | None, elapsed_ms: float) -> None:
     conversion_id = stored.conversion.conversion_id
-    if trace is not None:
-        if stored.outcome is Outcome.REJECTED:
-            # Stored for the record, but refused: the step log must not end in a success line.
-            last_line = (
-                f"❌ Partner Postback已拒絕 (數據無效): partner={partner.partner_name}, "
-                f"conversion_id={conversion_id or '-'}, outcome={stored.outcome.answer}, "
-                f"time={elapsed_ms:.2f}ms"
-            )
-        else:
-            last_line = (
-                f"🎉 Partner Postback處理完成: partner={partner.partner_name}, conversion_id={conversion_id}, "
-                f"outcome={stored.outcome.answer}, time={elapsed_ms:.2f}ms"
-            )
-        _trace_end(trace, last_line)
-    if stored.outcome is Outcome.REJECTED:
+    if steps is not None:
+        steps.stored(partner, stored, elapsed_ms)
+    if stored.outcome is Outcome.INVALID:
         # As a refusal is (_refused): a WARNING naming the fields, whatever the step logs.
         logger.warning(
             "postback rejected partner=%s reason=invalid_data status=%s ip=%s conversion_id=%s fields=%s",
@@ -161,7 +136,7 @@ def _log_stored(partner: Partner, stored: Stored, trace: list[str] | None, elaps
             conversion_id or "-",
             ",".join(stored.errors),
         )
-    elif trace is None:
+    elif steps is None:
         logger.info(
             "postback partner=%s outcome=%s conversion_id=%s time=%.2fms",
             partner.partner_code,

@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from conversions.ingest.counters import daily_counter_increment
 from conversions.ingest.refusals import Refusal
-from partners.databases import partner_database
+from infra.databases import partner_database
+from infra.state import process_state_register
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.security")
@@ -149,6 +150,7 @@ class QuotaLedger:
 
 
 quota_ledger = QuotaLedger()
+process_state_register("conversions.quota_ledger", quota_ledger.clear)
 
 
 def _increment(
@@ -216,6 +218,7 @@ class RedisBreaker:
 
 
 redis_breaker = RedisBreaker()
+process_state_register("conversions.quota_redis_breaker", redis_breaker.reset)
 
 
 def quota_key(partner: Partner, day: datetime.date) -> str:

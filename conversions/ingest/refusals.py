@@ -19,7 +19,8 @@ from django.utils import timezone
 from conversions.ingest.counters import daily_counter_increment
 from conversions.models import DailyCounter
 from conversions.outcomes import Outcome
-from partners.databases import PartnerDatabaseUnavailable, partner_database
+from infra.databases import PartnerDatabaseUnavailable, partner_database
+from infra.state import process_state_register
 from partners.models import Partner
 
 logger = logging.getLogger("conversions.security")
@@ -79,7 +80,7 @@ class RefusalCount:
 def refusal_record(*, partner: Partner, reason: str, now: datetime.datetime | None = None) -> None:
     """Count one refused postback for the partner's local day. Never raises, and costs
     the postback no write: the count is added to the partner database's counter within
-    QUOTA_FLUSH_SECONDS (refusal_ledger), so a flood of bad postbacks neither pays a
+    REFUSAL_FLUSH_SECONDS (refusal_ledger), so a flood of bad postbacks neither pays a
     second statement each nor queues on one counter row."""
     now = now or timezone.now()
     try:
@@ -98,13 +99,13 @@ class _Pending:
 class RefusalLedger:
     """This process's refused postbacks not yet added to their partners' counters.
 
-    Added by a thread of this process every QUOTA_FLUSH_SECONDS while some are pending
+    Added by a thread of this process every REFUSAL_FLUSH_SECONDS while some are pending
     (0: at once, by the refusing request), before this process reads a partner's counts
     (refusal_counts), and when the process exits; counts that could not be written (a
     partner database away) stay pending for the next try, every second or so. Each
     partner's counts are written under that partner's own lock: a slow database delays
     only its own. Only a process killed outright loses the counts of its last
-    QUOTA_FLUSH_SECONDS (the rejected postbacks themselves are stored rows).
+    REFUSAL_FLUSH_SECONDS (the rejected postbacks themselves are stored rows).
     """
 
     def __init__(self) -> None:
@@ -125,7 +126,7 @@ class RefusalLedger:
             if not self._exit_registered:
                 atexit.register(self.flush)
                 self._exit_registered = True
-            if settings.QUOTA_FLUSH_SECONDS > 0:
+            if settings.REFUSAL_FLUSH_SECONDS > 0:
                 self._flusher_ensure()
                 return
         self.flush(partner_id=partner.pk)
@@ -187,9 +188,9 @@ class RefusalLedger:
     def _flush_while_pending(self) -> None:
         started = time.monotonic()
         while True:
-            # Short naps, so a pending count waits QUOTA_FLUSH_SECONDS as it is now (one
+            # Short naps, so a pending count waits REFUSAL_FLUSH_SECONDS as it is now (one
             # second between tries of counts that could not be written at once).
-            interval = settings.QUOTA_FLUSH_SECONDS or 1.0
+            interval = settings.REFUSAL_FLUSH_SECONDS or 1.0
             time.sleep(min(interval, 0.25))
             if time.monotonic() - started < interval:
                 continue
@@ -202,6 +203,7 @@ class RefusalLedger:
 
 
 refusal_ledger = RefusalLedger()
+process_state_register("conversions.refusal_ledger", refusal_ledger.clear)
 
 
 def refusal_counts(*, partner: Partner, days: int = 30) -> list[RefusalCount]:

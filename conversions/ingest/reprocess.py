@@ -9,12 +9,11 @@ from django.db import IntegrityError, transaction
 
 from conversions.ingest.decide import partner_postback_map
 from conversions.ingest.hooks import Announcement, decision_companions
-from conversions.ingest.parse import RAW_BODY_PARAMS
+from conversions.ingest.limits import RAW_BODY_PARAMS
 from conversions.ingest.statements import companions_insert
 from conversions.ingest.store import MAPPED_COLUMNS, SETTLED_COLUMNS, Stored, conversion_settle, rejected_error
 from conversions.models import PartnerConversion
 from conversions.outcomes import Outcome
-from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 
 
@@ -33,7 +32,7 @@ def conversion_reprocess(*, partner: Partner, conversion: PartnerConversion) -> 
         if not mapped.is_valid:
             row.processing_error = rejected_error(mapped.errors)
             row.save(using=alias, update_fields=["processing_error", "updated_at"])
-            return Stored(outcome=Outcome.REJECTED, conversion=row, errors=mapped.errors)
+            return Stored(outcome=Outcome.INVALID, conversion=row, errors=mapped.errors)
         for name in MAPPED_COLUMNS:
             setattr(row, name, mapped.values.get(name))
         row.processing_error = None
@@ -61,7 +60,7 @@ def conversion_reprocess(*, partner: Partner, conversion: PartnerConversion) -> 
             event="recorded",
             source="reprocess",
             partner=partner,
-            conversion={name: getattr(row, name) for name in CANONICAL_FIELDS},
+            conversion=row.canonical_values(),
         )
         companions_insert(alias=alias, conversion_id=row.pk, companions=decision_companions(recorded))
         return Stored(outcome=Outcome.SUCCESS, conversion=row)

@@ -9,7 +9,6 @@ from conversions.ingest.refusals import Refusal
 from conversions.ingest.store import Stored
 from conversions.models import PartnerConversion
 from conversions.outcomes import Outcome
-from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 
 COMPACT_JSON = {"ensure_ascii": False, "separators": (",", ":")}
@@ -19,7 +18,7 @@ MESSAGES = {
     Outcome.UPDATED: "Conversion updated",
     Outcome.DUPLICATE: "Duplicate conversion: already recorded, not counted again",
     Outcome.STALE: "Duplicate conversion: already recorded, not counted again",
-    Outcome.REJECTED: "Invalid postback: stored as rejected, fix the fields in 'errors'",
+    Outcome.INVALID: "Invalid postback: stored as invalid, fix the fields in 'errors'",
 }
 
 
@@ -99,8 +98,7 @@ def partner_summary(partner: Partner) -> dict[str, str]:
 def conversion_as_dict(conversion: PartnerConversion) -> dict[str, Any]:
     """The stored conversion as JSON-ready data (amounts as exact strings)."""
     data: dict[str, Any] = {"id": conversion.pk}
-    for name in CANONICAL_FIELDS:
-        value = getattr(conversion, name)
+    for name, value in conversion.canonical_values().items():
         if value is not None and not isinstance(value, str):
             value = value.isoformat() if hasattr(value, "isoformat") else str(value)
         data[name] = value

@@ -30,9 +30,12 @@ from conversions.ingest.statements import (
     original_insert_with_companions,
     original_update,
 )
+from conversions.ingest.steps import StepLog
 from conversions.models import REQUEST_DIGESTS_KEPT, PartnerConversion
 from conversions.outcomes import Outcome
-from partners.databases import PartnerDatabaseUnavailable
+from infra.databases import PartnerDatabaseUnavailable
+from infra.errors import error_first_line
+from infra.state import process_state_register
 from partners.lifecycle import PENDING
 from partners.mapping import CANONICAL_FIELDS, MappedPostback
 from partners.models import Partner
@@ -65,7 +68,7 @@ def postback_store(
     mapped: MappedPostback,
     digest: str | None,
     source: Source = "postback",
-    trace: list[str] | None = None,
+    steps: StepLog | None = None,
 ) -> Stored:
     """Store one mapped postback: the original, a duplicate, an update or a stale change
     of its conversion, or a rejected row when `mapped` has errors. `row` holds what is
@@ -74,18 +77,18 @@ def postback_store(
     Raises PartnerDatabaseUnavailable when nothing could be stored.
     """
     if not mapped.is_valid:
-        return _store_rejected(alias=alias, row={**row, **mapped.values}, errors=mapped.errors, trace=trace)
-    if trace is not None:
-        trace.append("🔍 步驟4: 檢查重複轉化 (由數據庫唯一約束保證)")
+        return _store_rejected(alias=alias, row={**row, **mapped.values}, errors=mapped.errors, steps=steps)
+    if steps is not None:
+        steps.dedupe_check()
     incoming = {**row, **mapped.values}
     try:
-        return _store_valid(partner=partner, alias=alias, incoming=incoming, digest=digest, source=source, trace=trace)
+        return _store_valid(partner=partner, alias=alias, incoming=incoming, digest=digest, source=source, steps=steps)
     except DataError as exc:
         # A value this database cannot hold (the checks before should have caught it):
         # a 400 the sender can fix, stored as rejected, never a 503 retried forever.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "a value cannot be stored"
+        reason = error_first_line(exc)
         logger.warning("postback partner=%s could not be stored: %s", partner.partner_code, reason)
-        return _store_rejected(alias=alias, row=row, errors={"postback": f"cannot be stored: {reason}"}, trace=trace)
+        return _store_rejected(alias=alias, row=row, errors={"postback": f"cannot be stored: {reason}"}, steps=steps)
 
 
 class _RecentOriginals:
@@ -133,10 +136,11 @@ _SEEN_FIELDS = [
 ]
 # (alias, partner_id, conversion_id) -> the original as this process last saw it.
 _recently_stored = _RecentOriginals(20_000)
+process_state_register("conversions.recently_stored", _recently_stored.clear)
 
 
 def _store_valid(
-    *, partner: Partner, alias: str, incoming: dict[str, Any], digest: str | None, source: Source, trace: list | None
+    *, partner: Partner, alias: str, incoming: dict[str, Any], digest: str | None, source: Source, steps: StepLog | None
 ) -> Stored:
     # A conversion_id this process stored or read lately is usually a repeat: decided
     # against the original as last seen, a duplicate is one guarded INSERT (it is written
@@ -153,21 +157,22 @@ def _store_valid(
             duplicate = duplicate_insert(alias=alias, values=incoming, original_pk=seen.pk, guards=guards)
             if duplicate is not None:
                 stored = Stored(outcome=Outcome.DUPLICATE, conversion=duplicate, original=seen)
-                _trace_repeat(trace, incoming, stored)
+                if steps is not None:
+                    steps.repeat(incoming["conversion_id"], stored)
                 return stored
             _recently_stored.forget(key)  # it changed, or is gone: read it
     read_first = seen is not None or incoming.get("status") not in (None, PENDING)
     for _attempt in range(3):
         original = None
         if not read_first:
-            if trace is not None:
-                trace.append("💾 步驟5: 創建轉化記錄")
+            if steps is not None:
+                steps.creating()
             conversion, original = _insert_original(
                 partner=partner, alias=alias, incoming=incoming, digest=digest, source=source
             )
             if conversion is not None:
-                if trace is not None:
-                    trace.append("✅ 步驟6: 標記為已處理")
+                if steps is not None:
+                    steps.processed()
                 _recently_stored.add(key, conversion)
                 return Stored(outcome=Outcome.SUCCESS, conversion=conversion)
         read_first = False
@@ -176,18 +181,11 @@ def _store_valid(
         )
         if stored is not None:
             _recently_stored.add(key, stored.original)
-            _trace_repeat(trace, incoming, stored)
+            if steps is not None:
+                steps.repeat(incoming["conversion_id"], stored)
             return stored
         # No original (yet, or it vanished in a retention purge): insert it as the original.
     raise PartnerDatabaseUnavailable(alias, "could not settle the original row after 3 attempts")
-
-
-def _trace_repeat(trace: list[str] | None, incoming: dict[str, Any], stored: Stored) -> None:
-    if trace is not None:
-        trace.append(
-            f"🔁 已有轉化: conversion_id={incoming['conversion_id']}, outcome={stored.outcome.label} "
-            f"{stored.note or stored.changes or ''}"
-        )
 
 
 def _insert_original(
@@ -332,7 +330,7 @@ def _store_duplicate(
     return existing
 
 
-def _store_rejected(*, alias: str, row: dict[str, Any], errors: dict[str, str], trace: list | None) -> Stored:
+def _store_rejected(*, alias: str, row: dict[str, Any], errors: dict[str, str], steps: StepLog | None) -> Stored:
     # Keep what validated, plus every raw parameter, so nothing is lost and the row can
     # be reprocessed once the mapping or the sender is fixed.
     values = {
@@ -341,9 +339,9 @@ def _store_rejected(*, alias: str, row: dict[str, Any], errors: dict[str, str], 
         "processing_error": rejected_error(errors),
     }
     conversion = conversion_insert(alias=alias, values=values)
-    if trace is not None:
-        trace.append(f"❌ 拒絕: {conversion.processing_error}")
-    return Stored(outcome=Outcome.REJECTED, conversion=conversion, errors=errors)
+    if steps is not None:
+        steps.invalid(conversion.processing_error)
+    return Stored(outcome=Outcome.INVALID, conversion=conversion, errors=errors)
 
 
 def rejected_error(errors: dict[str, str]) -> str:
@@ -355,4 +353,4 @@ def _conversion_values(source: Any) -> dict[str, Any]:
     """A conversion's canonical fields, from mapped values (a dict) or a row."""
     if isinstance(source, dict):
         return {name: source.get(name) for name in CANONICAL_FIELDS}
-    return {name: getattr(source, name) for name in CANONICAL_FIELDS}
+    return source.canonical_values()

@@ -9,7 +9,7 @@ LIKE is case-insensitive already, and embedded databases are small.
 
 from django.db import migrations, models
 
-OFFER_NAME_PREFIX = 64  # conversions.admin.OFFER_NAME_INDEXED, kept in step
+OFFER_NAME_PREFIX = 64  # conversions.admin.conversions.OFFER_NAME_INDEXED, kept in step
 POSTGRES_INDEXES = {
     "conversion_id_upper": "UPPER((conversion_id)::text)",
     "offer_name_upper": f"UPPER(LEFT(offer_name, {OFFER_NAME_PREFIX})) text_pattern_ops",

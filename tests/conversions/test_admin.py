@@ -55,7 +55,7 @@ def test_filters_search_and_links_keep_the_partner(analyst_client, involve):
     base = f"{LIST_URL}?partner=involve_asia"
     assert sorted(listed_ids(analyst_client.get(base))) == ["-", "A1", "A1", "B2"]
     assert listed_ids(analyst_client.get(base + "&is_duplicate__exact=1")) == ["A1"]
-    assert listed_ids(analyst_client.get(base + "&has_error=yes")) == ["-"]
+    assert listed_ids(analyst_client.get(base + "&has_error=invalid")) == ["-"]
     assert sorted(listed_ids(analyst_client.get(base + "&has_error=no"))) == ["A1", "A1", "B2"]
     assert listed_ids(analyst_client.get(base + "&offer_id=8")) == ["B2"]
     assert listed_ids(analyst_client.get(base + "&status=approved")) == ["A1"]
@@ -154,12 +154,12 @@ def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager_cli
         parameter_mapping={**involve.parameter_mapping, "conversion_id": "tx", "usd_sale_amount": "amount"}
     )
     response = manager_client.post(
-        f"{LIST_URL}?partner=involve_asia&has_error=yes",
+        f"{LIST_URL}?partner=involve_asia&has_error=invalid",
         {"action": "reprocess_rejected", "select_across": "1", "index": "0", "_selected_action": ["1"]},
         follow=True,
     )
     assert (
-        "Reprocessed 4 rejected postback(s): 1 original, 1 duplicate, 1 update of an original, 1 still rejected."
+        "Reprocessed 4 invalid postback(s): 1 original, 1 duplicate, 1 update of an original, 1 still invalid."
         in page_text(response)
     )
     rows = {
@@ -182,7 +182,7 @@ def test_reprocess_turns_rejected_rows_into_originals_and_duplicates(manager_cli
     assert rows["T3"].outcome == "rejected" and "usd_payout: 'abc' is not a number" in rows["T3"].processing_error
     assert original.outcome == "original"
     entry = LogEntry.objects.get(object_id=str(involve.pk))
-    assert entry.get_change_message().startswith("Reprocessed 4 rejected postback(s)")
+    assert entry.get_change_message().startswith("Reprocessed 4 invalid postback(s)")
     assert entry.user.username == "manager"
 
 
@@ -206,7 +206,7 @@ def test_reprocess_stopped_by_the_configuration_database_keeps_the_summary_of_wh
 
     monkeypatch.setattr(Publisher.objects, "filter", down)
     response = manager_client.post(
-        f"{LIST_URL}?partner=involve_asia&has_error=yes",
+        f"{LIST_URL}?partner=involve_asia&has_error=invalid",
         {"action": "reprocess_rejected", "select_across": "1", "index": "0", "_selected_action": ["1"]},
         follow=True,
     )
@@ -214,7 +214,7 @@ def test_reprocess_stopped_by_the_configuration_database_keeps_the_summary_of_wh
     # T1's rejected row became a duplicate (it needs no publishers) before T2 needed them.
     assert partner_rows(involve).filter(processing_error__isnull=False).count() == 1
     assert any(message.startswith("Reprocessing stopped: database &#x27;default&#x27;") for message in shown), shown
-    assert any(message.startswith("Reprocessed 1 rejected postback(s)") for message in shown), shown
+    assert any(message.startswith("Reprocessed 1 invalid postback(s)") for message in shown), shown
     assert LogEntry.objects.filter(object_id=str(involve.pk)).exists()
 
 
@@ -248,7 +248,7 @@ def test_analyst_cannot_reprocess(analyst_client, involve):
 
 
 def test_big_lists_count_at_most_cap_rows(analyst_client, rector, monkeypatch):
-    from conversions.admin import CappedCountPaginator, PartnerConversionAdmin
+    from conversions.admin.conversions import CappedCountPaginator, PartnerConversionAdmin
 
     monkeypatch.setattr(CappedCountPaginator, "CAP", 3)
     monkeypatch.setattr(PartnerConversionAdmin, "list_per_page", 2)
@@ -296,7 +296,7 @@ def test_an_unreachable_partner_database_is_a_message_not_a_500(analyst_client, 
         partners = analyst_client.get("/admin/partners/partner/")
         assert re.search(r'<td class="field-postbacks_today">unavailable</td>', partners.content.decode())
     finally:
-        from partners.databases import partner_database_unregister
+        from infra.databases import partner_database_unregister
 
         partner_database_unregister(partner.database_alias)
 

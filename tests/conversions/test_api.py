@@ -15,7 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from conversions.models import PartnerConversion
 from conversions.selectors import CONVERSION_COLUMNS, ConversionFilters, conversion_export_rows, conversion_queryset
-from partners.databases import partner_database_unregister
+from infra.databases import partner_database_unregister
 from partners.services import partner_create
 from tests.conftest import partner_rows
 

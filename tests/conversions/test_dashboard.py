@@ -94,9 +94,9 @@ def test_partner_dashboard_draws_the_stats_apis_numbers(analyst_client, users, s
     assert series(drawn["chart-outcomes"]) == {
         "originals": [day["originals"] for day in api["days"]],
         "duplicates": [day["duplicates"] for day in api["days"]],
-        "rejected": [day["rejected"] for day in api["days"]],
+        "invalid": [day["rejected"] for day in api["days"]],
     }
-    assert series(drawn["chart-outcomes"]) == {"originals": [2, 1, 2], "duplicates": [1, 0, 0], "rejected": [0, 1, 0]}
+    assert series(drawn["chart-outcomes"]) == {"originals": [2, 1, 2], "duplicates": [1, 0, 0], "invalid": [0, 1, 0]}
     # Split by status: per day, and in total as the API's by_status.
     assert series(drawn["chart-statuses"]) == {
         "pending": [1, 0, 0],

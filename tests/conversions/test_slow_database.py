@@ -7,8 +7,8 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
+from infra.databases.config import database_settings
 from partners.apps import _lift_timeouts, _restore_timeouts
-from partners.dbconfig import database_settings
 from tests.conftest import POSTGRES_SERVER
 
 OK = "/partner/involve/event?conversion_id={}&aff_sub=s"
@@ -65,7 +65,7 @@ def test_migrations_lift_the_timeouts_and_restore_them(involve):
 def test_every_alias_uses_the_brokered_backends_and_gives_connections_back_each_request():
     postgres = database_settings("postgres://root@127.0.0.1:5432/x", base_dir=settings.BASE_DIR, connect_timeout=3)
     sqlite = database_settings("sqlite:///var/x.sqlite3", base_dir=settings.BASE_DIR)
-    assert postgres["ENGINE"] == "partners.databases.backends.postgresql"
-    assert sqlite["ENGINE"] == "partners.databases.backends.sqlite3"
+    assert postgres["ENGINE"] == "infra.databases.backends.postgresql"
+    assert sqlite["ENGINE"] == "infra.databases.backends.sqlite3"
     assert postgres["CONN_MAX_AGE"] == sqlite["CONN_MAX_AGE"] == 0
     assert postgres["OPTIONS"]["connect_timeout"] == 3 and "pool" not in postgres["OPTIONS"]

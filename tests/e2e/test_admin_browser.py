@@ -260,7 +260,7 @@ def test_every_list_fits_1400px_the_dashboard_draws_real_data_and_a_scoped_analy
     assert drawn["chart-outcomes"]["labels"][-1] == today
     assert drawn["chart-outcomes"]["data"]["originals"][-1] == 4
     assert drawn["chart-outcomes"]["data"]["duplicates"][-1] == 1
-    assert drawn["chart-outcomes"]["data"]["rejected"][-1] == 1
+    assert drawn["chart-outcomes"]["data"]["invalid"][-1] == 1
     assert drawn["chart-statuses"]["data"]["approved"][-1] == 3 and drawn["chart-statuses"]["data"]["pending"][-1] == 1
     assert drawn["chart-offers"]["labels"] == ["Shopee ID (Media Buyers) - CPS", "Lazada MY"]
     assert drawn["chart-prefixes"]["labels"][0] == "RAMP" and drawn["chart-prefixes"]["data"]["originals"][0] == 2

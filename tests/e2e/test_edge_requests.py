@@ -298,7 +298,7 @@ def test_a_client_that_stops_reading_gives_its_thread_back(tmp_path):
         GUNICORN_SEND_TIMEOUT="1",
     )
     command = [sys.executable, "-m", "gunicorn", "--chdir", str(tmp_path), "-b", f"127.0.0.1:{port}", "-w", "1"]
-    command += ["--threads", "2", "-k", "postback_site.workers.PostbackWorker", "slow_reader_app:app"]
+    command += ["--threads", "2", "-k", "infra.http.worker.PostbackWorker", "slow_reader_app:app"]
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

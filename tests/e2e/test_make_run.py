@@ -9,8 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.fake_publisher import FakePublisher
 from tests.e2e.server import PROJECT_DIR, free_port, manage, service_env
+from tests.support.fake_publisher import FakePublisher
 
 SEED_POSTBACK = (
     "/partner/involve/event?sub_id=test123&media_id=media456&click_id=click789&usd_sale_amount=99.99"

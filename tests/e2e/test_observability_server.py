@@ -43,7 +43,7 @@ def test_metrics_sum_every_worker_and_logs_are_json(postgres_env, tmp_path):
         pids = {path.name.split("_")[-1] for path in metrics_dir.glob("counter_*.db")}
     assert value(text, 'postback_requests_total{outcome="success",partner="involve_asia"}') == 40
     assert value(text, 'postback_requests_total{outcome="duplicate",partner="involve_asia"}') == 80
-    assert value(text, 'postback_requests_total{outcome="rejected",partner="involve_asia"}') == 1
+    assert value(text, 'postback_requests_total{outcome="invalid",partner="involve_asia"}') == 1
     assert value(text, 'postback_request_duration_seconds_count{partner="involve_asia"}') == 121
     # persistent connections: at most one per worker thread, not one per request
     assert 1 <= value(text, 'postback_database_connections_opened_total{alias="involve_asia_db"}') <= 8
@@ -58,7 +58,7 @@ def test_metrics_sum_every_worker_and_logs_are_json(postgres_env, tmp_path):
             records.append(json.loads(line))
     requests = [r for r in records if r["logger"] == "postback_site.request" and "partner" in r]
     assert len(requests) == 121
-    assert {r["outcome"] for r in requests} == {"success", "duplicate", "rejected"}
+    assert {r["outcome"] for r in requests} == {"success", "duplicate", "invalid"}
     assert all(r["severity"] == "INFO" and r["httpRequest"]["status"] in (200, 400) for r in requests)
 
 

@@ -66,7 +66,7 @@ def test_every_outcome_of_a_postback_matches_the_served_schema(tmp_path):
                 base, "GET", f"{involve}?conversion_id=o1&usd_payout=1&conversion_status=approved"
             ),
             Outcome.STALE: request(base, "GET", f"{involve}?conversion_id=o1&conversion_status=pending"),
-            Outcome.REJECTED: request(base, "GET", f"{involve}?conversion_id=o2&usd_payout=lots"),
+            Outcome.INVALID: request(base, "GET", f"{involve}?conversion_id=o2&usd_payout=lots"),
             Outcome.REFUSED: request(base, "GET", f"{involve}?" + "&".join(f"p{i}=1" for i in range(120))),
             Outcome.FORBIDDEN: request(base, "GET", "/partner/rector/event?conversion_id=f1"),
             Outcome.NOT_FOUND: request(base, "GET", "/partner/nobody/event?conversion_id=n1"),

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.db import connections
 from django.test import Client
 
-from partners.databases import partner_database_unregister
+from infra.databases import partner_database_unregister
 from partners.models import Partner
 from partners.services import admin_groups_ensure
 from tests.conftest import partner_rows
@@ -226,7 +226,7 @@ def test_test_postback_shows_fields_ignored_and_errors_storing_nothing(manager_c
     response = manager_client.post(url, {"payload": payload})
     html = response.content.decode()
     text = page_text(response)
-    assert "Would be rejected (HTTP 400)" in text
+    assert "Would be stored as invalid (HTTP 400)" in text
     assert "usd_earning (from usd_payout): 'abc' is not a number" in text
     assert "usd_payout: usd_payout" not in text and "usd_earning: usd_earning" not in text
     row = re.search(r'<tr data-field="sub_id">(.*?)</tr>', html, re.S).group(1)

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from django.db import connections
 
-from partners.databases import ConnectionsExhausted, connection_broker
-from partners.databases.broker import ConnectionBroker
+from infra.databases import ConnectionsExhausted, connection_broker
+from infra.databases.broker import ConnectionBroker
 from partners.selectors import partner_directory
 from tests.conftest import POSTGRES_SERVER
 
@@ -156,7 +156,7 @@ def test_postbacks_spread_over_many_partners_hold_a_bounded_set_of_connections(m
 
 def partner_rows_count(partner) -> int:
     from conversions.models import PartnerConversion
-    from partners.databases import partner_database
+    from infra.databases import partner_database
 
     with partner_database(partner) as alias:  # one connection at a time, like any visit of many partners
         return PartnerConversion.objects.using(alias).filter(is_duplicate=False).count()
@@ -266,7 +266,7 @@ def test_a_request_visits_only_the_connections_its_thread_holds(involve, monkeyp
 
     from django.core.handlers.wsgi import WSGIHandler
 
-    from partners.databases.requests import request_edges_install
+    from infra.databases.requests import request_edges_install
 
     # As in a server process (Django's test client puts Django's own handlers back).
     request_edges_install()

@@ -8,13 +8,14 @@ from django.conf import settings
 from django.db import connections
 
 from conversions.models import PartnerConversion
-from partners.databases import (
+from infra.databases import (
     PartnerDatabaseRequired,
     PartnerDatabaseUnavailable,
     partner_database_provision,
     partner_database_unregister,
 )
-from partners.dbconfig import database_settings, url_mask_password
+from infra.databases.config import database_settings
+from infra.masking import url_mask_password
 from partners.models import Partner
 from tests.conftest import POSTGRES_SERVER
 

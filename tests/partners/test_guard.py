@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connections
 
-from partners.databases.guard import DatabaseGuard, PartnerDatabaseUnavailable
+from infra.databases.breaker import DatabaseGuard, PartnerDatabaseUnavailable
 from tests.e2e.server import HangingDatabase
 
 

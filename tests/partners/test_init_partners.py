@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 
 from conversions.models import PartnerConversion
-from partners.databases import partner_database_unregister
+from infra.databases import partner_database_unregister
 from partners.models import Partner
 from tests.conftest import POSTGRES_SERVER
 from tests.e2e.server import PROJECT_DIR, service_env

@@ -140,7 +140,7 @@ def test_scope_admin_lists_who_sees_what(client, users, scoped):
 
 
 def test_a_scoped_account_manager_sees_the_partner_they_add(client, users, involve, database_pool, backend):
-    from partners.databases import partner_database_unregister
+    from infra.databases import partner_database_unregister
     from tests.partners.test_admin import ADD_URL, form_data
 
     manager = User.objects.create_user("ia_manager", password="pw", is_staff=True)
@@ -160,17 +160,17 @@ def test_a_scoped_account_manager_sees_the_partner_they_add(client, users, invol
 def test_report_sources_of_other_partners_are_hidden_and_cannot_be_chosen(scoped, involve, rector, client):
     from django.contrib.auth.models import Permission
 
-    from conversions.reconciliation.models import ReportSource
+    from reconciliation.models import ReportSource
 
     scoped.user_permissions.add(*Permission.objects.filter(codename__in=["view_reportsource", "add_reportsource"]))
     client.force_login(scoped)
     ours = ReportSource.objects.create(partner=involve, name="IA report", kind="csv")
     other = ReportSource.objects.create(partner=rector, name="Rector report", kind="csv")
-    listed = client.get("/admin/conversions/reportsource/").content.decode()
+    listed = client.get("/admin/reconciliation/reportsource/").content.decode()
     assert "IA report" in listed and "Rector report" not in listed
-    assert client.get(f"/admin/conversions/reportsource/{ours.pk}/change/").status_code == 200
-    assert client.get(f"/admin/conversions/reportsource/{other.pk}/change/").status_code in (302, 404)
-    assert client.get(f"/admin/conversions/reportsource/{other.pk}/reconcile/").status_code in (302, 404)
-    added = client.get("/admin/conversions/reportsource/add/")
+    assert client.get(f"/admin/reconciliation/reportsource/{ours.pk}/change/").status_code == 200
+    assert client.get(f"/admin/reconciliation/reportsource/{other.pk}/change/").status_code in (302, 404)
+    assert client.get(f"/admin/reconciliation/reportsource/{other.pk}/reconcile/").status_code in (302, 404)
+    added = client.get("/admin/reconciliation/reportsource/add/")
     choices = [str(label) for value, label in added.context["adminform"].form.fields["partner"].choices if value]
     assert choices == [str(involve)]

@@ -9,10 +9,10 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from bench.fake_publisher import FakePublisher
 from publishers.models import Publisher
 from publishers.selectors import publisher_directory
 from publishers.services import publisher_save
+from tests.support.fake_publisher import FakePublisher
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from django.urls import reverse
 from openpyxl import load_workbook
 
 from publishers.models import DELIVERED, FAILED, Publisher
-from publishers.services import DeliveryWorker
+from publishers.worker import DeliveryWorker
 from tests.publishers.test_forwarding import deliveries, involve_postback
 
 CHANGELIST = reverse("admin:publishers_publisher_changelist")

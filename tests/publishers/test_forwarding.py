@@ -7,7 +7,8 @@ import pytest
 
 from conversions.ingest.access import postback_signature
 from publishers.models import DELIVERED, Delivery, PublisherOfferPayout
-from publishers.services import DeliveryWorker, publisher_save
+from publishers.services import publisher_save
+from publishers.worker import DeliveryWorker
 from tests.conftest import partner_rows
 
 TEMPLATE = (
@@ -196,7 +197,7 @@ def test_the_configuration_database_down_before_publishers_load_is_a_503_not_the
 ):
     from django.db import OperationalError
 
-    from partners.databases.guard import database_guard
+    from infra.databases.breaker import database_guard
     from publishers import deliveries as deliveries_module
     from publishers.models import Publisher
     from publishers.selectors import PublisherDirectory

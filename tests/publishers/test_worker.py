@@ -7,7 +7,8 @@ from django.test import override_settings
 
 from publishers.models import DELIVERED, FAILED, PENDING, Delivery, Publisher
 from publishers.outbound import OutboundRefused, destination_resolve
-from publishers.services import DeliveryWorker, publisher_backfill, publisher_resume
+from publishers.services import publisher_backfill, publisher_resume
+from publishers.worker import DeliveryWorker
 from tests.publishers.test_forwarding import deliveries, involve_postback
 
 
@@ -209,8 +210,8 @@ def test_metrics_count_deliveries_by_publisher_and_outcome_and_show_the_queue(
 
 
 def test_outbound_client_times_out_and_caps_what_it_reads():
-    from bench.fake_publisher import FakePublisher
     from publishers.outbound import OutboundClient
+    from tests.support.fake_publisher import FakePublisher
 
     with FakePublisher(delay=0.5) as slow:
         client = OutboundClient(connect_timeout=1, read_timeout=0.1, max_response_bytes=4096, allow_private=True)

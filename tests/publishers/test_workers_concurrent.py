@@ -10,12 +10,12 @@ from collections import defaultdict
 import pytest
 from django.db import connections
 
-from bench.fake_publisher import FakePublisher
 from conversions.models import PartnerConversion
 from publishers.deliveries import delivery_values
 from publishers.models import DELIVERED, Delivery
 from publishers.selectors import publisher_route
 from tests.e2e.server import PROJECT_DIR, free_port, service_env
+from tests.support.fake_publisher import FakePublisher
 
 DELIVERIES = 1000
 LEASE_SECONDS = 3.0

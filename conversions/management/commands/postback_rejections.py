@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from conversions.ingest.refusals import refusal_counts
-from partners.databases import PartnerDatabaseUnavailable
+from infra.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 
 

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from conversions.retention import conversions_purge
-from partners.databases import PartnerDatabaseUnavailable
+from infra.databases import PartnerDatabaseUnavailable
 from partners.models import Partner
 
 

@@ -2,7 +2,19 @@
 // by conversions/dashboard.py); the same numbers are in the tables beside each chart.
 (function () {
   "use strict";
-  var PALETTE = ["#2f7ed8", "#8bbc21", "#c42525", "#f28f43", "#77a1e5", "#a6c96a", "#910000", "#492970", "#1aadce", "#0d233a"];
+  // What a dataset counts (its `kind`) has one colour, the hue of its badge (admin.css): an invalid
+  // postback amber, a sale the network rejected red. Other series take the palette, which
+  // holds neither, so no other series can be mistaken for them.
+  var COLORS = {
+    "outcome:original": "#2f7ed8",
+    "outcome:duplicate": "#8c9aa5",
+    "outcome:invalid": "#e0a526",
+    "status:pending": "#77a1e5",
+    "status:approved": "#5a9e3a",
+    "status:paid": "#1aadce",
+    "status:rejected": "#c42525",
+  };
+  var PALETTE = ["#492970", "#8bbc21", "#0d233a", "#a6c96a", "#7f5fb5", "#4f6d7a", "#3d7a6b", "#2b908f"];
 
   function draw() {
     var source = document.getElementById("dashboard-data");
@@ -15,7 +27,7 @@
         return;
       }
       var datasets = chart.datasets.map(function (dataset, index) {
-        var color = PALETTE[index % PALETTE.length];
+        var color = COLORS[dataset.kind] || PALETTE[index % PALETTE.length];
         return Object.assign({ backgroundColor: color, borderColor: color, borderWidth: 1 }, dataset);
       });
       new window.Chart(canvas, {

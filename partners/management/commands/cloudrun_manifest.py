@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from infra.errors import error_first_line
 from partners.models import Partner
 
 SERVICE_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -114,7 +115,7 @@ class Command(BaseCommand):
         try:
             self._handle_partner(options)
         except DatabaseError as exc:
-            reason = (str(exc).strip() or exc.__class__.__name__).splitlines()[0]
+            reason = error_first_line(exc)
             raise CommandError(
                 f"Cannot read the partners from the configuration database ({reason}); a fresh one needs "
                 "`python manage.py init_partners` first (deploy_multi_partner.sh runs it as a Cloud Run job)",

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from partners.databases import PartnerDatabaseUnavailable, database_create_if_missing
+from infra.databases import PartnerDatabaseUnavailable, database_create_if_missing
 from partners.models import Partner
 from partners.services import SEED_PARTNERS, admin_groups_ensure, partner_provision, partner_seed
 

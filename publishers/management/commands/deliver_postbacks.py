@@ -1,16 +1,12 @@
-"""`python manage.py deliver_postbacks [--once]`: the outbound delivery worker."""
+"""`python manage.py deliver_postbacks [--once]`: the outbound delivery worker (publishers/worker.py)."""
 
-import logging
-import signal
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from prometheus_client import start_http_server
 
-from publishers.services import DeliveryWorker
-
-logger = logging.getLogger("publishers.delivery")
+from publishers.worker import delivery_worker_run
 
 
 class Command(BaseCommand):
@@ -31,29 +27,11 @@ class Command(BaseCommand):
         if options["metrics_port"]:
             # Any path answers the metrics (and a TCP startup probe finds the port open).
             start_http_server(options["metrics_port"])
-        worker = DeliveryWorker(concurrency=options["concurrency"], batch_size=options["batch_size"])
-
-        def stop(signum: int, _frame: Any) -> None:
-            # The batch in flight finishes (bounded by the send timeouts) and is recorded.
-            logger.info("delivery worker %s stopping (signal %s)", worker.owner, signum)
-            worker.stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        try:
-            if options["once"]:
-                result = worker.run_once()
-                self.stdout.write(
-                    f"claimed {result.claimed}: delivered {result.delivered}, to retry {result.retried}, "
-                    f"failed {result.failed}"
-                )
-            else:
-                logger.info(
-                    "delivery worker %s started: concurrency %s, batch %s",
-                    worker.owner,
-                    worker.concurrency,
-                    worker.batch_size,
-                )
-                worker.run_forever()
-        finally:
-            worker.close()
+        result = delivery_worker_run(
+            once=options["once"], concurrency=options["concurrency"], batch_size=options["batch_size"]
+        )
+        if result is not None:
+            self.stdout.write(
+                f"claimed {result.claimed}: delivered {result.delivered}, to retry {result.retried}, "
+                f"failed {result.failed}"
+            )

@@ -140,7 +140,7 @@ def test_storing_and_masking_keep_their_meaning_on_any_parameters():
     import random
 
     from conversions.ingest.parse import storable_json
-    from postback_site.request_meta import secret_masked
+    from infra.masking import secret_masked
 
     texts = ["a", "é", "\x00", "\ud800", "s3cret", "Token", "token", "TOKEN", "x-s3cret-y", "", "1"]
     scalars = [None, True, 3, 2.5, float("inf"), float("nan")]
@@ -167,7 +167,7 @@ def test_storing_and_masking_keep_their_meaning_on_any_parameters():
 
 
 def test_a_token_parameter_is_masked_whatever_string_type_its_name_is():
-    from postback_site.request_meta import secret_masked
+    from infra.masking import secret_masked
 
     class Name(str):
         pass

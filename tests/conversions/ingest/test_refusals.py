@@ -93,7 +93,7 @@ def _stored_counts(partner) -> dict[str, int]:
 
 
 def test_refusals_are_counted_in_batches_not_one_write_each(client, make_partner, settings):
-    settings.QUOTA_FLUSH_SECONDS = 60
+    settings.REFUSAL_FLUSH_SECONDS = 60
     partner = make_partner("involve_asia", postback_secret="s" * 24)
     for n in range(20):
         assert client.get(f"{URL}?conversion_id=r{n}&token=nope").status_code == 403
@@ -103,8 +103,8 @@ def test_refusals_are_counted_in_batches_not_one_write_each(client, make_partner
     assert {row.reason: row.count for row in refusal_counts(partner=partner)} == {"token_invalid": 20}
     assert _stored_counts(partner) == {"token_invalid": 20}
 
-    # And by its own thread within QUOTA_FLUSH_SECONDS, with nobody reading.
-    settings.QUOTA_FLUSH_SECONDS = 0.2
+    # And by its own thread within REFUSAL_FLUSH_SECONDS, with nobody reading.
+    settings.REFUSAL_FLUSH_SECONDS = 0.2
     for n in range(5):
         client.get(f"{URL}?conversion_id=s{n}&token=nope")
     deadline = time.monotonic() + 10
@@ -115,9 +115,9 @@ def test_refusals_are_counted_in_batches_not_one_write_each(client, make_partner
 
 def test_counts_wait_for_a_partner_database_that_is_away(client, make_partner, settings, monkeypatch):
     from conversions.ingest import refusals
-    from partners.databases import PartnerDatabaseUnavailable
+    from infra.databases import PartnerDatabaseUnavailable
 
-    settings.QUOTA_FLUSH_SECONDS = 60
+    settings.REFUSAL_FLUSH_SECONDS = 60
     partner = make_partner("involve_asia", postback_secret="s" * 24)
     for n in range(3):
         client.get(f"{URL}?conversion_id=r{n}&token=nope")
@@ -150,7 +150,7 @@ def test_the_last_refusal_time_never_goes_back_when_processes_flush_out_of_order
 
     from conversions.ingest.refusals import RefusalLedger
 
-    settings.QUOTA_FLUSH_SECONDS = 60
+    settings.REFUSAL_FLUSH_SECONDS = 60
     partner = make_partner("involve_asia", postback_secret="s" * 24)
     worker_a, worker_b = RefusalLedger(), RefusalLedger()  # two processes' ledgers
     now = timezone.now()
@@ -165,9 +165,9 @@ def test_the_last_refusal_time_never_goes_back_when_processes_flush_out_of_order
 
 def test_counted_at_once_a_count_that_could_not_be_written_is_retried(client, make_partner, settings, monkeypatch):
     from conversions.ingest import refusals
-    from partners.databases import PartnerDatabaseUnavailable
+    from infra.databases import PartnerDatabaseUnavailable
 
-    settings.QUOTA_FLUSH_SECONDS = 0
+    settings.REFUSAL_FLUSH_SECONDS = 0
     ledger = _ledger(monkeypatch)
     partner = make_partner("involve_asia", postback_secret="s" * 24)
     real = refusals.daily_counter_increment
@@ -191,7 +191,7 @@ def test_a_slow_partner_database_delays_only_its_own_refusal_counts(make_partner
 
     from conversions.ingest import refusals
 
-    settings.QUOTA_FLUSH_SECONDS = flush_seconds
+    settings.REFUSAL_FLUSH_SECONDS = flush_seconds
     ledger = _ledger(monkeypatch)
     fast, slow = make_partner("involve_asia", postback_secret="s" * 24), make_partner("rector")
     real = refusals.daily_counter_increment

@@ -1,0 +1,1 @@
+"""The gunicorn worker: requests read whole in an event loop, then served by a thread."""

@@ -1,0 +1,352 @@
+"""The reconciliation admin: report sources (configuration), runs and their rows (partner databases).
+
+Sources are edited like any configuration; a source's "Reconcile…" page starts a run
+(uploading the CSV for a CSV source). Runs and rows live in the partner's database, so
+their lists name the partner like the conversions list does (PartnerDatabaseAdmin).
+Rows list discrepancies first; a run's actions record the missing conversions or apply
+the report's statuses and amounts; its rows download as CSV.
+"""
+
+import datetime
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from conversions.admin.base import PARTNER_PARAM, PartnerChooser, PartnerDatabaseAdmin, TextInputFilter, choice_filter
+from conversions.exports import csv_lines
+from infra.databases import PartnerDatabaseUnavailable
+from partners.models import Partner
+from partners.selectors import partners_visible_to
+from reconciliation.forms import ReportSourceForm, RunStartForm
+from reconciliation.models import (
+    DISCREPANCY_KINDS,
+    ROW_KINDS,
+    ReconciliationRow,
+    ReconciliationRun,
+    ReportSource,
+)
+from reconciliation.selectors import RUN_EXPORT_COLUMNS, run_rows_export
+from reconciliation.services import (
+    RecoveryRefused,
+    reconciliation_run,
+    run_missing_record,
+    run_report_apply,
+)
+
+DEFAULT_RUN_DAYS = 7
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind.replace('_', ' ')}: {counts.get(kind, 0)}" for kind in DISCREPANCY_KINDS if counts)
+
+
+def _run_url(partner: Partner, run_id: int) -> str:
+    url = reverse("admin:reconciliation_reconciliationrun_change", args=[run_id])
+    return f"{url}?{PARTNER_PARAM}={partner.partner_code}"
+
+
+def _rows_url(partner: Partner, run_id: int, kind: str | None = None) -> str:
+    url = reverse("admin:reconciliation_reconciliationrow_changelist")
+    return f"{url}?{PARTNER_PARAM}={partner.partner_code}&run={run_id}" + (f"&kind={kind}" if kind else "")
+
+
+@admin.register(ReportSource)
+class ReportSourceAdmin(admin.ModelAdmin):
+    form = ReportSourceForm
+    list_display = ("name", "partner", "kind", "is_active", "last_run_at", "last_run_summary", "reconcile_link")
+    list_filter = ("kind", "is_active", "partner")
+    search_fields = ("name", "partner__partner_code")
+    readonly_fields = ("last_run_at", "last_run_summary", "last_run_error")
+    fieldsets = (
+        (None, {"fields": ("partner", "name", "kind", "is_active")}),
+        ("Columns", {"fields": ("column_mapping",)}),
+        (
+            "API",
+            {
+                "fields": (
+                    "base_url",
+                    "api_key",
+                    "api_secret",
+                    "clear_credentials",
+                    "preferred_currency",
+                    "page_size",
+                    "requests_per_second",
+                    "timeout_seconds",
+                )
+            },
+        ),
+        ("Last run", {"fields": ("last_run_at", "last_run_summary", "last_run_error")}),
+    )
+
+    # A user limited to some partners (PartnerScope) sees and chooses only theirs.
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).filter(partner__in=partners_visible_to(request.user))
+
+    def formfield_for_foreignkey(self, db_field, request: HttpRequest, **kwargs):
+        if db_field.name == "partner":
+            kwargs["queryset"] = partners_visible_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="last run")
+    def last_run_summary(self, source: ReportSource) -> str:
+        if source.last_run_error:
+            return f"failed: {source.last_run_error[:120]}"
+        return _counts_text(source.last_run_counts or {}) or "-"
+
+    @admin.display(description="")
+    def reconcile_link(self, source: ReportSource) -> str:
+        return format_html(
+            '<a href="{}">Reconcile…</a>', reverse("admin:reconciliation_reportsource_run", args=[source.pk])
+        )
+
+    def get_urls(self):
+        run = path(
+            "<path:object_id>/reconcile/",
+            self.admin_site.admin_view(self.run_view),
+            name="reconciliation_reportsource_run",
+        )
+        return [run, *super().get_urls()]
+
+    def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Start a run of this source: its days, and the CSV for a CSV source."""
+        source = self.get_object(request, object_id)
+        if source is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_change_permission(request, source):
+            raise PermissionDenied
+        today = source.partner.local_now().date()
+        initial = {"date_from": today - datetime.timedelta(days=DEFAULT_RUN_DAYS - 1), "date_to": today}
+        form = RunStartForm(request.POST or None, request.FILES or None, source=source, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                run = reconciliation_run(
+                    source=source,
+                    date_from=form.cleaned_data["date_from"],
+                    date_to=form.cleaned_data["date_to"],
+                    upload=form.cleaned_data.get("report"),
+                )
+            except PartnerDatabaseUnavailable as exc:
+                self.message_user(request, f"The partner's database is unavailable: {exc.reason}", messages.ERROR)
+            else:
+                if run.state == ReconciliationRun.DONE:
+                    self.message_user(
+                        request,
+                        f"Run #{run.pk}: {run.report_rows} report row(s); {_counts_text(run.counts)}.",
+                        messages.SUCCESS,
+                    )
+                else:
+                    self.message_user(request, f"Run #{run.pk} failed: {run.error}", messages.ERROR)
+                self.log_change(request, source, f"Reconciliation run #{run.pk}: {run.state}.")
+                return HttpResponseRedirect(_run_url(source.partner, run.pk))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": source,
+            "title": f"Reconcile: {source}",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/reconciliation/reportsource/run.html", context)
+
+
+@admin.register(ReconciliationRun)
+class ReconciliationRunAdmin(PartnerDatabaseAdmin):
+    list_display = (
+        "id",
+        "source_name",
+        "date_from",
+        "date_to",
+        "state",
+        "summary",
+        "report_rows",
+        "recorded",
+        "applied",
+        "started_at",
+    )
+    list_filter = (PartnerChooser, choice_filter("state", ReconciliationRun.STATES))
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("record_missing", "apply_report")
+    fields = (
+        "source_name",
+        "date_from",
+        "date_to",
+        "state",
+        "error",
+        "counts_table",
+        "report_rows",
+        "recorded",
+        "applied",
+        "started_at",
+        "finished_at",
+        "download_link",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs are started from their report source
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Nothing on a run is edited; "change" is the right to recover from it.
+        return request.user.has_perm("reconciliation.change_reportsource")
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.has_perm("reconciliation.view_reportsource") or self.has_change_permission(request, obj)
+
+    @admin.display(description="discrepancies")
+    def summary(self, run: ReconciliationRun) -> str:
+        return run.error[:80] if run.error else _counts_text(run.counts)
+
+    @admin.display(description="rows")
+    def counts_table(self, run: ReconciliationRun) -> str:
+        if not run.counts:
+            return "-"
+        partner = Partner.objects.filter(pk=run.partner_id).first()
+        if partner is None:
+            return _counts_text(run.counts)
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td></tr>',
+            ((_rows_url(partner, run.pk, kind), label, run.counts.get(kind, 0)) for kind, label in ROW_KINDS),
+        )
+        return format_html(
+            '<table id="run-counts"><tbody>{}</tbody></table><p><a href="{}">All rows, discrepancies first</a></p>',
+            rows,
+            _rows_url(partner, run.pk),
+        )
+
+    @admin.display(description="download")
+    def download_link(self, run: ReconciliationRun) -> str:
+        partner = Partner.objects.filter(pk=run.partner_id).first()
+        if partner is None or run.state != ReconciliationRun.DONE:
+            return "-"
+        url = reverse("admin:reconciliation_reconciliationrun_csv", args=[run.pk])
+        return format_html('<a href="{}?{}={}">rows as CSV</a>', url, PARTNER_PARAM, partner.partner_code)
+
+    def get_urls(self):
+        csv_url = path(
+            "<int:run_id>/csv/", self.admin_site.admin_view(self.csv_view), name="reconciliation_reconciliationrun_csv"
+        )
+        return [csv_url, *super().get_urls()]
+
+    def csv_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """The run's rows as CSV, discrepancies first, streamed."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        partner = self.partner_for(request)
+        run = self.get_queryset(request).filter(pk=run_id).first() if partner is not None else None
+        if run is None:
+            self.message_user(request, f"There is no run #{run_id} for this partner.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+        rows = run_rows_export(alias=partner.database_alias, run_id=run.pk)
+        response = StreamingHttpResponse(csv_lines(RUN_EXPORT_COLUMNS, rows), content_type="text/csv; charset=utf-8")
+        filename = f"{partner.partner_code}-reconciliation-{run.pk}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+    def _recover(self, request: HttpRequest, queryset: QuerySet, recover, verb: str) -> None:
+        partner = self.partner_for(request)
+        for run in queryset:
+            try:
+                outcomes = recover(partner=partner, run=run)
+            except RecoveryRefused as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                continue
+            except PartnerDatabaseUnavailable as exc:
+                self.message_user(
+                    request, f"Stopped: the partner's database is unavailable: {exc.reason}", messages.ERROR
+                )
+                return
+            summary = ", ".join(f"{word}: {n}" for word, n in sorted(outcomes.items())) or "nothing left to do"
+            text = f"Run #{run.pk}, {verb}: {summary}."
+            if outcomes:
+                self.log_change(request, partner, text)  # on the partner: a run's log link could not name its database
+            self.message_user(request, text, messages.SUCCESS)
+
+    @admin.action(
+        description="Record the missing ones (conversions in the report, never received)", permissions=["change"]
+    )
+    def record_missing(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._recover(request, queryset, run_missing_record, "missing ones recorded")
+
+    @admin.action(description="Apply the report's statuses and amounts", permissions=["change"])
+    def apply_report(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._recover(request, queryset, run_report_apply, "report applied")
+
+
+class RunFilter(TextInputFilter):
+    title = "run"
+    parameter_name = "run"
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            raise IncorrectLookupParameters(f"run: {value[:20]!r} is not a run number")
+        return queryset.filter(run_id=int(value))
+
+
+@admin.register(ReconciliationRow)
+class ReconciliationRowAdmin(PartnerDatabaseAdmin):
+    list_display = (
+        "conversion_id",
+        "kind",
+        "differences_text",
+        "conversion_datetime",
+        "status",
+        "usd_sale_amount",
+        "usd_earning",
+        "currency",
+        "action",
+        "run_id",
+    )
+    list_filter = (PartnerChooser, RunFilter, choice_filter("kind", ROW_KINDS))
+    search_fields = ("=conversion_id",)
+    ordering = ("rank", "id")  # discrepancies first
+    sortable_by = ()
+    show_facets = admin.ShowFacets.NEVER
+    show_full_result_count = False
+    list_per_page = 100
+    fields = (
+        "run_id",
+        "conversion_id",
+        "kind",
+        "differences_text",
+        "conversion_datetime",
+        "status",
+        "usd_sale_amount",
+        "usd_earning",
+        "currency",
+        "conversion_pk",
+        "report_line",
+        "report_data",
+        "action",
+        "action_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="differences (ours -> the report's)")
+    def differences_text(self, row: ReconciliationRow) -> str:
+        return "; ".join(f"{name}: {ours} -> {theirs}" for name, (ours, theirs) in row.differences.items()) or "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.has_perm("reconciliation.view_reportsource") or request.user.has_perm(
+            "reconciliation.change_reportsource"
+        )

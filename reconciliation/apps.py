@@ -1,0 +1,21 @@
+from django.apps import AppConfig
+
+
+class ReconciliationConfig(AppConfig):
+    name = "reconciliation"
+    verbose_name = "Reconciliation"
+
+    def ready(self) -> None:
+        from infra.databases import partner_models_register
+        from infra.metrics import metrics_registry_add
+        from partners.services import admin_grants_add
+        from reconciliation.metrics import reconciliation_registry
+
+        # Runs and their rows live in each partner's database; report sources (configuration) in `default`.
+        partner_models_register(self.label, "ReconciliationRun", "ReconciliationRow")
+        # The last reconciliation per partner comes from `default`, not from the scraped process.
+        metrics_registry_add(reconciliation_registry)
+        # Report sources, and with them reconciliation runs: account managers start them and
+        # recover from them; analysts read them.
+        admin_grants_add("Account managers", ("reconciliation", "reportsource", ("add", "change", "view")))
+        admin_grants_add("Analysts", ("reconciliation", "reportsource", ("view",)))

@@ -1,0 +1,448 @@
+"""Reconciliation runs and the recovery they offer.
+
+A run reads the report as a stream (sources.py) in batches: each batch of report rows
+is mapped like a postback (the partner's parameter mapping, overridden by the source's
+column mapping), compared with our originals of the same conversion_ids (one query),
+and written as the run's rows; then our originals of the run's days that the report
+does not have are added, read through one cursor. Memory stays bounded by the batch,
+whatever the size of the report or of the partner's table. A report that cannot be read
+fails the run with its reason, and none of its rows are kept.
+
+Recovery goes through the ingest's own decision: a missing conversion is recorded with
+`postback_store(source="report")` (so a postback that arrived meanwhile makes it a
+duplicate, never a second original), a report's status or amount is applied with
+`conversion_settle(source="report")` (the lifecycle rules; the history says "report").
+Each row remembers what was done with it, so doing it again changes nothing.
+"""
+
+import datetime
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
+from itertools import islice
+from typing import IO, Any
+
+import psycopg
+from django.db import DatabaseError, DataError, connections, transaction
+from django.db.models import Count, Exists, JSONField, OuterRef, Q
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from conversions.ingest.decide import decide
+from conversions.ingest.statements import original_get
+from conversions.ingest.store import conversion_settle, postback_store
+from conversions.models import ORIGINAL, PartnerConversion
+from conversions.outcomes import Outcome
+from infra.databases import error_first_line, partner_database
+from partners.mapping import MappedPostback, postback_map
+from partners.models import Partner
+from reconciliation.models import (
+    AMOUNT_DIFFERS,
+    APPLICABLE_KINDS,
+    CURRENCY_DIFFERS,
+    MATCHED,
+    MISSING_HERE,
+    MISSING_THERE,
+    ROW_KINDS,
+    STATUS_DIFFERS,
+    ReconciliationRow,
+    ReconciliationRun,
+    ReportSource,
+)
+from reconciliation.sources import ReportError, ReportRow, source_report_rows
+
+logger = logging.getLogger("conversions.reconciliation")
+
+BATCH_SIZE = 1000
+RANKS = {kind: rank for rank, (kind, _label) in enumerate(ROW_KINDS)}
+COMPARED_AMOUNTS = ("usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local")
+# "Amount differs" means beyond a cent: amounts are kept to the cent, rounded half-up.
+AMOUNT_TOLERANCE = Decimal("0.01")
+# What a row compared with a report row reads of our original.
+ORIGINAL_COMPARED = ("id", "conversion_id", "status", "currency", *COMPARED_AMOUNTS)
+# Where a conversion recorded from a report says so (it had no request, so no headers).
+REPORT_MARK_HEADER = "X-Recorded-From-Report"
+
+
+class RecoveryRefused(ValueError):
+    """Recovery asked of a run that did not finish (failed or still running)."""
+
+
+def report_mapping(*, partner: Partner, source: ReportSource) -> dict[str, str]:
+    """Our field -> the report's column: the source's column mapping over the partner's parameter mapping."""
+    return {**(partner.parameter_mapping or {}), **(source.column_mapping or {})}
+
+
+def report_row_map(*, partner: Partner, mapping: Mapping[str, str], values: Mapping[str, Any]) -> MappedPostback:
+    """A report row's values on our fields, coerced exactly like a postback's parameters."""
+    return postback_map(mapping=mapping, params=values, tz=partner.tzinfo, status_mapping=partner.status_mapping)
+
+
+def run_window(*, partner: Partner, date_from: datetime.date, date_to: datetime.date) -> tuple[datetime.datetime, ...]:
+    """[start, end) of the days date_from..date_to (included) in the partner's time zone."""
+    zone = partner.tzinfo
+    start = datetime.datetime.combine(date_from, datetime.time.min, tzinfo=zone)
+    end = datetime.datetime.combine(date_to + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
+    return start, end
+
+
+def report_row_compare(*, ours: Mapping[str, Any] | None, theirs: Mapping[str, Any]) -> tuple[str, dict[str, list]]:
+    """What a report row is against our original (None: we have none): its kind, and
+    field -> [ours, the report's] for every field that differs."""
+    if ours is None:
+        return MISSING_HERE, {}
+    differences: dict[str, list] = {}
+    for name in ("status", *COMPARED_AMOUNTS, "currency"):
+        reported, stored = theirs.get(name), ours.get(name)
+        if reported is None:
+            continue  # the report does not say
+        if name in COMPARED_AMOUNTS:
+            differs = stored is None or abs(stored - reported) > AMOUNT_TOLERANCE
+        else:
+            differs = stored != reported
+        if differs:
+            differences[name] = [None if stored is None else str(stored), str(reported)]
+    if "status" in differences:
+        kind = STATUS_DIFFERS
+    elif any(name in differences for name in COMPARED_AMOUNTS):
+        kind = AMOUNT_DIFFERS
+    elif "currency" in differences:
+        kind = CURRENCY_DIFFERS
+    else:
+        kind = MATCHED
+    return kind, differences
+
+
+def reconciliation_run(
+    *,
+    source: ReportSource,
+    date_from: datetime.date,
+    date_to: datetime.date,
+    upload: IO[bytes] | None = None,
+) -> ReconciliationRun:
+    """Compare the source's report of date_from..date_to (the partner's days, by
+    conversion time) with the partner's originals; store and return the run.
+
+    A report that cannot be read (a malformed CSV line, an API that refuses the
+    credentials or keeps failing) leaves a failed run naming why, and no rows.
+    Raises PartnerDatabaseUnavailable when the partner's database cannot be used.
+    """
+    if date_to < date_from:
+        raise ValueError(f"the range ends ({date_to}) before it starts ({date_from})")
+    partner = source.partner
+    mapping = report_mapping(partner=partner, source=source)
+    with partner_database(partner) as alias:
+        runs_interrupted_close(alias=alias, partner_id=partner.pk)
+        run = ReconciliationRun.objects.using(alias).create(
+            partner_id=partner.pk,
+            source_id=source.pk,
+            source_name=source.name[:100],
+            date_from=date_from,
+            date_to=date_to,
+            mapping=mapping,
+        )
+        try:
+            rows = source_report_rows(source=source, date_from=date_from, date_to=date_to, upload=upload)
+            run.report_rows = _report_compare(partner=partner, alias=alias, run=run, rows=rows)
+            _missing_there_add(partner=partner, alias=alias, run=run)
+        except (ReportError, DataError) as exc:
+            # DataError: a value this database refuses (e.g. a NUL in an API record's text).
+            error = str(exc) if isinstance(exc, ReportError) else f"the report has a value that cannot be stored: {exc}"
+            ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
+            run.state, run.error, run.report_rows = ReconciliationRun.FAILED, error.strip()[:1000], 0
+            logger.error("reconcile partner=%s run=%s failed: %s", partner.partner_code, run.pk, exc)
+        except BaseException as exc:
+            # Anything else (the database gone mid-run, Ctrl-C, a bug): the run says it
+            # did not finish rather than stay `running`; raised on as it was.
+            _run_interrupted(alias=alias, run=run, reason=_error_named(exc))
+            raise
+        else:
+            run.state = ReconciliationRun.DONE
+            run.counts = run_counts(alias=alias, run=run)
+        run.finished_at = timezone.now()
+        run.save(using=alias)
+    ReportSource.objects.filter(pk=source.pk).update(
+        last_run_at=run.finished_at, last_run_counts=run.counts, last_run_error=run.error
+    )
+    return run
+
+
+# A running run that stored no batch for this long was cut off (its process stopped).
+RUN_STALE_AFTER = datetime.timedelta(minutes=15)
+INTERRUPTED = "interrupted: {reason}; start a new run"
+
+
+def runs_interrupted_close(*, alias: str, partner_id: int, now: datetime.datetime | None = None) -> int:
+    """Fail the partner's runs still `running` with no sign of life for RUN_STALE_AFTER
+    (a crash or a kill cut them off), without their partial rows; how many."""
+    now = now or timezone.now()
+    stale = now - RUN_STALE_AFTER
+    cut_off = list(
+        ReconciliationRun.objects.using(alias)
+        .filter(partner_id=partner_id, state=ReconciliationRun.RUNNING)
+        .filter(Q(progress_at__lt=stale) | Q(progress_at__isnull=True, started_at__lt=stale))
+        .values_list("pk", "progress_at", "started_at")
+    )
+    for pk, progress_at, started_at in cut_off:
+        since = (progress_at or started_at).isoformat(timespec="seconds")
+        _run_interrupted(
+            alias=alias,
+            run=ReconciliationRun(pk=pk),
+            reason=f"nothing stored since {since}, its process stopped",
+            now=now,
+        )
+        logger.warning("reconcile run=%s was cut off (no progress since %s): failed", pk, since)
+    return len(cut_off)
+
+
+def _run_interrupted(*, alias: str, run: ReconciliationRun, reason: str, now: datetime.datetime | None = None) -> None:
+    """Best effort: the run failed, naming why, without its rows (when the database answers)."""
+    try:
+        ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk, state=ReconciliationRun.RUNNING).update(
+            state=ReconciliationRun.FAILED,
+            error=INTERRUPTED.format(reason=reason)[:1000],
+            report_rows=0,
+            finished_at=now or timezone.now(),
+        )
+    except DatabaseError:
+        logger.exception("reconcile run=%s: cannot mark it failed (the next run will)", run.pk)
+
+
+def _error_named(exc: BaseException) -> str:
+    """`RuntimeError: what it says` (its first line), or the class name alone."""
+    name = exc.__class__.__name__
+    return f"{name}: {error_first_line(exc)}" if str(exc).strip() else name
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, rows: Iterable[ReportRow]) -> int:
+    """Compare and store the report's rows, a batch at a time; how many rows it had."""
+    count = 0
+    for batch in _batched(rows, BATCH_SIZE):
+        mapped = []
+        for report_row in batch:
+            result = report_row_map(partner=partner, mapping=run.mapping, values=report_row.values)
+            if not result.is_valid:
+                problems = "; ".join(f"{name}: {message}" for name, message in result.errors.items())
+                raise ReportError(f"{report_row.place} {report_row.line}: {problems}")
+            mapped.append((report_row, result.values))
+        ids = [values["conversion_id"] for _row, values in mapped]
+        originals = {
+            found["conversion_id"]: found
+            for found in PartnerConversion.objects.using(alias)
+            .filter(ORIGINAL, partner_id=partner.pk, conversion_id__in=ids)
+            .values(*ORIGINAL_COMPARED)
+        }
+        stored = []
+        for report_row, values in mapped:
+            original = originals.get(values["conversion_id"])
+            kind, differences = report_row_compare(ours=original, theirs=values)
+            stored.append(
+                {
+                    "run_id": run.pk,
+                    "conversion_id": values["conversion_id"],
+                    "kind": kind,
+                    "rank": RANKS[kind],
+                    "differences": differences,
+                    "conversion_pk": original["id"] if original else None,
+                    "conversion_datetime": values.get("conversion_datetime"),
+                    "status": values.get("status"),
+                    "usd_sale_amount": values.get("usd_sale_amount"),
+                    "usd_earning": values.get("usd_earning"),
+                    "currency": values.get("currency"),
+                    "report_line": report_row.line,
+                    "report_data": report_row.values,
+                }
+            )
+        rows_insert(alias=alias, rows=stored)
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(progress_at=timezone.now())
+        count += len(batch)
+    return count
+
+
+def _missing_there_add(*, partner: Partner, alias: str, run: ReconciliationRun) -> None:
+    """Add our originals of the run's days that the report does not have."""
+    start, end = run_window(partner=partner, date_from=run.date_from, date_to=run.date_to)
+    reported = ReconciliationRow.objects.filter(run_id=run.pk, conversion_id=OuterRef("conversion_id"))
+    ours = (
+        PartnerConversion.objects.using(alias)
+        .filter(ORIGINAL, partner_id=partner.pk, conversion_datetime__gte=start, conversion_datetime__lt=end)
+        .filter(~Exists(reported))
+        .order_by()
+        .values_list(
+            "id", "conversion_id", "conversion_datetime", "status", "usd_sale_amount", "usd_earning", "currency"
+        )
+    )
+    # One cursor read in chunks (server-side on PostgreSQL), its rows written as they come.
+    with transaction.atomic(using=alias):
+        for batch in _batched(ours.iterator(chunk_size=BATCH_SIZE), BATCH_SIZE):
+            rows_insert(
+                alias=alias,
+                rows=[
+                    {
+                        "run_id": run.pk,
+                        "conversion_id": conversion_id,
+                        "kind": MISSING_THERE,
+                        "rank": RANKS[MISSING_THERE],
+                        "conversion_pk": pk,
+                        "conversion_datetime": moment,
+                        "status": status,
+                        "usd_sale_amount": sale,
+                        "usd_earning": earning,
+                        "currency": currency,
+                    }
+                    for pk, conversion_id, moment, status, sale, earning, currency in batch
+                ],
+            )
+
+
+_ROW_FIELDS = [field for field in ReconciliationRow._meta.concrete_fields if not field.primary_key]
+_ROW_DEFAULTS = [(field, field.get_default) for field in _ROW_FIELDS]
+
+
+def rows_insert(*, alias: str, rows: list[dict[str, Any]]) -> None:
+    """Write a batch of a run's rows (attname -> value; the rest take their defaults); a
+    conversion_id already in the run keeps its first row (a report that lists one twice)."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        objects = [ReconciliationRow(**row) for row in rows]
+        ReconciliationRow.objects.using(alias).bulk_create(objects, ignore_conflicts=True)
+        return
+    # On PostgreSQL bulk_create sends UNNEST arrays quoted on the client, which cost most of
+    # a run's time; one statement sent with its values apart (pipelined) costs a fraction.
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in _ROW_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_ROW_FIELDS))
+    table = quote(ReconciliationRow._meta.db_table)
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING"  # noqa: S608
+    values = [
+        [
+            _db_value(field, row[field.attname] if field.attname in row else default())
+            for field, default in _ROW_DEFAULTS
+        ]
+        for row in rows
+    ]
+    with transaction.atomic(using=alias):
+        connection.ensure_connection()
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.executemany(sql, values)
+
+
+def _db_value(field: Any, value: Any) -> Any:
+    if isinstance(field, JSONField):
+        return Jsonb(value)
+    return value
+
+
+def run_counts(*, alias: str, run: ReconciliationRun) -> dict[str, int]:
+    """The run's rows by kind (every kind, zeros included)."""
+    counts = {kind: 0 for kind, _label in ROW_KINDS}
+    rows = ReconciliationRow.objects.using(alias).filter(run_id=run.pk).order_by()
+    counts.update({kind: n for kind, n in rows.values_list("kind").annotate(n=Count("id"))})
+    return counts
+
+
+# --- recovery ------------------------------------------------------------------------
+
+
+def _recoverable(run: ReconciliationRun) -> None:
+    if run.state != ReconciliationRun.DONE:
+        raise RecoveryRefused(f"run #{run.pk} is {run.state}: only a finished run can be recovered from")
+
+
+def _pending_rows(*, alias: str, run: ReconciliationRun, kinds: Iterable[str]) -> Iterator[ReconciliationRow]:
+    """The run's rows of `kinds` that recovery has not handled yet, in keyset batches."""
+    last = 0
+    while True:
+        batch = list(
+            ReconciliationRow.objects.using(alias)
+            .filter(run_id=run.pk, kind__in=list(kinds), action="", id__gt=last)
+            .order_by("id")[:BATCH_SIZE]
+        )
+        if not batch:
+            return
+        yield from batch
+        last = batch[-1].id
+
+
+def _action_word(outcome: Outcome) -> str:
+    return "recorded" if outcome is Outcome.SUCCESS else outcome.name.lower()
+
+
+def run_missing_record(*, partner: Partner, run: ReconciliationRun) -> dict[str, int]:
+    """Record the conversions the report has and we never received, each as a postback
+    would be: what it became (recorded, or duplicate when a postback arrived meanwhile)
+    -> how many. Rows already handled are left alone, so a second call does nothing."""
+    _recoverable(run)
+    outcomes: Counter[str] = Counter()
+    with partner_database(partner) as alias:
+        for row in _pending_rows(alias=alias, run=run, kinds=[MISSING_HERE]):
+            mapped = report_row_map(partner=partner, mapping=run.mapping, values=row.report_data)
+            kept = {
+                "partner_id": partner.pk,
+                "raw_data": row.report_data,
+                "request_headers": {REPORT_MARK_HEADER: f"reconciliation run {run.pk}"},
+                "request_ip": None,
+            }
+            # The conversion and the row's note of it are written together, or neither.
+            with transaction.atomic(using=alias):
+                stored = postback_store(
+                    partner=partner, alias=alias, row=kept, mapped=mapped, digest=None, source="report"
+                )
+                row.action = _action_word(stored.outcome)
+                row.conversion_pk = stored.conversion.duplicate_of_id or stored.conversion.pk
+                row.action_at = timezone.now()
+                row.save(using=alias, update_fields=["action", "conversion_pk", "action_at"])
+            outcomes[row.action] += 1
+        recorded = ReconciliationRow.objects.using(alias).filter(run_id=run.pk, action="recorded").count()
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(recorded=recorded)
+        run.recorded = recorded
+    if outcomes:
+        logger.info("reconcile partner=%s run=%s recorded: %s", partner.partner_code, run.pk, dict(outcomes))
+    return dict(outcomes)
+
+
+def run_report_apply(*, partner: Partner, run: ReconciliationRun) -> dict[str, int]:
+    """Apply the report's statuses and amounts where they differ from ours, through the
+    lifecycle rules (a permitted change is applied and announced, one that would roll the
+    conversion back is kept in its history as stale), the history marked as from the
+    report: what each became -> how many. Already handled rows are left alone."""
+    _recoverable(run)
+    outcomes: Counter[str] = Counter()
+    with partner_database(partner) as alias:
+        for row in _pending_rows(alias=alias, run=run, kinds=APPLICABLE_KINDS):
+            row.action = _report_row_apply(partner=partner, alias=alias, run=run, row=row)
+            row.action_at = timezone.now()
+            row.save(using=alias, update_fields=["action", "action_at"])
+            outcomes[row.action] += 1
+        applied = ReconciliationRow.objects.using(alias).filter(run_id=run.pk, action="updated").count()
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(applied=applied)
+        run.applied = applied
+    if outcomes:
+        logger.info("reconcile partner=%s run=%s applied: %s", partner.partner_code, run.pk, dict(outcomes))
+    return dict(outcomes)
+
+
+def _report_row_apply(*, partner: Partner, alias: str, run: ReconciliationRun, row: ReconciliationRow) -> str:
+    mapped = report_row_map(partner=partner, mapping=run.mapping, values=row.report_data)
+    if not mapped.is_valid:
+        return "unreadable"  # the partner's statuses or time zone changed since the run
+    incoming = {**mapped.values, "partner_id": partner.pk, "raw_data": row.report_data, "request_ip": None}
+    original = original_get(alias=alias, partner_id=partner.pk, conversion_id=row.conversion_id)
+    if original is None:
+        return "gone"  # purged since the run
+    decision = decide(incoming=incoming, original=original, transitions=partner.status_transitions)
+    if decision.outcome is Outcome.DUPLICATE:
+        return "agrees"  # a postback brought the same values meanwhile: nothing to apply
+    with transaction.atomic(using=alias):
+        stored = conversion_settle(
+            partner=partner, alias=alias, incoming=incoming, digest=None, source="report", original=original
+        )
+    return _action_word(stored.outcome) if stored is not None else "gone"
