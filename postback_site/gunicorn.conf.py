@@ -70,3 +70,10 @@ def post_fork(server, worker):
     # less often than every 700 allocations.
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
+
+def post_worker_init(worker):
+    # Each worker's connection limit counts in /metrics from its start, not from the first
+    # request it happens to serve (a worker the kernel gave no request would be missing).
+    from infra.metrics import connections_gauges_refresh
+
+    connections_gauges_refresh()
