@@ -1,6 +1,6 @@
 # One image for every partner: POSTBACK_PARTNERS selects which partners an instance serves.
 # Before traffic, the databases are initialised with this image's `python manage.py
-# init_partners` (deploy_multi_partner.sh runs it as a Cloud Run job; README "First boot").
+# init_partners` (deploy_multi_partner.sh runs it as a Cloud Run job; docs/operations.md "First boot").
 # tests/e2e/test_image.py builds this file tree and runs this command without Docker.
 FROM python:3.11.14-slim-bookworm
 

@@ -30,6 +30,7 @@ install-dev: $(VENV)/.dev
 run: $(VENV)/.runtime
 	$(BIN)/python manage.py init_partners
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	@echo "The admin: http://localhost:$(PORT)/admin/ (create its login: $(BIN)/python manage.py createsuperuser)"
 	@$(BIN)/python manage.py deliver_postbacks & worker=$$!; \
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	trap 'exit 130' INT TERM; \

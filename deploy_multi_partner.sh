@@ -5,6 +5,9 @@
 #   POSTBACK_IMAGE=asia-southeast1-docker.pkg.dev/PROJECT/postback/postback:TAG ./deploy_multi_partner.sh [partner_code]
 #   DRY_RUN=1 ./deploy_multi_partner.sh          # print the gcloud commands, deploy nothing
 #
+# A dry run needs neither POSTBACK_IMAGE nor GOOGLE_CLOUD_PROJECT: placeholders stand in
+# for what is missing, and it says so on stderr (docs/operations.md, "Deploy").
+#
 # First the Cloud Run job `postback-init` (POSTBACK_INIT_JOB) runs `python manage.py
 # init_partners` from the same image, with the services' environment, and must succeed:
 # it creates and migrates the configuration database and every active partner's
@@ -22,12 +25,23 @@ PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+dry_run=0
+[[ "${DRY_RUN:-0}" == "1" ]] && dry_run=1
+if (( dry_run )); then
+    # Placeholders, so a dry run shows every command on a machine that is not set up to deploy.
+    if [[ -z "${POSTBACK_IMAGE:-}" ]]; then
+        POSTBACK_IMAGE="example.invalid/postback:dry-run"
+        echo "DRY_RUN: POSTBACK_IMAGE is not set; the placeholder image $POSTBACK_IMAGE stands in" >&2
+    fi
+    if [[ -z "${GOOGLE_CLOUD_PROJECT:-}" ]]; then
+        export GOOGLE_CLOUD_PROJECT="dry-run-project"
+        echo "DRY_RUN: GOOGLE_CLOUD_PROJECT is not set; the placeholder project $GOOGLE_CLOUD_PROJECT stands in" >&2
+    fi
+fi
 : "${POSTBACK_IMAGE:?set POSTBACK_IMAGE to the image every partner service runs}"
 export POSTBACK_IMAGE
 MANIFEST_DIR="${MANIFEST_DIR:-$(mktemp -d -t postback-manifests.XXXXXX)}"
 mkdir -p "$MANIFEST_DIR"
-dry_run=0
-[[ "${DRY_RUN:-0}" == "1" ]] && dry_run=1
 
 run() {
     if (( dry_run )); then echo "$*"; else "$@"; fi
