@@ -38,8 +38,18 @@ QUERY = (
 
 # (stage, what a function's file path or name contains), first match wins.
 STAGES = (
-    ("logging", ("/logging/", "postback_site/observability.py", "method 'write'", "posix.write")),
-    ("metrics", ("prometheus_client", "postback_site/metrics.py", "mmap")),
+    (
+        "logging",
+        (
+            "/logging/",
+            "infra/observability.py",
+            "infra/masking.py",
+            "conversions/ingest/steps.py",
+            "method 'write'",
+            "posix.write",
+        ),
+    ),
+    ("metrics", ("prometheus_client", "infra/metrics.py", "mmap")),
     (
         "statements and database driver",
         ("conversions/ingest/statements.py", "psycopg", "django/db/", "infra/databases/"),

@@ -71,7 +71,6 @@ def secret_masked(value: Any, *, secret: str) -> Any:
 
 
 # --- Secrets in logged text -------------------------------------------------------
-# --- Secrets in logged text -------------------------------------------------------
 # Where a query parameter's name starts and ends, in a URL or in free text.
 _NAME_START = frozenset("?&; \t\r\n\"'(,")
 

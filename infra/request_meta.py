@@ -1,6 +1,7 @@
-"""What we keep of an HTTP request: the client's address, and its credentials masked.
+"""What we read of an HTTP request besides its parameters: the client's address, the declared charset.
 
-Shared by the ingest (what a postback stores), the logs and the metrics endpoint.
+Shared by the ingest (what a postback stores), the logs and the metrics endpoint; the
+credentials it carries are masked by infra/masking.py.
 """
 
 import codecs

@@ -86,7 +86,7 @@ def postback_store(
     except DataError as exc:
         # A value this database cannot hold (the checks before should have caught it):
         # a 400 the sender can fix, stored as rejected, never a 503 retried forever.
-        reason = error_first_line(exc)
+        reason = error_first_line(exc) if str(exc).strip() else "a value cannot be stored"
         logger.warning("postback partner=%s could not be stored: %s", partner.partner_code, reason)
         return _store_rejected(alias=alias, row=row, errors={"postback": f"cannot be stored: {reason}"}, steps=steps)
 

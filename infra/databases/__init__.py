@@ -3,7 +3,7 @@
 Each partner's conversions live in the database named by `Partner.database_name`,
 which is also its Django alias. `Partner.database_alias` registers the alias when it is
 first needed (registry.py); work that must fail fast when the database is sick goes
-through `partner_database(partner)`, which adds the bulkhead and breaker (guard.py)
+through `partner_database(partner)`, which adds the bulkhead and breaker (breaker.py)
 and turns database failures into PartnerDatabaseUnavailable. Every connection of the
 process, to any database, comes from one bounded broker (broker.py, used by the
 backends in backends/). Provisioning creates and migrates a partner database
