@@ -259,6 +259,14 @@ def test_metrics_for_an_allowed_address(client, settings):
     assert client.get("/metrics", REMOTE_ADDR="192.0.2.1").status_code == 403
 
 
+def test_metrics_allowlist_reads_entries_as_a_partner_allowlist_does(client, settings):
+    # As django-environ splits "10.0.0.0/8, 127.0.0.1": the second entry keeps its space.
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8", " 192.0.2.7", "not-an-address"]
+    assert client.get("/metrics", REMOTE_ADDR="192.0.2.7").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:10.1.2.3").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="192.0.2.8").status_code == 403
+
+
 def sample(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):

@@ -1,10 +1,13 @@
 """Metrics summed over gunicorn workers, and JSON logs, from a real server."""
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.e2e.server import fetch, manage, running_server, service_env
 
@@ -81,6 +84,30 @@ def test_owned_metrics_directory_is_removed_on_exit(tmp_path):
             line for line in (tmp_path / "server.log").read_text().splitlines() if "postback-metrics-" in line
         ]
     assert directories == []
+
+
+def test_every_worker_counts_in_the_connection_limit_before_it_serves_anything(tmp_path):
+    env = service_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
+        PARTNER_DATABASE_URL=f"sqlite:///{tmp_path}/{{name}}.sqlite3",
+        METRICS_TOKEN="scrape-me",
+        DB_MAX_CONNECTIONS="6",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+    )
+    (tmp_path / "prom").mkdir()
+    assert manage(env, "init_partners").returncode == 0
+    with running_server(env, tmp_path / "server.log", workers=2, threads=4):
+        # Read from the workers' files, without a request that a worker would count itself in.
+        deadline = time.monotonic() + 10
+        while (limit := connections_limit(tmp_path / "prom")) != 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert limit == 12  # 2 workers x DB_MAX_CONNECTIONS, though at most one has served a request
+
+
+def connections_limit(directory) -> float:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return registry.get_sample_value("postback_database_connections_limit") or 0.0
 
 
 def test_a_per_database_limit_serves_postbacks_and_the_connection_metrics_show_the_bound(postgres_env, tmp_path):

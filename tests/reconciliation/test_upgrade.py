@@ -75,3 +75,21 @@ def _insert(db: sqlite3.Connection, table: str, **values) -> None:
     columns = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(values.values()))  # noqa: S608
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("/admin/conversions/reportsource/", "/admin/reconciliation/reportsource/"),
+        ("/admin/conversions/reportsource/7/reconcile/", "/admin/reconciliation/reportsource/7/reconcile/"),
+        (
+            "/admin/conversions/reconciliationrow/?partner=involve_asia&run=3",
+            "/admin/reconciliation/reconciliationrow/?partner=involve_asia&run=3",
+        ),
+        ("/admin/conversions/reconciliationrun/3/csv/", "/admin/reconciliation/reconciliationrun/3/csv/"),
+    ],
+)
+def test_the_old_admin_addresses_lead_to_the_apps_own(client, old, new):
+    response = client.get(old)
+    assert (response.status_code, response["Location"]) == (301, new)
+    assert client.get("/admin/conversions/partnerconversion/").status_code != 301  # conversions' own stay
