@@ -23,7 +23,6 @@ from decimal import Decimal
 from itertools import islice
 from typing import IO, Any
 
-import psycopg
 from django.db import DatabaseError, DataError, connections, transaction
 from django.db.models import Count, Exists, JSONField, OuterRef, Q
 from django.utils import timezone
@@ -34,7 +33,7 @@ from conversions.ingest.statements import original_get
 from conversions.ingest.store import conversion_settle, postback_store
 from conversions.models import ORIGINAL, PartnerConversion
 from conversions.outcomes import Outcome
-from infra.databases import error_first_line, partner_database
+from infra.databases import binding_cursor, error_first_line, partner_database
 from partners.mapping import MappedPostback, postback_map
 from partners.models import Partner
 from reconciliation.models import (
@@ -331,7 +330,7 @@ def rows_insert(*, alias: str, rows: list[dict[str, Any]]) -> None:
     ]
     with transaction.atomic(using=alias):
         connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        with connection.wrap_database_errors, binding_cursor(connection.connection) as cursor:
             cursor.executemany(sql, values)
 
 

@@ -77,8 +77,16 @@ class DatabasePool:
         self.postgres_names: set[str] = set()
 
     def url(self, backend: str, name: str) -> str:
+        """A partner's storage: a SQLite file, or a schema of this run's shared PostgreSQL database."""
         if backend == "sqlite":
             return f"sqlite:///{self.tmp_dir / name}.sqlite3"
+        return f"{self.shared_url()}?schema={name}"
+
+    def shared_url(self) -> str:
+        return f"postgres://root@127.0.0.1:{self.port}/test_pb_{self.token}_shared"
+
+    def database_url(self, name: str) -> str:
+        """A PostgreSQL database of the partner's own."""
         database = f"test_pb_{self.token}_{name}"
         self.postgres_names.add(database)
         return f"postgres://root@127.0.0.1:{self.port}/{database}"
@@ -95,6 +103,10 @@ class DatabasePool:
             rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"test_pb_{self.token}_%"])
             for (name,) in rows.fetchall():
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            # The partners' roles (schema@database) went with nothing left to own.
+            roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@test_pb_{self.token}_%"])
+            for (role,) in roles.fetchall():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(scope="session")

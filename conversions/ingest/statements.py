@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from conversions.ingest.hooks import Companion
 from conversions.models import ORIGINAL_SQL, ConversionChange, PartnerConversion
+from infra.databases import binding_cursor
 
 ORIGINAL_CONDITION = f"partner_id = %s AND conversion_id = %s AND {ORIGINAL_SQL}"
 # What the repeat path reads of an original: what it compares and answers with; the
@@ -134,7 +135,7 @@ def _prepared_cursor(connection: BaseDatabaseWrapper) -> psycopg.Cursor:
     raw = connection.connection
     cursor = _cursors.get(raw)
     if cursor is None or cursor.closed:
-        cursor = psycopg.Cursor(raw)
+        cursor = binding_cursor(raw)
         with _cursors_lock:
             _cursors[raw] = cursor
     return cursor

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
 
+from infra.databases.backends.postgresql.base import binding_cursor
 from infra.databases.breaker import (
     ConfigurationUnavailable,
     PartnerDatabaseUnavailable,
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigurationUnavailable",
     "PartnerDatabaseUnavailable",
     "ProvisionResult",
+    "binding_cursor",
     "connection_broker",
     "database_create_if_missing",
     "database_ping",

@@ -115,9 +115,13 @@ _guards_lock = threading.Lock()
 
 
 def database_guard(alias: str) -> DatabaseGuard:
-    """The guard of the database `alias` points at now (a re-pointed alias gets a fresh one)."""
+    """The guard of the storage `alias` points at now (a re-pointed alias gets a fresh one).
+
+    One per database, or per schema of a shared database: a partner whose tables are
+    locked or slow opens its own breaker, not its neighbours'.
+    """
     config = connections.settings[alias]
-    key = (config["ENGINE"], config.get("HOST"), config.get("PORT"), config["NAME"])
+    key = (config["ENGINE"], config.get("HOST"), config.get("PORT"), config["NAME"], config.get("SCHEMA", ""))
     guard = _guards.get(key)
     if guard is None:
         with _guards_lock:

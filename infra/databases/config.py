@@ -6,8 +6,10 @@ runtime. Django fills defaults (TIME_ZONE, TEST, ...) only at start-up, so a run
 alias must arrive complete or it fails later with KeyError.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import environ
 
@@ -21,6 +23,49 @@ BROKERED_ENGINES = {
 }
 SQLITE_ENGINES = frozenset({SQLITE_ENGINE, BROKERED_ENGINES[SQLITE_ENGINE]})
 POSTGRES_ENGINES = frozenset({POSTGRES_ENGINE, BROKERED_ENGINES[POSTGRES_ENGINE]})
+
+
+# Longest PostgreSQL identifier (database, schema or role name), in bytes.
+POSTGRES_NAME_LIMIT = 63
+# The URL query option that names a schema inside a PostgreSQL database: it never reaches
+# the driver.
+SCHEMA_OPTION = "schema"
+
+
+def url_schema_split(url: str) -> tuple[str, str]:
+    """(the URL without its `schema` option, that schema or "")."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, ""
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((value for name, value in query if name == SCHEMA_OPTION), "")
+    rest = [(name, value) for name, value in query if name != SCHEMA_OPTION]
+    if len(rest) == len(query):
+        return url, ""
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def url_with_schema(url: str, schema: str) -> str:
+    """`url` naming `schema` (replacing any schema it named)."""
+    base, _ = url_schema_split(url)
+    if not schema:
+        return base
+    parts = urlsplit(base)
+    query = parse_qsl(parts.query, keep_blank_values=True) + [(SCHEMA_OPTION, schema)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def schema_role(schema: str, database: str) -> str:
+    """The PostgreSQL role a partner's statements run as: it may use only its own schema.
+
+    Roles belong to the whole server, schemas to one database, so the role names both
+    (`acme_db@partners`), shortened with a hash of the database name past 63 bytes.
+    """
+    role = f"{schema}@{database}"
+    if len(role.encode()) <= POSTGRES_NAME_LIMIT:
+        return role
+    digest = hashlib.sha256(database.encode()).hexdigest()[:10]
+    return f"{schema[: POSTGRES_NAME_LIMIT - 11]}@{digest}"
 
 
 def database_settings(
@@ -46,6 +91,7 @@ def database_settings(
     its connection back at the end of every request (CONN_MAX_AGE 0) and the broker
     decides what stays open (DB_MAX_CONNECTIONS, DB_IDLE_SECONDS, DB_CONN_MAX_AGE).
     """
+    url, schema = url_schema_split(url)
     config = environ.Env.db_url_config(url)
     engine = config["ENGINE"]
     options: dict[str, Any] = dict(config.get("OPTIONS") or {})
@@ -90,6 +136,12 @@ def database_settings(
         "CONN_HEALTH_CHECKS": True,
         "DISABLE_SERVER_SIDE_CURSORS": transaction_pooler,
         "TIME_ZONE": None,
+        # A partner's schema in a shared PostgreSQL database and the role its statements
+        # run as (backends/postgresql); "" for a database of its own. Not connection
+        # parameters: partners of one database share its connections.
+        "SCHEMA": schema if engine == POSTGRES_ENGINE else "",
+        "ROLE": schema_role(schema, name) if schema and engine == POSTGRES_ENGINE else "",
+        "TRANSACTION_POOLER": transaction_pooler,
         "TEST": {
             "CHARSET": None,
             "COLLATION": None,

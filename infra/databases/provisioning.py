@@ -1,4 +1,4 @@
-"""Provisioning: a partner's database created if missing, with the current schema.
+"""Provisioning: a partner's database (or schema) created if missing, with the current schema.
 
 A new partner database is copied from a template that already holds the current
 schema: on PostgreSQL `CREATE DATABASE ... TEMPLATE`, on SQLite a file copied into
@@ -9,6 +9,12 @@ of milliseconds where running the migrations takes about a second, so hundreds o
 partners provision in seconds. Each database's applied migrations are then checked
 against the migration graph (read from disk once per process) and any missing one is
 applied, so an existing database is brought up to date the same way.
+
+A partner that is a schema of a shared PostgreSQL database gets a role of its own
+(NOLOGIN, granted to the login role so that it may SET ROLE to it) and its schema,
+owned by that role; the schema's tables are created from a prepared definition: the
+statements a real `migrate` ran on a scratch schema, recorded once per process and
+schema version, replayed in one round trip inside one transaction as the partner's role.
 """
 
 import hashlib
@@ -30,7 +36,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
 from infra.databases.breaker import PartnerDatabaseUnavailable
-from infra.databases.config import POSTGRES_ENGINES, SQLITE_ENGINES
+from infra.databases.config import POSTGRES_ENGINES, POSTGRES_NAME_LIMIT, SQLITE_ENGINES
 from infra.databases.registry import (
     alias_ensure,
     alias_register_copy,
@@ -39,11 +45,10 @@ from infra.databases.registry import (
     partner_database_url,
 )
 from infra.databases.router import partner_app_labels
+from infra.errors import error_first_line
 from infra.masking import url_mask_password
 
 logger = logging.getLogger("partners.databases")
-
-POSTGRES_NAME_LIMIT = 63
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,24 @@ def _postgres_check(alias: str, config: dict[str, Any]) -> None:
 
     try:
         with _postgres_server(config) as conn:
+            if config.get("SCHEMA"):
+                roles = (
+                    conn.execute(
+                        "SELECT rolcreaterole OR rolsuper OR pg_has_role(current_user, %s, 'MEMBER') "
+                        "FROM pg_roles WHERE rolname = current_user",
+                        [config["ROLE"]],
+                    ).fetchone()
+                    if _role_exists(conn, config["ROLE"])
+                    else conn.execute(
+                        "SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user"
+                    ).fetchone()
+                )
+                if not (roles and roles[0]):
+                    raise PartnerDatabaseUnavailable(
+                        alias,
+                        f"user '{config['USER']}' may not create the partner's role '{config['ROLE']}' "
+                        "(it needs CREATEROLE)",
+                    )
             if _postgres_exists(conn, config["NAME"]):
                 return
             may_create = conn.execute(
@@ -201,6 +224,9 @@ def _create_if_missing(alias: str, *, from_template: bool) -> tuple[bool, str]:
     if engine in SQLITE_ENGINES:
         return _sqlite_create_if_missing(alias, config, from_template=from_template)
     if engine in POSTGRES_ENGINES:
+        if config.get("SCHEMA"):
+            _postgres_create_if_missing(alias, config, from_template=False)  # the shared database
+            return _schema_create_if_missing(alias, config, prepared=from_template)
         return _postgres_create_if_missing(alias, config, from_template=from_template)
     return False, ""
 
@@ -256,6 +282,121 @@ def _sqlite_template(directory: Path, config: dict[str, Any]) -> Path:
         for leftover in (scratch, Path(f"{scratch}-wal"), Path(f"{scratch}-shm")):
             leftover.unlink(missing_ok=True)
     return template
+
+
+# --- PostgreSQL: a schema of a shared database ------------------------------------------
+
+
+def _schema_create_if_missing(alias: str, config: dict[str, Any], *, prepared: bool) -> tuple[bool, str]:
+    """Create the partner's role and schema in the shared database; True if the schema is new."""
+    import psycopg
+    from psycopg import errors, sql
+
+    schema, role = config["SCHEMA"], config["ROLE"]
+    definition = _schema_definition(alias, config) if prepared else ""
+    try:
+        with _postgres_server(config, dbname=config["NAME"]) as conn:
+            if _schema_exists(conn, schema):
+                return False, ""
+            role_ensure(conn, role)
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                            sql.Identifier(schema), sql.Identifier(role)
+                        )
+                    )
+                    if definition:
+                        conn.execute(
+                            sql.SQL("SET LOCAL search_path TO {}; SET LOCAL ROLE {}; ").format(
+                                sql.Identifier(schema), sql.Identifier(role)
+                            )
+                            + sql.SQL(definition),
+                            prepare=False,
+                        )
+            except (errors.DuplicateSchema, errors.UniqueViolation):
+                return False, ""  # another provisioner created it first
+    except psycopg.OperationalError as exc:
+        raise PartnerDatabaseUnavailable(
+            alias, f"cannot reach PostgreSQL at {config['HOST'] or 'localhost'}:{config['PORT'] or 5432}: {exc}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise PartnerDatabaseUnavailable(alias, f"cannot create schema '{schema}': {error_first_line(exc)}") from exc
+    logger.info("created schema %s in database %s for alias %s", schema, config["NAME"], alias)
+    return True, "prepared definition" if definition else ""
+
+
+def role_ensure(conn, role: str) -> None:
+    """Create the partner's role if missing, and let the login role SET ROLE to it."""
+    from psycopg import errors, sql
+
+    if not _role_exists(conn, role):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        except (errors.DuplicateObject, errors.UniqueViolation):
+            pass  # created by a concurrent provisioner
+    member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role]).fetchone()[0]
+    if not member:
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+
+def _role_exists(conn, role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() is not None
+
+
+def _schema_exists(conn, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone() is not None
+
+
+# (database key, schema version) -> the statements that create a partner schema's tables.
+_definitions: dict[tuple[Any, ...], str] = {}
+
+
+def _schema_definition(alias: str, config: dict[str, Any]) -> str:
+    """The SQL that creates the current schema in an empty schema, as one script.
+
+    Recorded from a real `migrate` of the partner apps on a scratch schema of the same
+    database (so RunPython steps that run SQL are in it too), once per process and schema
+    version: every statement but reads, savepoints and session settings, with its
+    parameters bound.
+    """
+    key = (config["HOST"], config["PORT"], config["NAME"], schema_version())
+    if key in _definitions:
+        return _definitions[key]
+    import psycopg
+    from psycopg import sql
+
+    scratch = f"pb_scratch_{secrets.token_hex(6)}"
+    recorded: list[str] = []
+    with _postgres_server(config, dbname=config["NAME"]) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
+        try:
+            scratch_alias = alias_register_copy(config, name=config["NAME"], schema=scratch)
+            try:
+                connection = connections[scratch_alias]
+                binder = psycopg.ClientCursor(conn)
+
+                def record(execute, statement, params, many, context):
+                    result = execute(statement, params, many, context)
+                    verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+                    if verb not in _NOT_RECORDED and not many:
+                        recorded.append(binder.mogrify(statement, params) if params else statement)
+                    return result
+
+                with connection.execute_wrapper(record):
+                    _migrate(scratch_alias)
+                connection.close()
+            finally:
+                alias_unregister(scratch_alias)
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(scratch)))
+    definition = ";\n".join(statement.rstrip().rstrip(";") for statement in recorded)
+    _definitions[key] = definition
+    return definition
+
+
+_NOT_RECORDED = frozenset({"SELECT", "SAVEPOINT", "RELEASE", "ROLLBACK", "SET", "SHOW", "BEGIN", "COMMIT", "WITH"})
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -349,12 +490,13 @@ def _postgres_drop_quietly(conn, name: str) -> None:
         logger.warning("could not drop scratch database %s", name, exc_info=True)
 
 
-def _postgres_server(config: dict[str, Any]):
-    """An autocommit connection to the server's `postgres` database (for CREATE DATABASE)."""
+def _postgres_server(config: dict[str, Any], dbname: str = "postgres"):
+    """An autocommit connection, as the login role, to the server's `postgres` database
+    (for CREATE DATABASE) or to `dbname`."""
     import psycopg
 
     params = {
-        "dbname": "postgres",
+        "dbname": dbname,
         "user": config["USER"] or None,
         "password": config["PASSWORD"] or None,
         "host": config["HOST"] or None,

@@ -1,6 +1,10 @@
 """Partner database aliases, registered at runtime from Partner rows.
 
-Every partner's database is a Django alias named after `Partner.database_name`.
+A partner's storage is a database and, on PostgreSQL, a schema in it: with a
+PARTNER_DATABASE_URL that has no `{name}` every partner is a schema (named
+`Partner.database_name`) of that one database; with `{name}` each has a database of its
+own; a partner's own `database_url` places it anywhere (`?schema=NAME` picks a schema).
+Every partner is a Django alias named after `Partner.database_name`.
 `alias_ensure(partner)` (what `Partner.database_alias` calls) registers it the first
 time it is needed and re-points it when the partner's URL changed, so callers never
 register anything themselves. A re-pointed alias takes effect in every thread: each
@@ -19,7 +23,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from infra.databases.broker import connection_broker
-from infra.databases.config import database_settings
+from infra.databases.config import database_settings, url_schema_split, url_with_schema
 from infra.masking import url_mask_password
 
 logger = logging.getLogger("partners.databases")
@@ -31,10 +35,31 @@ _registered: dict[str, tuple[str, datetime | None]] = {}
 
 
 def partner_database_url(partner: Any) -> str:
-    """The partner's own URL, else the PARTNER_DATABASE_URL template with {name} filled."""
+    """Where the partner's conversions live: its own URL, else the PARTNER_DATABASE_URL
+    template with {name} filled, or (no {name}, PostgreSQL) the shared database with the
+    partner's schema named (`?schema=`)."""
     if partner.database_url:
         return partner.database_url
-    return settings.PARTNER_DATABASE_URL.replace("{name}", partner.database_name)
+    return shared_template_url(settings.PARTNER_DATABASE_URL, partner.database_name)
+
+
+def shared_template_url(template: str, name: str) -> str:
+    """The template's location for the partner database `name`."""
+    if "{name}" in template:
+        return template.replace("{name}", name)
+    if template.startswith(("postgres://", "postgresql://", "pgsql://")):
+        return url_with_schema(template, name)
+    return template
+
+
+def template_is_shared() -> bool:
+    """Whether PARTNER_DATABASE_URL puts partners in one database (a schema each)."""
+    return "{name}" not in settings.PARTNER_DATABASE_URL
+
+
+def partner_schema(partner: Any) -> str:
+    """The partner's schema in a shared database, or "" (a database of its own)."""
+    return url_schema_split(partner_database_url(partner))[1]
 
 
 def alias_settings(url: str) -> dict[str, Any]:
@@ -92,11 +117,14 @@ def _thread_connection_refresh(alias: str) -> None:
         del connections[alias]
 
 
-def alias_register_copy(config: dict[str, Any], *, name: str) -> str:
-    """Register a scratch alias with `config`'s settings for the database `name`; return it."""
+def alias_register_copy(config: dict[str, Any], *, name: str, schema: str = "") -> str:
+    """Register a scratch alias with `config`'s settings for the database `name` (and, on
+    PostgreSQL, its `schema`, worked on as the login role); return it."""
     alias = f"__scratch_{secrets.token_hex(4)}"
     scratch = copy.deepcopy(config)
     scratch["NAME"] = name
+    scratch["SCHEMA"] = schema
+    scratch["ROLE"] = ""
     with _lock:
         databases = dict(connections.settings)
         databases[alias] = scratch

@@ -6,6 +6,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connections
+from psycopg import sql
 
 from infra.databases.config import database_settings
 from partners.apps import _lift_timeouts, _restore_timeouts
@@ -29,9 +30,10 @@ def test_postgres_connections_carry_bounded_timeouts_by_default(involve):
 
 def test_a_locked_partner_table_is_a_503_and_other_partners_are_served(client, involve, rector, settings):
     settings.DB_BREAKER_SECONDS = 0.5
-    name = connections[involve.database_alias].settings_dict["NAME"]
-    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": name}) as holder:
-        holder.execute("LOCK TABLE partner_conversions IN ACCESS EXCLUSIVE MODE")
+    storage = connections[involve.database_alias].settings_dict
+    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": storage["NAME"]}) as holder:
+        table = sql.Identifier(storage["SCHEMA"] or "public", "partner_conversions")
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
         started = time.monotonic()
         response = client.get(OK.format("locked-1"))
         waited = time.monotonic() - started

@@ -218,7 +218,7 @@ def test_a_connection_the_server_dropped_is_not_lent_again(involve, client):
 def test_a_moved_partner_database_is_used_by_every_thread_and_the_old_one_released(make_partner, database_pool, client):
     from partners.services import partner_provision
 
-    partner = make_partner("mover")
+    partner = make_partner("mover", database_url=database_pool.database_url("mover_db"))
     old_name = connections.settings[partner.database_alias]["NAME"]
     other = ThreadPoolExecutor(1)  # a request thread that keeps its connection objects
     url = "/partner/mover/event?conversion_id={}"
@@ -230,7 +230,7 @@ def test_a_moved_partner_database_is_used_by_every_thread_and_the_old_one_releas
 
     try:
         assert other.submit(post_from_other_thread, "before").result() == 200
-        partner.database_url = database_pool.url("postgres", "mover_new_db")
+        partner.database_url = database_pool.database_url("mover_new_db")
         partner.save()
         partner_provision(partner=partner)
         partner_directory.clear()
