@@ -1,20 +1,24 @@
-"""Postbacks spread over hundreds of partner databases on one PostgreSQL server.
+"""Postbacks spread over hundreds or thousands of partners on one PostgreSQL server.
 
-    .venv/bin/python bench/many_partners_bench.py                  # 300 partners, 3 rounds of 30 s
-    .venv/bin/python bench/many_partners_bench.py --partners 150 --duration 10 --rounds 1
+    .venv/bin/python bench/many_partners_bench.py                  # 1,000 partners, both layouts, 3 rounds of 30 s
+    .venv/bin/python bench/many_partners_bench.py --partners 200 --duration 10 --rounds 1 --layouts shared
 
-Creates its own databases (dropped afterwards): a configuration database and one
-database per partner, provisioned by `init_partners` (its time is printed). Starts the
-production server (gunicorn with postback_site/gunicorn.conf.py, DB_MAX_CONNECTIONS
-as configured) and drives it with wrk: `spread` sends each new conversion to the next
-partner in turn, `one` sends the same postbacks to a single partner. It prints
-requests/s, p99, the ratio spread/one of the same round, the peak number of server
-connections to the benchmark's databases (sampled from pg_stat_activity every 20 ms)
-against the instance's bound (WEB_CONCURRENCY x DB_MAX_CONNECTIONS), the connections
-opened per postback and the machine's CPU per postback (all processes but wrk: it
-includes the PostgreSQL backends that connecting starts). Then the same through a real
-PgBouncer in transaction mode (Debian's pgbouncer, started here). Finally it checks that
-the partner databases hold exactly as many originals as 200 `success` answers.
+Two storage layouts, side by side: `shared` (PARTNER_DATABASE_URL without {name}: one
+database, a schema and a role per partner) and `per-database` (a database per partner).
+For each it creates its own databases (dropped afterwards, with the partners' roles):
+a configuration database and the partners' storage, provisioned by `init_partners`
+(its time is printed). Starts the production server (gunicorn with
+postback_site/gunicorn.conf.py, DB_MAX_CONNECTIONS as configured) and drives it with
+wrk: `spread` sends each new conversion to the next partner in turn, `one` sends the
+same postbacks to a single partner. It prints requests/s, p99, the ratio spread/one of
+the same round, the peak number of server connections to the benchmark's databases
+(sampled from pg_stat_activity every 20 ms) against the instance's bound
+(WEB_CONCURRENCY x DB_MAX_CONNECTIONS), the connections opened per postback and the
+machine's CPU per postback (all processes but wrk: it includes the PostgreSQL backends
+that connecting starts). Then the same through a real PgBouncer in transaction mode
+(Debian's pgbouncer, started here). Finally it checks that the partners' storage holds
+exactly as many originals as 200 `success` answers, and exits non-zero otherwise or on
+any non-2xx answer.
 """
 
 import argparse
@@ -33,6 +37,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,7 +80,7 @@ function request()
   if counter > 1 and now_ms() > fresh_until then n = 1 end
   local partner = 0
   if mode == "spread" then partner = (n * %(wrk_threads)d + tid) %% partners end
-  local path = string.format("/partner/p%%03d/event?conversion_id=%%s%%d-%%d", partner, prefix, tid, n)
+  local path = string.format("/partner/p%%04d/event?conversion_id=%%s%%d-%%d", partner, prefix, tid, n)
   return wrk.format("GET", path .. tail)
 end
 
@@ -234,49 +239,45 @@ def bench_layout(name: str, env: dict, args, wrk: str, workdir: Path, prefix: st
     return {"failures": failures, "peak": peak}, successes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--partners", type=int, default=300)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--duration", type=int, default=30, help="seconds per load")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--workers", default="2", help="WEB_CONCURRENCY")
-    parser.add_argument("--threads", default="4", help="GUNICORN_THREADS")
-    parser.add_argument("--max-connections", default="10", help="DB_MAX_CONNECTIONS (per worker)")
-    parser.add_argument("--no-pgbouncer", action="store_true", help="skip the run through PgBouncer")
-    args = parser.parse_args()
-    wrk = ensure_wrk()
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "unknown CPU")
+
+
+def stored_originals(prefix: str) -> int:
+    """Originals in every partner table of the benchmark's databases (schemas included)."""
+    stored = 0
+    with psycopg.connect(**SERVER) as conn:
+        names = [
+            name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"])
+        ]
+    for name in names:
+        with psycopg.connect(**{**SERVER, "dbname": name}) as conn:
+            tables = conn.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'partner_conversions'").fetchall()
+            for (schema,) in tables:
+                table = sql.Identifier(schema, "partner_conversions")
+                stored += conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE NOT is_duplicate AND processing_error IS NULL").format(table)
+                ).fetchone()[0]
+    return stored
+
+
+def bench_storage(layout: str, args, wrk: str, workdir: Path, base_env: dict) -> tuple[int, int, int]:
+    """Provision `args.partners` partners in `layout`, run the loads direct and through
+    PgBouncer; (successes, stored originals, failures)."""
     token = uuid.uuid4().hex[:8]
     prefix = f"bench_mp_{token}_"
-    workdir = Path(tempfile.mkdtemp(prefix="many-partners-bench-"))
-    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
-    env.update(
-        DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
-        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
-        PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
-        SECRET_KEY="bench-" + "k" * 50,
-        METRICS_TOKEN="bench",  # noqa: S106 (the benchmark's own server)
-        HOST="127.0.0.1",
-        PYTHONUNBUFFERED="1",
-        WEB_CONCURRENCY=args.workers,
-        GUNICORN_THREADS=args.threads,
-        DB_MAX_CONNECTIONS=args.max_connections,
-    )
+    template = f"{prefix}partners" if layout == "shared" else f"{prefix}{{name}}"
+    env = {
+        **base_env,
+        "DATABASE_URL": f"postgres://root@127.0.0.1:5432/{prefix}default",
+        "PARTNER_DATABASE_URL": f"postgres://root@127.0.0.1:5432/{template}",
+        "PARTNER_DATABASE_TEMPLATE": f"{prefix}template",
+    }
     bound = int(args.workers) * int(args.max_connections)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        "unknown CPU",
-    )
-    with psycopg.connect(**SERVER) as conn:
-        server_limit = conn.execute("SHOW max_connections").fetchone()[0]
     bouncer = None
     try:
-        codes = [f"p{i:03d}" for i in range(args.partners)]
+        codes = [f"p{i:04d}" for i in range(args.partners)]
         script = (
             "from partners.models import Partner\n"
             f"Partner.objects.bulk_create([Partner(partner_code=c, partner_name=c, endpoint_path=f'/{{c}}/event',"
@@ -294,14 +295,8 @@ def main() -> None:
         if init.returncode:
             sys.exit(init.stderr)
         provisioned = next(line for line in init.stdout.splitlines() if line.startswith("provisioned "))
-        print(
-            f"many-partners bench: {cpu}, {os.cpu_count()} CPUs, PostgreSQL max_connections {server_limit}; "
-            f"{args.partners} partners; gunicorn {args.workers} workers x {args.threads} threads, "
-            f"DB_MAX_CONNECTIONS {args.max_connections} (bound {bound}); wrk -t{args.wrk_threads} "
-            f"-c{args.connections} -d{args.duration}s, {args.rounds} round(s)\n"
-            f"  init_partners: {provisioned} (command {time.monotonic() - started:.1f} s)\n"
-        )
-        outcome, successes = bench_layout("direct", env, args, wrk, workdir, prefix)
+        print(f"[{layout}] init_partners: {provisioned} (command {time.monotonic() - started:.1f} s)", flush=True)
+        outcome, successes = bench_layout(f"{layout}", env, args, wrk, workdir, prefix)
         failures = outcome["failures"]
         if not args.no_pgbouncer:
             try:
@@ -310,35 +305,78 @@ def main() -> None:
                 sys.exit(str(exc))
             pooled = {
                 **env,
-                "PARTNER_DATABASE_URL": f"postgres://root@127.0.0.1:{bouncer.port}/{prefix}{{name}}",
+                "PARTNER_DATABASE_URL": f"postgres://root@127.0.0.1:{bouncer.port}/{template}",
                 "DB_TRANSACTION_POOLER": "true",
-                # a client connection to PgBouncer is cheap: keep one per partner database
-                "DB_MAX_CONNECTIONS": str(max(int(args.max_connections), args.partners + 10)),
             }
-            outcome, more = bench_layout("pgbouncer", pooled, args, wrk, workdir, prefix)
+            if layout != "shared":
+                # a client connection to PgBouncer is cheap: keep one per partner database
+                pooled["DB_MAX_CONNECTIONS"] = str(max(int(args.max_connections), args.partners + 10))
+            outcome, more = bench_layout(f"{layout}+pgb", pooled, args, wrk, workdir, prefix)
             successes += more
             failures += outcome["failures"]
-        stored = 0
-        with psycopg.connect(**SERVER) as conn:
-            names = [
-                name
-                for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "p%"])
-            ]
-        for name in names:
-            with psycopg.connect(**{**SERVER, "dbname": name}) as conn:
-                stored += conn.execute(
-                    "SELECT count(*) FROM partner_conversions WHERE NOT is_duplicate AND processing_error IS NULL"
-                ).fetchone()[0]
-        verdict = "OK" if stored == successes else "MISMATCH"
-        print(f"stored originals {stored} == 200 success answers {successes}: {verdict}")
-        print(f"non-2xx or socket errors: {failures}")
-        if stored != successes or failures:
-            sys.exit(1)
+        return successes, stored_originals(prefix), failures
     finally:
         if bouncer is not None:
             bouncer.stop()
         drop_databases(prefix)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--partners", type=int, default=1000)
+    parser.add_argument("--layouts", default="shared,per-database", help="shared, per-database or both")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--duration", type=int, default=30, help="seconds per load")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--workers", default="2", help="WEB_CONCURRENCY")
+    parser.add_argument("--threads", default="4", help="GUNICORN_THREADS")
+    parser.add_argument("--max-connections", default="10", help="DB_MAX_CONNECTIONS (per worker)")
+    parser.add_argument("--no-pgbouncer", action="store_true", help="skip the run through PgBouncer")
+    args = parser.parse_args()
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    unknown = set(layouts) - {"shared", "per-database"}
+    if unknown:
+        sys.exit(f"unknown layout(s): {', '.join(sorted(unknown))}")
+    wrk = ensure_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix="many-partners-bench-"))
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env.update(
+        SECRET_KEY="bench-" + "k" * 50,
+        METRICS_TOKEN="bench",  # noqa: S106 (the benchmark's own server)
+        HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+        WEB_CONCURRENCY=args.workers,
+        GUNICORN_THREADS=args.threads,
+        DB_MAX_CONNECTIONS=args.max_connections,
+    )
+    bound = int(args.workers) * int(args.max_connections)
+    with psycopg.connect(**SERVER) as conn:
+        server_limit = conn.execute("SHOW max_connections").fetchone()[0]
+    print(
+        f"many-partners bench: {cpu_model()}, {os.cpu_count()} CPUs, PostgreSQL max_connections {server_limit}; "
+        f"{args.partners} partners; layouts {', '.join(layouts)}; gunicorn {args.workers} workers x {args.threads} "
+        f"threads, DB_MAX_CONNECTIONS {args.max_connections} (bound {bound}); wrk -t{args.wrk_threads} "
+        f"-c{args.connections} -d{args.duration}s, {args.rounds} round(s)\n",
+        flush=True,
+    )
+    mismatch = False
+    failures = 0
+    try:
+        for layout in layouts:
+            successes, stored, failed = bench_storage(layout, args, wrk, workdir, env)
+            verdict = "OK" if stored == successes else "MISMATCH"
+            print(
+                f"[{layout}] stored originals {stored} == 200 success answers {successes}: {verdict}; "
+                f"non-2xx or socket errors: {failed}\n",
+                flush=True,
+            )
+            mismatch |= stored != successes
+            failures += failed
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if mismatch or failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,10 @@ def drop_databases(prefix: str) -> None:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
         for (name,) in rows:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        # Partners in a shared database had a role each (schema@database).
+        roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@{prefix}%"]).fetchall()
+        for (role,) in roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def count_originals(database: str) -> int:

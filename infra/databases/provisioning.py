@@ -12,9 +12,9 @@ applied, so an existing database is brought up to date the same way.
 
 A partner that is a schema of a shared PostgreSQL database gets a role of its own
 (NOLOGIN, granted to the login role so that it may SET ROLE to it) and its schema,
-owned by that role; the schema's tables are created from a prepared definition: the
-statements a real `migrate` ran on a scratch schema, recorded once per process and
-schema version, replayed in one round trip inside one transaction as the partner's role.
+owned by that role; the schema's tables are created from a prepared definition
+(schemas.py): what the migrations made in the database's template schema, read back
+from the catalog, run in one round trip inside one transaction as the partner's role.
 """
 
 import hashlib
@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,8 +46,10 @@ from infra.databases.registry import (
     partner_database_url,
 )
 from infra.databases.router import partner_app_labels
+from infra.databases.schemas import definitions_forget, schema_definition
 from infra.errors import error_first_line
 from infra.masking import url_mask_password
+from infra.state import process_state_register
 
 logger = logging.getLogger("partners.databases")
 
@@ -72,6 +75,8 @@ class ProvisionResult:
     def describe(self) -> str:
         if not self.created:
             parts = ["exists"]
+        elif self.template == SCHEMA_DEFINITION:
+            parts = [f"created from {SCHEMA_DEFINITION}"]
         elif self.template:
             parts = [f"created from template {self.template}"]
         else:
@@ -94,7 +99,8 @@ def partner_database_provision(*, partner: Any) -> ProvisionResult:
     try:
         created, template = _create_if_missing(alias, from_template=True)
         try:
-            pending = migrations_pending(alias)
+            # A schema made from the prepared definition is current by construction.
+            pending = [] if created and template == SCHEMA_DEFINITION else migrations_pending(alias)
             if pending:
                 _migrate(alias)
         except DatabaseError as exc:
@@ -225,9 +231,10 @@ def _create_if_missing(alias: str, *, from_template: bool) -> tuple[bool, str]:
         return _sqlite_create_if_missing(alias, config, from_template=from_template)
     if engine in POSTGRES_ENGINES:
         if config.get("SCHEMA"):
-            _postgres_create_if_missing(alias, config, from_template=False)  # the shared database
+            _shared_database_ensure(alias, config)
             return _schema_create_if_missing(alias, config, prepared=from_template)
-        return _postgres_create_if_missing(alias, config, from_template=from_template)
+        with _create_database_lock:
+            return _postgres_create_if_missing(alias, config, from_template=from_template)
     return False, ""
 
 
@@ -287,17 +294,42 @@ def _sqlite_template(directory: Path, config: dict[str, Any]) -> Path:
 # --- PostgreSQL: a schema of a shared database ------------------------------------------
 
 
+SCHEMA_DEFINITION = "the prepared schema definition"
+# Shared databases this process has seen exist: (host, port, name).
+_shared_databases: set[tuple[str, str, str]] = set()
+# One CREATE DATABASE at a time from this process: provisioning runs in parallel
+# (init_partners), and PostgreSQL refuses to copy a template another copy is reading.
+_create_database_lock = threading.Lock()
+
+
+def _provisioning_caches_reset() -> None:
+    _shared_databases.clear()
+    definitions_forget()
+
+
+process_state_register("infra.provisioning_caches", _provisioning_caches_reset)
+
+
+def _shared_database_ensure(alias: str, config: dict[str, Any]) -> None:
+    key = (config["HOST"], config["PORT"], config["NAME"])
+    if key in _shared_databases:
+        return
+    with _create_database_lock:
+        _postgres_create_if_missing(alias, config, from_template=False)
+    _shared_databases.add(key)
+
+
 def _schema_create_if_missing(alias: str, config: dict[str, Any], *, prepared: bool) -> tuple[bool, str]:
     """Create the partner's role and schema in the shared database; True if the schema is new."""
     import psycopg
     from psycopg import errors, sql
 
     schema, role = config["SCHEMA"], config["ROLE"]
-    definition = _schema_definition(alias, config) if prepared else ""
     try:
         with _postgres_server(config, dbname=config["NAME"]) as conn:
             if _schema_exists(conn, schema):
                 return False, ""
+            definition = schema_definition(conn, config, version=schema_version(), migrate=_migrate) if prepared else ""
             role_ensure(conn, role)
             try:
                 with conn.transaction():
@@ -323,7 +355,7 @@ def _schema_create_if_missing(alias: str, config: dict[str, Any], *, prepared: b
     except psycopg.Error as exc:
         raise PartnerDatabaseUnavailable(alias, f"cannot create schema '{schema}': {error_first_line(exc)}") from exc
     logger.info("created schema %s in database %s for alias %s", schema, config["NAME"], alias)
-    return True, "prepared definition" if definition else ""
+    return True, SCHEMA_DEFINITION if definition else ""
 
 
 def role_ensure(conn, role: str) -> None:
@@ -347,56 +379,6 @@ def _role_exists(conn, role: str) -> bool:
 
 def _schema_exists(conn, schema: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone() is not None
-
-
-# (database key, schema version) -> the statements that create a partner schema's tables.
-_definitions: dict[tuple[Any, ...], str] = {}
-
-
-def _schema_definition(alias: str, config: dict[str, Any]) -> str:
-    """The SQL that creates the current schema in an empty schema, as one script.
-
-    Recorded from a real `migrate` of the partner apps on a scratch schema of the same
-    database (so RunPython steps that run SQL are in it too), once per process and schema
-    version: every statement but reads, savepoints and session settings, with its
-    parameters bound.
-    """
-    key = (config["HOST"], config["PORT"], config["NAME"], schema_version())
-    if key in _definitions:
-        return _definitions[key]
-    import psycopg
-    from psycopg import sql
-
-    scratch = f"pb_scratch_{secrets.token_hex(6)}"
-    recorded: list[str] = []
-    with _postgres_server(config, dbname=config["NAME"]) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(scratch)))
-        try:
-            scratch_alias = alias_register_copy(config, name=config["NAME"], schema=scratch)
-            try:
-                connection = connections[scratch_alias]
-                binder = psycopg.ClientCursor(conn)
-
-                def record(execute, statement, params, many, context):
-                    result = execute(statement, params, many, context)
-                    verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
-                    if verb not in _NOT_RECORDED and not many:
-                        recorded.append(binder.mogrify(statement, params) if params else statement)
-                    return result
-
-                with connection.execute_wrapper(record):
-                    _migrate(scratch_alias)
-                connection.close()
-            finally:
-                alias_unregister(scratch_alias)
-        finally:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(scratch)))
-    definition = ";\n".join(statement.rstrip().rstrip(";") for statement in recorded)
-    _definitions[key] = definition
-    return definition
-
-
-_NOT_RECORDED = frozenset({"SELECT", "SAVEPOINT", "RELEASE", "ROLLBACK", "SET", "SHOW", "BEGIN", "COMMIT", "WITH"})
 
 
 # --- PostgreSQL ------------------------------------------------------------------------

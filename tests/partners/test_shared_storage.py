@@ -119,3 +119,55 @@ def test_other_clients_of_the_server_see_no_partners_schema_or_role(involve, rec
         for _ in range(10):
             schema, user = conn.execute("SELECT current_schema(), current_user").fetchone()
             assert user == "root" and schema in (None, "public")
+
+
+_CATALOG = """
+SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+       || a.attnotnull || ' ' || a.attidentity::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = %(schema)s::regnamespace AND contype <> 'n'
+UNION ALL
+SELECT 'index', pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE c.relnamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'statistics', pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxnamespace = %(schema)s::regnamespace
+UNION ALL
+SELECT 'migration', app || '.' || name FROM django_migrations
+"""
+
+
+def _catalog(database: str, schema: str) -> list[tuple[str, str]]:
+    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": database}) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        rows = conn.execute(_CATALOG, {"schema": schema}).fetchall()
+    # Index and statistics definitions name their schema.
+    return sorted((kind, text.replace(f"{schema}.", "<schema>.")) for kind, text in rows)
+
+
+@POSTGRES_ONLY
+def test_a_schema_made_from_the_prepared_definition_equals_a_migrated_one(involve, database_pool):
+    """The prepared definition (read back from the template schema's catalog) makes the
+    same tables, columns, constraints, indexes, statistics and migration records as
+    running every migration does."""
+    from django.db import connections as django_connections
+
+    from infra.databases.provisioning import _migrate
+    from infra.databases.registry import alias_register_copy, alias_unregister
+
+    storage = _storage(involve)
+    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": storage["NAME"]}, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS migrated_here CASCADE; CREATE SCHEMA migrated_here")
+    alias = alias_register_copy(
+        django_connections.settings[involve.database_alias], name=storage["NAME"], schema="migrated_here"
+    )
+    try:
+        _migrate(alias)
+    finally:
+        alias_unregister(alias)
+    made, migrated = _catalog(storage["NAME"], storage["SCHEMA"]), _catalog(storage["NAME"], "migrated_here")
+    assert [row for row in made if row[0] == "index"], "no index read"
+    assert made == migrated
