@@ -1,12 +1,21 @@
 """Admin forms for partners: the mapping table editor and the partner form."""
 
+import sqlite3
 from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import DatabaseError, connections
 
-from infra.databases import PartnerDatabaseUnavailable, partner_database_check
+from infra.databases import (
+    PartnerDatabaseUnavailable,
+    partner_database,
+    partner_database_check,
+    partner_database_url,
+)
+from infra.databases.config import POSTGRES_ENGINES
+from infra.databases.registry import alias_settings
 from infra.masking import MASK, url_mask_password
 from partners.lifecycle import STATUSES
 from partners.mapping import CANONICAL_FIELDS
@@ -20,6 +29,53 @@ ORDERED_MAPPINGS = ("parameter_mapping", "status_mapping")  # Partner.row_order 
 Row = tuple[str, str]
 MappingRows = list[Row]
 DATABASE_URL_SCHEMES = frozenset({"postgres", "postgresql", "pgsql", "sqlite"})
+# A partner's stored conversions are counted up to this many before its database may be
+# changed: enough to say how many, without a count of a huge table outlasting the
+# statement timeout (which would also open the database's breaker for its postbacks).
+STORED_COUNT_CAP = 100_000
+MOVE_COMMAND = "python manage.py move_partner {code} --to-url URL"
+
+
+def storage_location(url: str) -> tuple[str, ...]:
+    """Where a database URL keeps a partner's conversions: engine, server, database and
+    schema. Two URLs differing only in user, password or connection options reach the
+    same tables."""
+    try:
+        config = alias_settings(url)
+    except (ImproperlyConfigured, ValueError):
+        return (url,)
+    port = config["PORT"]
+    if config["ENGINE"] in POSTGRES_ENGINES:
+        port = port or "5432"
+    return (config["ENGINE"], config["HOST"].lower(), port, config["NAME"], config["SCHEMA"])
+
+
+def stored_conversions_count(partner: Partner) -> int:
+    """The conversions the partner's current database holds (counted up to STORED_COUNT_CAP
+    + 1); 0 for one that answers but was never provisioned (it has no conversions table).
+
+    Raises PartnerDatabaseUnavailable (or ImproperlyConfigured) when it cannot be read.
+    Partners import no conversions: the table is named, as infra's health check does.
+    """
+    with partner_database(partner) as alias:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM partner_conversions LIMIT %s) AS stored",
+                    [STORED_COUNT_CAP + 1],
+                )
+                return cursor.fetchone()[0]
+        except DatabaseError as exc:
+            if _is_missing_table(exc):
+                return 0
+            raise
+
+
+def _is_missing_table(exc: DatabaseError) -> bool:
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) == "42P01":  # PostgreSQL's undefined_table
+        return True
+    return isinstance(cause, sqlite3.OperationalError) and str(cause).startswith("no such table")
 
 
 class RowsWidget(forms.Widget):
@@ -298,9 +354,53 @@ class PartnerAdminForm(forms.ModelForm):
         self.database_moved = not self.instance.pk or any(
             cleaned.get(name) != getattr(self.instance, name) for name in ("database_name", "database_url")
         )
+        if self.instance.pk and self.database_moved and "database_url" in cleaned and cleaned.get("database_name"):
+            self._check_stored_conversions(cleaned)
         if not self.errors and self.database_moved and cleaned.get("database_name"):
             self._check_database(cleaned)
         return cleaned
+
+    def _check_stored_conversions(self, cleaned: dict[str, Any]) -> None:
+        """Refuse to point a partner that holds conversions somewhere else: they would stay
+        behind, out of its lists and out of its duplicate check. `move_partner` moves them.
+
+        (self.instance still holds the stored values: the form copies the cleaned ones
+        onto it only after clean().)
+        """
+        partner = self.instance
+        target = Partner(database_name=cleaned["database_name"], database_url=cleaned["database_url"])
+        if storage_location(partner_database_url(partner)) == storage_location(partner_database_url(target)):
+            return  # e.g. a new password, or a new name for a database given by its URL
+        field = "database_url" if cleaned["database_url"] != partner.database_url else "database_name"
+        command = MOVE_COMMAND.format(code=partner.partner_code)
+        try:
+            count = stored_conversions_count(partner)
+        except (PartnerDatabaseUnavailable, ImproperlyConfigured) as exc:
+            raise ValidationError(
+                {
+                    field: f"The conversions in this partner's current database, {partner.database_name}, could "
+                    f"not be counted: {getattr(exc, 'reason', exc)}. Its database cannot be changed without "
+                    "knowing: any conversions stored there would be left behind, and postbacks resending their "
+                    "conversion ids would be stored again as new originals. Save again once it answers, or move "
+                    f"the partner with its conversions: {command}"
+                }
+            ) from exc
+        if count:
+            held = (
+                f"more than {STORED_COUNT_CAP:,} conversions"
+                if count > STORED_COUNT_CAP
+                else f"{count:,} conversion{'' if count == 1 else 's'}"
+            )
+            raise ValidationError(
+                {
+                    field: f"This partner's current database, {partner.database_name}, holds {held}. Changing "
+                    "where it is stored would leave them behind: they would no longer be listed, and postbacks "
+                    "resending their conversion ids would be stored again as new originals instead of "
+                    f"duplicates. To move the partner with its conversions, run: {command} (it copies them to "
+                    "the new location, switches every instance and checks the counts). Or keep the current "
+                    "database name and URL to save your other changes."
+                }
+            )
 
     def _check_database(self, cleaned: dict[str, Any]) -> None:
         # Changes nothing: the admin provisions the database when it saves the partner

@@ -35,3 +35,21 @@ def people_middleware_check(app_configs=None, **kwargs) -> list[checks.CheckMess
             message = f"'{path}' must be in PEOPLE_MIDDLEWARE (in place of {replaces})."
             messages.append(level(message, id="postback_site.E002"))
     return messages
+
+
+@checks.register()
+def partner_storage_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """PARTNER_DATABASE_URL without {name} means one shared PostgreSQL database, a schema
+    per partner; SQLite has no schemas, so there it would mix every partner in one file."""
+    template = settings.PARTNER_DATABASE_URL
+    if "{name}" not in template and template.startswith("sqlite"):
+        return [
+            checks.Error(
+                "PARTNER_DATABASE_URL for SQLite must contain {name} (one file per partner): without it every "
+                "partner's conversions would share one file.",
+                hint="e.g. sqlite:///var/{name}.sqlite3; for one shared database use PostgreSQL "
+                "(postgres://user@host/partners: a schema per partner).",
+                id="postback_site.E003",
+            )
+        ]
+    return []

@@ -86,3 +86,16 @@ def test_https_redirect_spares_health_probes_and_trusts_the_proxy_scheme(client,
     assert client.get("/health").status_code == 200
     proxied = client.get("/partner/involve/event?conversion_id=r1", HTTP_X_FORWARDED_PROTO="https")
     assert proxied.status_code == 200
+
+
+def test_a_sqlite_partner_template_without_name_is_refused_at_start():
+    from django.test import override_settings
+
+    from postback_site.checks import partner_storage_check
+
+    with override_settings(PARTNER_DATABASE_URL="sqlite:///var/partners.sqlite3"):
+        assert [message.id for message in partner_storage_check()] == ["postback_site.E003"]
+    with override_settings(PARTNER_DATABASE_URL="postgres://root@127.0.0.1:5432/partners"):
+        assert partner_storage_check() == []
+    with override_settings(PARTNER_DATABASE_URL="sqlite:///var/{name}.sqlite3"):
+        assert partner_storage_check() == []

@@ -141,7 +141,7 @@ def _prepared_cursor(connection: BaseDatabaseWrapper) -> psycopg.Cursor:
     return cursor
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4096)  # one entry per partner alias: a thousand partners must not evict each other
 def _tables(alias: str, vendor: str) -> tuple[_Table, _Table, "_OriginalReader"]:
     # Keyed by alias and vendor: a partner's alias could be re-pointed at another vendor.
     connection = connections[alias]
