@@ -300,7 +300,8 @@ def bench_storage(layout: str, args, wrk: str, workdir: Path, base_env: dict) ->
         failures = outcome["failures"]
         if not args.no_pgbouncer:
             try:
-                bouncer = PgBouncer(pool_size=2, max_server_connections=bound)
+                # a pool per database: a shared database's one pool serves every partner
+                bouncer = PgBouncer(pool_size=bound if layout == "shared" else 2, max_server_connections=bound)
             except PgBouncerMissing as exc:
                 sys.exit(str(exc))
             pooled = {

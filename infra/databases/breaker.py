@@ -1,6 +1,8 @@
 """Bulkheads and breakers: one sick partner database cannot take the others down.
 
-Per process and per database (host, port, name):
+Per process and per partner storage: a database (host, port, name), or a schema of a
+shared database (a partner whose tables are locked trips its own breaker, not its
+neighbours'; a whole shared database that hangs is met by each partner's guard in turn):
 
 - **Bulkhead.** At most DB_MAX_THREADS_PER_DATABASE threads work on one database at
   once. A request beyond that waits for a free slot while the database is answering

@@ -147,9 +147,9 @@ def _postgres_check(alias: str, config: dict[str, Any]) -> None:
             if config.get("SCHEMA"):
                 roles = (
                     conn.execute(
-                        "SELECT rolcreaterole OR rolsuper OR pg_has_role(current_user, %s, 'MEMBER') "
+                        "SELECT rolcreaterole OR rolsuper OR pg_has_role(current_user, %s, %s) "
                         "FROM pg_roles WHERE rolname = current_user",
-                        [config["ROLE"]],
+                        [config["ROLE"], _may_set_role(conn)],
                     ).fetchone()
                     if _role_exists(conn, config["ROLE"])
                     else conn.execute(
@@ -368,9 +368,15 @@ def role_ensure(conn, role: str) -> None:
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
         except (errors.DuplicateObject, errors.UniqueViolation):
             pass  # created by a concurrent provisioner
-    member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role]).fetchone()[0]
+    member = conn.execute("SELECT pg_has_role(current_user, %s, %s)", [role, _may_set_role(conn)]).fetchone()[0]
     if not member:
         conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+
+
+def _may_set_role(conn) -> str:
+    """pg_has_role's privilege for "may SET ROLE to it": from PostgreSQL 16 a role's
+    creator holds it with ADMIN only (MEMBER is true) until granted SET."""
+    return "SET" if conn.info.server_version >= 160000 else "MEMBER"
 
 
 def _role_exists(conn, role: str) -> bool:
