@@ -252,7 +252,8 @@ def stored_originals(prefix: str) -> int:
             name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"])
         ]
     for name in names:
-        with psycopg.connect(**{**SERVER, "dbname": name}) as conn:
+        # autocommit: one transaction over a thousand tables would hold a lock on each
+        with psycopg.connect(**{**SERVER, "dbname": name}, autocommit=True) as conn:
             tables = conn.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'partner_conversions'").fetchall()
             for (schema,) in tables:
                 table = sql.Identifier(schema, "partner_conversions")
