@@ -6,7 +6,8 @@ guard    limits, access, quota: a Refusal (400/403/413/429) stores nothing (guar
 map      the partner's parameters -> our fields, coerced (decide.partner_postback_map)
 store    decided against the original and written in the partner's database, the
          decision announced at the hook point in the same transaction (store.py,
-         decide.py, hooks.py); 503 when the database cannot be used
+         decide.py, hooks.py); 503 when the database cannot be used, once more at the
+         partner's new location when its old one refused the write as moved (partners/moves.py)
 respond  the JSON answer (respond.py), named for logs and metrics
 """
 
@@ -33,6 +34,7 @@ from conversions.outcomes import Outcome
 from infra.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
 from infra.observability import postback_observe, postback_outcome_observe
 from partners.models import Partner
+from partners.moves import partner_reload_if_moved
 from partners.selectors import partner_get_by_endpoint
 
 logger = logging.getLogger("conversions.ingest")
@@ -55,8 +57,17 @@ def postback_ingest(request: HttpRequest, endpoint_path: str) -> HttpResponse:
     postback = None
     try:
         postback = postback_parse(request)
-        postback_guard(partner=partner, postback=postback)
-        stored = postback_record(partner=partner, postback=postback, steps=steps)
+        try:
+            postback_guard(partner=partner, postback=postback)
+            stored = postback_record(partner=partner, postback=postback, steps=steps)
+        except PartnerDatabaseUnavailable as exc:
+            # This process still had the partner's old storage, fenced by move_partner (the
+            # quota's counter or the store hit it): stored once where the partner is now, the
+            # guards not run again (the quota keeps a count it could not send); 503 until the switch.
+            moved = partner_reload_if_moved(partner=partner, error=exc)
+            if moved is None:
+                raise
+            stored = postback_record(partner=moved, postback=postback, steps=steps)
     except Refused as refused:
         if steps is not None:
             steps.refused(refused.refusal.reason)

@@ -491,4 +491,6 @@ def _postgres_server(config: dict[str, Any], dbname: str = "postgres"):
         "port": config["PORT"] or None,
         "connect_timeout": config["OPTIONS"].get("connect_timeout", 5),
     }
-    return psycopg.connect(**{key: value for key, value in params.items() if value is not None}, autocommit=True)
+    # No server-side prepared statements: the server may be a PgBouncer in transaction mode.
+    params = {key: value for key, value in params.items() if value is not None}
+    return psycopg.connect(**params, autocommit=True, prepare_threshold=None)

@@ -65,7 +65,7 @@ def test_router_keeps_conversions_out_of_default(live_db):
 
 
 def test_provision_creates_a_postgres_database_and_is_idempotent(live_db, database_pool):
-    partner = Partner(database_name="fresh_db", database_url=database_pool.url("postgres", "fresh_db"))
+    partner = Partner(database_name="fresh_db", database_url=database_pool.database_url("fresh_db"))
     first = partner_database_provision(partner=partner)
     second = partner_database_provision(partner=partner)
     try:
