@@ -8,7 +8,7 @@ arrive (they land above the cursor) and deep pages cost as much as the first.
 
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +19,6 @@ from django.db.models.functions import Cast, Left, TruncDate
 
 from conversions.models import PartnerConversion, row_kind
 from conversions.outcomes import RowKind
-from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.lifecycle import STATUSES
 from partners.models import Partner
 
@@ -114,14 +113,22 @@ class Totals:
 
     def add(self, *, outcome: RowKind, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
         if outcome is RowKind.ORIGINAL:
-            self.originals += count
-            # SQLite's sums carry float noise (4.04000000000000); amounts are cents.
-            self.usd_sale_amount += Decimal(sale or 0).quantize(CENT)
-            self.usd_earning += Decimal(earning or 0).quantize(CENT)
+            self.add_originals(count=count, sale=cents(sale), earning=cents(earning))
         elif outcome is RowKind.DUPLICATE:
             self.duplicates += count
         else:
             self.rejected += count
+
+    def add_originals(self, *, count: int, sale: Decimal, earning: Decimal) -> None:
+        """Originals with their amounts already in cents (see cents())."""
+        self.originals += count
+        self.usd_sale_amount += sale
+        self.usd_earning += earning
+
+
+def cents(amount: Decimal | float | None) -> Decimal:
+    """A sum of amounts as cents: SQLite's sums carry float noise (4.04000000000000)."""
+    return Decimal(amount or 0).quantize(CENT)
 
 
 @dataclass
@@ -129,9 +136,6 @@ class DayTotals(Totals):
     day: date | None = None
     # The day's accepted postbacks by our status (the dashboard's split; the API shows the totals).
     statuses: dict[str | None, Totals] = field(default_factory=dict)
-
-    def add_status(self, status: str | None, **amounts: Any) -> None:
-        self.statuses.setdefault(status, Totals()).add(**amounts)
 
 
 @dataclass
@@ -204,6 +208,12 @@ def conversion_list(
     rows = rows[:limit]
     last = rows[-1]
     return ConversionPage(rows=rows, next_cursor=Cursor(received_at=last["received_at"], id=last["id"]))
+
+
+def conversion_count(*, partner: Partner, since: datetime | None = None) -> int:
+    """How many rows the partner's database holds, of every kind (received since `since`)."""
+    rows = PartnerConversion.objects.using(partner.database_alias).all()
+    return (rows.filter(received_at__gte=since) if since else rows).count()
 
 
 def conversion_export_rows(
@@ -305,29 +315,7 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
         .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
         .order_by()
     )
-    totals = Totals()
-    by_day: dict[date, DayTotals] = {}
-    by_offer: dict[tuple[str, str], OfferTotals] = {}
-    by_status: dict[str | None, StatusTotals] = {}
-    for group in accepted:
-        amounts = {
-            "outcome": RowKind.DUPLICATE if group["is_duplicate"] else RowKind.ORIGINAL,
-            "count": group["count"],
-            "sale": group["sale"],
-            "earning": group["earning"],
-        }
-        totals.add(**amounts)
-        day_totals = by_day.setdefault(group["_day"], DayTotals(day=group["_day"]))
-        day_totals.add(**amounts)
-        day_totals.add_status(group["status"], **amounts)
-        by_status.setdefault(group["status"], StatusTotals(status=group["status"])).add(**amounts)
-        if group["offer_id"] is not None:
-            key = ("offer_id", group["offer_id"])
-            by_offer.setdefault(key, OfferTotals(offer_id=group["offer_id"])).add(**amounts)
-    for group in rejected:
-        amounts = {"outcome": RowKind.INVALID, "count": group["count"], "sale": None, "earning": None}
-        totals.add(**amounts)
-        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+    totals, by_day, by_status, by_offer = _stats_groups_add(accepted=accepted, rejected=rejected)
     for group in unnamed_offers:
         amounts = {
             "outcome": RowKind.DUPLICATE if group["is_duplicate"] else RowKind.ORIGINAL,
@@ -350,6 +338,71 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
                 .values_list("offer_name", flat=True)
                 .first()
             )
+    return _stats_result(time_range=time_range, totals=totals, by_day=by_day, by_status=by_status, offers=offers)
+
+
+def conversion_stats_from_groups(
+    *, time_range: TimeRange, accepted: Iterable[dict[str, Any]], rejected: Iterable[dict[str, Any]]
+) -> ConversionStats:
+    """conversion_stats(top=0) of one partner from its grouped rows, read elsewhere (e.g. many
+    partners in one statement): `accepted` as conversion_day_groups' (offer_id may be left
+    out), `rejected` as rejected rows grouped by `_day` with their `count`."""
+    totals, by_day, by_status, _ = _stats_groups_add(accepted=accepted, rejected=rejected)
+    return _stats_result(time_range=time_range, totals=totals, by_day=by_day, by_status=by_status, offers=[])
+
+
+def _stats_groups_add(
+    *, accepted: Iterable[dict[str, Any]], rejected: Iterable[dict[str, Any]]
+) -> tuple[Totals, dict[date, DayTotals], dict[str | None, StatusTotals], dict[tuple[str, str], OfferTotals]]:
+    """Totals, per-day, per-status and per-offer (by offer_id) sums of grouped rows.
+
+    Each group's amounts are made cents once, and each sum it adds to found or made once:
+    the overview folds tens of thousands of groups.
+    """
+    totals = Totals()
+    by_day: dict[date, DayTotals] = {}
+    by_offer: dict[tuple[str, str], OfferTotals] = {}
+    by_status: dict[str | None, StatusTotals] = {}
+    for group in accepted:
+        day, status, count = group["_day"], group["status"], group["count"]
+        day_totals = by_day.get(day)
+        if day_totals is None:
+            day_totals = by_day[day] = DayTotals(day=day)
+        day_status = day_totals.statuses.get(status)
+        if day_status is None:
+            day_status = day_totals.statuses[status] = Totals()
+        status_totals = by_status.get(status)
+        if status_totals is None:
+            status_totals = by_status[status] = StatusTotals(status=status)
+        sums = [totals, day_totals, day_status, status_totals]
+        offer_id = group.get("offer_id")
+        if offer_id is not None:
+            offer = by_offer.get(("offer_id", offer_id))
+            if offer is None:
+                offer = by_offer[("offer_id", offer_id)] = OfferTotals(offer_id=offer_id)
+            sums.append(offer)
+        if group["is_duplicate"]:
+            for totals_of in sums:
+                totals_of.add(outcome=RowKind.DUPLICATE, count=count, sale=None, earning=None)
+        else:
+            sale, earning = cents(group["sale"]), cents(group["earning"])
+            for totals_of in sums:
+                totals_of.add_originals(count=count, sale=sale, earning=earning)
+    for group in rejected:
+        amounts = {"outcome": RowKind.INVALID, "count": group["count"], "sale": None, "earning": None}
+        totals.add(**amounts)
+        by_day.setdefault(group["_day"], DayTotals(day=group["_day"])).add(**amounts)
+    return totals, by_day, by_status, by_offer
+
+
+def _stats_result(
+    *,
+    time_range: TimeRange,
+    totals: Totals,
+    by_day: dict[date, DayTotals],
+    by_status: dict[str | None, StatusTotals],
+    offers: list[OfferTotals],
+) -> ConversionStats:
     statuses = sorted(by_status.values(), key=lambda totals: STATUS_ORDER.get(totals.status, len(STATUS_ORDER)))
     return ConversionStats(
         time_range=time_range,
@@ -409,18 +462,3 @@ class PartnerStats:
     partner: Partner
     stats: ConversionStats | None
     unavailable: str | None = None
-
-
-def partners_stats(*, partners: list[Partner], time_range: TimeRange, top: int = 10) -> list[PartnerStats]:
-    """conversion_stats of each partner in turn (one connection at a time); a partner whose
-    database cannot be read is listed with the reason instead of failing the others."""
-    results = []
-    for partner in partners:
-        try:
-            with partner_database(partner):
-                stats = conversion_stats(partner=partner, time_range=time_range, top=top)
-        except PartnerDatabaseUnavailable as exc:
-            results.append(PartnerStats(partner=partner, stats=None, unavailable=exc.reason))
-        else:
-            results.append(PartnerStats(partner=partner, stats=stats))
-    return results

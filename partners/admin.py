@@ -50,6 +50,9 @@ class PartnerAdminExtension:
     """
 
     columns: tuple[Callable[[Partner], str], ...] = ()  # appended to the list's columns
+    # Called with the list's page of partners before its columns are drawn, so a column
+    # can show what one query found for the whole page instead of querying per row.
+    list_page: Callable[[HttpRequest, list[Partner]], None] | None = None
     security_fields: tuple[Callable[[Partner], str], ...] = ()  # read-only, in the "Security" section
     urls: Callable[["PartnerAdmin"], list[URLPattern]] | None = None  # mounted before the admin's own
     list_links: Callable[[HttpRequest], list[Link]] | None = None  # the list's object tools
@@ -150,6 +153,16 @@ class PartnerAdmin(admin.ModelAdmin):
         return tuple(field for extension in partner_admin_extensions.values() for field in extension.security_fields)
 
     # --- views ------------------------------------------------------------------------
+
+    def get_changelist_instance(self, request: HttpRequest):
+        changelist = super().get_changelist_instance(request)
+        # The page's partners are read here, once: the list draws these very objects, so
+        # what a list_page hook sets on them is there when their columns are drawn.
+        page = list(changelist.result_list)
+        for extension in partner_admin_extensions.values():
+            if extension.list_page is not None:
+                extension.list_page(request, page)
+        return changelist
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         links = _links([extension.list_links for extension in partner_admin_extensions.values()], request)

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from conversions.cross_partner import partners_stats
 from conversions.dashboard import (
     dashboard_overview_charts,
     dashboard_partner_charts,
@@ -16,7 +17,7 @@ from conversions.dashboard import (
     dashboard_status_rows,
 )
 from conversions.forms import DashboardForm
-from conversions.selectors import conversion_stats, conversion_sub_id_prefixes, partners_stats
+from conversions.selectors import conversion_stats, conversion_sub_id_prefixes
 from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.selectors import partners_visible_to
 

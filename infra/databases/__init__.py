@@ -37,6 +37,7 @@ from infra.databases.router import (
     partner_app_labels,
     partner_models_register,
 )
+from infra.databases.shared import shared_database_alias, shared_database_cursor, shared_database_key
 from infra.errors import error_first_line
 
 __all__ = [
@@ -63,6 +64,9 @@ __all__ = [
     "partner_database_url",
     "partner_app_labels",
     "partner_models_register",
+    "shared_database_alias",
+    "shared_database_cursor",
+    "shared_database_key",
 ]
 
 
