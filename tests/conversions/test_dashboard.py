@@ -194,3 +194,14 @@ def test_links_to_the_dashboards(analyst_client, involve):
     assert 'href="/admin/partners/partner/dashboard/"' in listed
     page = analyst_client.get(f"/admin/partners/partner/{involve.pk}/change/").content.decode()
     assert f'href="/admin/partners/partner/{involve.pk}/dashboard/"' in page
+
+
+def test_the_overview_leaves_out_the_table_by_day_past_fifty_partners(analyst_client, seeded, rector, monkeypatch):
+    from conversions.admin import dashboards
+
+    monkeypatch.setattr(dashboards, "OVERVIEW_DAYS_PARTNERS", 1)
+    response = analyst_client.get(f"/admin/partners/partner/dashboard/?{RANGE}")
+    assert response.status_code == 200
+    assert "chart-overview-originals" in charts(response)
+    assert b"table-overview-days" not in response.content
+    assert b"The table by day is shown for up to 1 partners" in response.content
