@@ -152,6 +152,9 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
     with django_db_blocker.unblock():
         connections.close_all()
         connection_broker.close_idle()  # PostgreSQL drops no database with a session on it
+        # DROP DATABASE is not bound by the service's statement timeout: on a busy machine it
+        # can take longer than 5 s, and the run would end in an error after every test passed.
+        connections["default"].settings_dict["OPTIONS"].pop("options", None)
         teardown_databases(old_config, verbosity=0)
 
 
