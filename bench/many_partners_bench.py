@@ -249,7 +249,12 @@ def stored_originals(prefix: str) -> int:
     stored = 0
     with psycopg.connect(**SERVER) as conn:
         names = [
-            name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"])
+            name
+            for (name,) in conn.execute(
+                # not the schema template of the database-per-partner form (it takes no connections)
+                "SELECT datname FROM pg_database WHERE datname LIKE %s AND datallowconn",
+                [prefix + "%"],
+            )
         ]
     for name in names:
         # autocommit: one transaction over a thousand tables would hold a lock on each
