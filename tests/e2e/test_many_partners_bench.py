@@ -23,7 +23,7 @@ def test_200_partners_in_both_layouts_store_every_success_and_answer_only_2xx():
             "--partners",
             "200",
             "--duration",
-            "5",
+            "8",
             "--rounds",
             "1",
         ],
