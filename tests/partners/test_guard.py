@@ -118,4 +118,5 @@ def test_a_hanging_database_holds_at_most_its_share_of_threads(make_partner, set
     waited_for_connect = sorted(seconds for _, seconds in results)[-2:]
     refused = sorted(seconds for _, seconds in results)[:6]
     assert all(seconds >= 4 for seconds in waited_for_connect)  # DB_CONNECT_TIMEOUT (5 s)
-    assert all(seconds < 1 for seconds in refused)
+    # refused without waiting on the hanging connect (a busy machine took 1.3 s for that, not 5)
+    assert all(seconds < 3 for seconds in refused)
