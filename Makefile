@@ -56,7 +56,7 @@ system-packages:
 
 # The postback tests run a second time with the PostgreSQL partner databases reached
 # through PgBouncer in transaction mode (the documented layout for many partners).
-PGBOUNCER_TESTS := tests/conversions tests/reconciliation tests/partners/test_shared_storage.py tests/partners/test_move_partner.py tests/e2e/test_many_partners.py tests/e2e/test_scale_out.py
+PGBOUNCER_TESTS := tests/conversions tests/reconciliation tests/partners/test_shared_storage.py tests/e2e/test_many_partners.py tests/e2e/test_scale_out.py
 
 test: lint audit system-packages
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
