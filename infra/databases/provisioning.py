@@ -168,9 +168,7 @@ def _postgres_check(alias: str, config: dict[str, Any]) -> None:
                 "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
             ).fetchone()
     except psycopg.OperationalError as exc:
-        raise PartnerDatabaseUnavailable(
-            alias, f"cannot reach PostgreSQL at {config['HOST'] or 'localhost'}:{config['PORT'] or 5432}: {exc}"
-        ) from exc
+        raise _unreachable(alias, config, exc) from exc
     except psycopg.Error as exc:
         raise PartnerDatabaseUnavailable(alias, f"cannot check database '{config['NAME']}': {exc}") from exc
     if not (may_create and may_create[0]):
@@ -349,9 +347,7 @@ def _schema_create_if_missing(alias: str, config: dict[str, Any], *, prepared: b
             except (errors.DuplicateSchema, errors.UniqueViolation):
                 return False, ""  # another provisioner created it first
     except psycopg.OperationalError as exc:
-        raise PartnerDatabaseUnavailable(
-            alias, f"cannot reach PostgreSQL at {config['HOST'] or 'localhost'}:{config['PORT'] or 5432}: {exc}"
-        ) from exc
+        raise _unreachable(alias, config, exc) from exc
     except psycopg.Error as exc:
         raise PartnerDatabaseUnavailable(alias, f"cannot create schema '{schema}': {error_first_line(exc)}") from exc
     logger.info("created schema %s in database %s for alias %s", schema, config["NAME"], alias)
@@ -377,6 +373,11 @@ def _may_set_role(conn) -> str:
     """pg_has_role's privilege for "may SET ROLE to it": from PostgreSQL 16 a role's
     creator holds it with ADMIN only (MEMBER is true) until granted SET."""
     return "SET" if conn.info.server_version >= 160000 else "MEMBER"
+
+
+def _unreachable(alias: str, config: dict[str, Any], exc: Exception) -> PartnerDatabaseUnavailable:
+    server = f"{config['HOST'] or 'localhost'}:{config['PORT'] or 5432}"
+    return PartnerDatabaseUnavailable(alias, f"cannot reach PostgreSQL at {server}: {exc}")
 
 
 def _role_exists(conn, role: str) -> bool:
@@ -419,9 +420,7 @@ def _postgres_create_if_missing(alias: str, config: dict[str, Any], *, from_temp
                 # also lose on pg_database's unique index).
                 return False, ""
     except psycopg.OperationalError as exc:
-        raise PartnerDatabaseUnavailable(
-            alias, f"cannot reach PostgreSQL at {config['HOST'] or 'localhost'}:{config['PORT'] or 5432}: {exc}"
-        ) from exc
+        raise _unreachable(alias, config, exc) from exc
     except psycopg.Error as exc:
         raise PartnerDatabaseUnavailable(alias, f"cannot create database '{name}': {exc}") from exc
     logger.info("created PostgreSQL database %s for alias %s%s", name, alias, f" from {template}" if template else "")
