@@ -292,16 +292,18 @@ def bench_storage(layout: str, args, wrk: str, workdir: Path, base_env: dict) ->
             f" database_name=f'{{c}}_db', max_daily_requests=0, enable_logging=False) for c in {codes!r}])\n"
         )
         # A fresh install (the configuration database and the two seed partners), then the partners added.
-        subprocess.run(
-            [sys.executable, "manage.py", "init_partners"], cwd=PROJECT_DIR, env=env, check=True, capture_output=True
+        install = subprocess.run(
+            [sys.executable, "manage.py", "init_partners"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
         )
+        if install.returncode:
+            sys.exit(install.stdout + install.stderr)
         subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=PROJECT_DIR, env=env, check=True)
         started = time.monotonic()
         init = subprocess.run(
             [sys.executable, "manage.py", "init_partners"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True
         )
         if init.returncode:
-            sys.exit(init.stderr)
+            sys.exit(init.stdout[-3000:] + init.stderr)
         provisioned = next(line for line in init.stdout.splitlines() if line.startswith("provisioned "))
         print(f"[{layout}] init_partners: {provisioned} (command {time.monotonic() - started:.1f} s)", flush=True)
         outcome, successes = bench_layout(f"{layout}", env, args, wrk, workdir, prefix)

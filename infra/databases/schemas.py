@@ -63,8 +63,10 @@ def _template_schema(conn, config: dict[str, Any], *, version: str, migrate: Any
         finally:
             alias_unregister(scratch_alias)
         conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(scratch), sql.Identifier(template)))
-    except errors.DuplicateSchema:
-        pass  # another provisioner published it first: the same schema version
+    except (errors.DuplicateSchema, errors.UniqueViolation):
+        # another provisioner published it first: the same schema version (a rename racing
+        # another can also lose on pg_namespace's unique index)
+        pass
     except BaseException:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(scratch)))
         raise

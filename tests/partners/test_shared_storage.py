@@ -171,3 +171,32 @@ def test_a_schema_made_from_the_prepared_definition_equals_a_migrated_one(involv
     made, migrated = _catalog(storage["NAME"], storage["SCHEMA"]), _catalog(storage["NAME"], "migrated_here")
     assert [row for row in made if row[0] == "index"], "no index read"
     assert made == migrated
+
+
+@POSTGRES_ONLY
+def test_two_provisioners_publishing_the_schema_template_at_once_both_get_it(involve, database_pool):
+    """Publishing the template schema is a rename; a rename racing another provisioner's
+    loses on pg_namespace's unique index (not with "schema exists"), and the loser uses
+    the winner's template instead of failing the partner it was provisioning."""
+    import threading
+
+    from infra.databases.schemas import _template_schema, template_schema_name
+
+    version = "race" + database_pool.token
+    template = template_schema_name(version)
+    storage = _storage(involve)
+    server = {**POSTGRES_SERVER, "dbname": storage["NAME"]}
+    with psycopg.connect(**server) as winner, psycopg.connect(**server, autocommit=True) as conn:
+
+        def migrate(alias):
+            # The winner publishes its template while this provisioner is migrating,
+            # and commits only once this provisioner's rename waits on it.
+            winner.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(template)))
+            threading.Timer(0.5, winner.commit).start()
+
+        try:
+            assert _template_schema(conn, storage, version=version, migrate=migrate) == template
+            left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [template[:40] + "%"])
+            assert [name for (name,) in left] == [template], "the loser's scratch schema was left behind"
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(template)))
