@@ -46,6 +46,9 @@ def _validate_timezone(value: str) -> None:
         raise ValidationError(f"'{value}' is not an IANA time zone (e.g. UTC, Asia/Singapore).") from exc
 
 
+timezone_validate = _validate_timezone
+
+
 class Partner(models.Model):
     """An ad network or affiliate partner sending postbacks to its own endpoint."""
 

@@ -76,7 +76,7 @@ class ReportSourceAdmin(admin.ModelAdmin):
                     "clear_credentials",
                     "preferred_currency",
                     "page_size",
-                    "requests_per_second",
+                    "requests_per_minute",
                     "timeout_seconds",
                 )
             },

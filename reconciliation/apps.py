@@ -12,7 +12,7 @@ class ReconciliationConfig(AppConfig):
         from reconciliation.metrics import reconciliation_registry
 
         # Runs and their rows live in each partner's database; report sources (configuration) in `default`.
-        partner_models_register(self.label, "ReconciliationRun", "ReconciliationRow")
+        partner_models_register(self.label, "ReconciliationRun", "ReconciliationRow", "ReportUpload")
         # The last reconciliation per partner comes from `default`, not from the scraped process.
         metrics_registry_add(reconciliation_registry)
         # Report sources, and with them reconciliation runs: account managers start them and

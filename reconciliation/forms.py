@@ -50,7 +50,7 @@ class ReportSourceForm(forms.ModelForm):
             "api_secret",
             "preferred_currency",
             "page_size",
-            "requests_per_second",
+            "requests_per_minute",
             "timeout_seconds",
         ]
 

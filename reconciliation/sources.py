@@ -161,7 +161,7 @@ class ApiClient:
         url = f"{self.base_url}{path}"
         attempts = max(1, settings.RECONCILE_MAX_ATTEMPTS)
         for attempt in range(1, attempts + 1):
-            _RateLimit.wait(self.source.pk or 0, self.source.requests_per_second)
+            _RateLimit.wait(self.source.pk or 0, self.source.requests_per_minute / 60)
             self.requests += 1
             retry_after = None
             try:

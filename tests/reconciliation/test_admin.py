@@ -45,7 +45,7 @@ def test_api_credentials_are_write_only(root_client, involve):
             "api_key": "key-1",
             "api_secret": SECRET,
             "page_size": "100",
-            "requests_per_second": "2",
+            "requests_per_minute": "60",
             "timeout_seconds": "30",
         },
     )
@@ -68,7 +68,7 @@ def test_api_credentials_are_write_only(root_client, involve):
             "api_key": "",
             "api_secret": "",
             "page_size": "100",
-            "requests_per_second": "2",
+            "requests_per_minute": "60",
             "timeout_seconds": "30",
         },
     )
@@ -87,7 +87,7 @@ def test_an_api_source_without_credentials_is_a_form_error(root_client, involve)
             "column_mapping-TOTAL": "0",
             "base_url": "",
             "page_size": "100",
-            "requests_per_second": "2",
+            "requests_per_minute": "60",
             "timeout_seconds": "30",
         },
     )

@@ -44,7 +44,7 @@ def api_source(partner, fake, **fields):
         "api_key": KEY,
         "api_secret": SECRET,
         "page_size": 3,
-        "requests_per_second": 100,
+        "requests_per_minute": 6000,
         "timeout_seconds": 0.3,
         **fields,
     }
@@ -102,7 +102,7 @@ def test_a_network_that_keeps_answering_429_fails_the_run_after_its_attempts(inv
 
 
 def test_requests_never_exceed_the_sources_rate(involve, fake):
-    source = api_source(involve, fake, page_size=1, requests_per_second=20)
+    source = api_source(involve, fake, page_size=1, requests_per_minute=1200)
 
     records = list(involve_asia_rows(source=source, date_from=DAY, date_to=DAY))
 
