@@ -189,6 +189,16 @@ POSTBACK_MAX_BODY_BYTES = env.int("POSTBACK_MAX_BODY_BYTES", default=65536)
 POSTBACK_MAX_PARAMS = env.int("POSTBACK_MAX_PARAMS", default=100)
 POSTBACK_MAX_PARAM_NAME_LENGTH = env.int("POSTBACK_MAX_PARAM_NAME_LENGTH", default=100)
 POSTBACK_MAX_PARAM_VALUE_LENGTH = env.int("POSTBACK_MAX_PARAM_VALUE_LENGTH", default=2048)
+# Admin uploads (a network's CSV report; 100,000 rows are about 7 MB): the HTTP worker
+# takes bodies up to this size under /admin/ only (413 past it), writing those over 1 MiB
+# to a temporary file as they arrive (infra/http/).
+ADMIN_UPLOAD_MAX_BYTES = env.int("ADMIN_UPLOAD_MAX_BYTES", default=64 << 20)
+# Django then keeps an uploaded file in memory up to this size, and in a temporary file
+# (FILE_UPLOAD_TEMP_DIR: the system's) past it; Django's defaults, written out because the
+# upload path depends on them. DATA_UPLOAD_MAX_MEMORY_SIZE bounds the form's other fields.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_TEMP_DIR = None
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # A signed postback carrying X-Postback-Timestamp is refused this many seconds away from now.
 POSTBACK_SIGNATURE_TOLERANCE_SECONDS = env.int("POSTBACK_SIGNATURE_TOLERANCE_SECONDS", default=300)
 # Shared daily quota counter; without it the counter lives in each partner's database.
@@ -203,6 +213,12 @@ REFUSAL_FLUSH_SECONDS = env.float("REFUSAL_FLUSH_SECONDS", default=QUOTA_FLUSH_S
 RECONCILE_MAX_ATTEMPTS = env.int("RECONCILE_MAX_ATTEMPTS", default=5)
 RECONCILE_BACKOFF_SECONDS = env.float("RECONCILE_BACKOFF_SECONDS", default=1.0)
 RECONCILE_BACKOFF_MAX_SECONDS = env.float("RECONCILE_BACKOFF_MAX_SECONDS", default=60.0)
+# The background worker's reconciliation: runs in progress at once per worker process,
+# and how often it looks for queued runs and due daily schedules.
+RECONCILE_WORKER_THREADS = env.int("RECONCILE_WORKER_THREADS", default=2)
+RECONCILE_POLL_SECONDS = env.float("RECONCILE_POLL_SECONDS", default=5.0)
+# On SIGTERM, how long the worker waits for its background jobs' current step.
+WORKER_STOP_SECONDS = env.float("WORKER_STOP_SECONDS", default=8.0)
 REDIS_URL = env.str("REDIS_URL", default="")
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="postback")
 REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=0.5)

@@ -1,11 +1,52 @@
-"""Request bodies read in the event loop: `Transfer-Encoding: chunked` decoded as it arrives."""
+"""Request bodies read in the event loop: kept in memory while small, in a temporary file
+once large, and `Transfer-Encoding: chunked` decoded as it arrives."""
 
-from typing import Any
+import io
+import tempfile
+from typing import IO, Any
 
 from gunicorn.http.body import CHUNK_EXT_RE
 from gunicorn.http.message import TOKEN_RE
 
-from infra.http.refusals import EdgeRefusal
+from infra.http.limits import BodyLimit
+from infra.http.refusals import EdgeRefusal, body_too_large
+
+
+class BodySpool:
+    """A request body as it arrives: in memory up to `memory_bytes`, then in an unnamed
+    temporary file (in `temp_dir`, the system's by default), so that an upload of tens of
+    megabytes costs the worker disk, not memory."""
+
+    def __init__(self, *, memory_bytes: int, temp_dir: str | None = None):
+        self.size = 0
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
+        self._memory_bytes = memory_bytes
+        self._temp_dir = temp_dir
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+        if self._file is None:
+            if len(self._memory) + len(data) <= self._memory_bytes:
+                self._memory += data
+                return
+            # Open across many reads of the event loop and the request's thread: close() ends it.
+            self._file = tempfile.TemporaryFile(dir=self._temp_dir)  # noqa: SIM115
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        self._file.write(data)
+
+    def stream(self) -> IO[bytes]:
+        """The body, for the application to read from its start (`wsgi.input`)."""
+        if self._file is None:
+            return io.BytesIO(self._memory)
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        """Remove the temporary file, if there is one (the body is no longer readable)."""
+        if self._file is not None:
+            self._file.close()
 
 
 def chunked_invalid(problem: str) -> EdgeRefusal:
@@ -15,9 +56,9 @@ def chunked_invalid(problem: str) -> EdgeRefusal:
 class ChunkedBody:
     """A `Transfer-Encoding: chunked` body, decoded as its bytes arrive (RFC 9112 section 7.1)."""
 
-    def __init__(self, *, max_bytes: int, line_limit: int, trailer_limit: int):
-        self.data = bytearray()
-        self.max_bytes = max_bytes
+    def __init__(self, *, limit: BodyLimit, line_limit: int, trailer_limit: int, body: BodySpool):
+        self.body = body  # what has been decoded so far
+        self.limit = limit
         self.line_limit = line_limit
         self.trailer_limit = trailer_limit
         self._state = "size"
@@ -27,12 +68,13 @@ class ChunkedBody:
     def feed(self, buf: bytearray) -> bool:
         """Consume what `buf` holds of the body; True once it is complete (what follows stays in `buf`).
 
-        Raises EdgeRefusal: 400 for a malformed encoding, 413 past `max_bytes` decoded.
+        Raises EdgeRefusal: 400 for a malformed encoding, 413 past the limit once decoded.
         """
         while True:
             if self._state == "data":
                 taken = min(self._remaining, len(buf))
-                self.data += buf[:taken]
+                with memoryview(buf) as view:
+                    self.body.write(view[:taken])
                 del buf[:taken]
                 self._remaining -= taken
                 if self._remaining:
@@ -56,13 +98,8 @@ class ChunkedBody:
                 size = self._size(line)
                 if size == 0:
                     self._state = "trailer"
-                elif len(self.data) + size > self.max_bytes:
-                    raise EdgeRefusal(
-                        413,
-                        "body_too_large",
-                        f"The chunked request body is over the limit of {self.max_bytes} bytes",
-                        {"body": f"is over {self.max_bytes} bytes"},
-                    )
+                elif self.body.size + size > self.limit.max_bytes:
+                    raise body_too_large(self.limit)
                 else:
                     self._remaining = size
                     self._state = "data"

@@ -8,7 +8,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 
-from infra.http.limits import MAX_HEAD_BYTES, EdgeLimits, request_line_limit
+from infra.http.limits import MAX_HEAD_BYTES, BodyLimit, EdgeLimits, request_line_limit
 
 # Header names gunicorn itself refuses, safe to name in an answer (never header values).
 FRAMING_HEADERS = frozenset({"HOST", "CONTENT-TYPE", "CONTENT-LENGTH", "TRANSFER-ENCODING"})
@@ -37,6 +37,16 @@ class EdgeRefusal(Exception):
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
         return head.encode("latin-1") + payload
+
+
+def body_too_large(limit: BodyLimit) -> EdgeRefusal:
+    """The 413 for a body over `limit`: the number of bytes, and the setting that raises it."""
+    return EdgeRefusal(
+        413,
+        "body_too_large",
+        f"The request body is over the limit of {limit.max_bytes} bytes ({limit.setting})",
+        {"body": f"is over {limit.max_bytes} bytes"},
+    )
 
 
 def refusal_for(exc: BaseException, *, cfg: Any, limits: EdgeLimits | None) -> EdgeRefusal:

@@ -7,19 +7,24 @@ bodies without blocking in the worker's main loop, under deadlines
 (`GUNICORN_HEADER_TIMEOUT`, `GUNICORN_BODY_TIMEOUT`) and size limits, and submits a
 request to the pool only once it is complete. Idle kept-alive connections and connections
 that have not spoken yet wait in the poller and hold no thread. A chunked body is decoded
-in the buffer and handed to the application as an ordinary body with CONTENT_LENGTH.
-What the server refuses before the application sees it is answered in JSON:
-`{"status": "error", "reason": ..., "message": ...}`.
+as it arrives and handed to the application as an ordinary body with CONTENT_LENGTH.
 
-The limits are in limits.py, the JSON refusals in refusals.py, body decoding in
-chunked.py; `PostbackLogger` (logger.py) masks secrets in gunicorn's own log lines.
+The body limit follows the path: the admin's uploads (a network's CSV report) may reach
+`ADMIN_UPLOAD_MAX_BYTES`, everything else `POSTBACK_MAX_BODY_BYTES`. A body over 1 MiB
+is written to a temporary file as it arrives, and the application reads it from there, so
+a worker's memory does not grow with uploads. What the server refuses before the
+application sees it is answered in JSON: `{"status": "error", "reason": ..., "message": ...}`.
+
+The limits are in limits.py, the JSON refusals in refusals.py, body buffering and decoding
+in chunked.py; `PostbackLogger` (logger.py) masks secrets in gunicorn's own log lines.
 
 Checked against gunicorn 27.0.1. Besides its documented hooks this relies on gthread's
 ThreadWorker internals (`tpool`, `poller`, `method_queue`, `nr_conns`, `_accepting`,
 `set_accept_enabled`, `handle_request`, `wait_for_and_dispatch_events`,
 `is_parent_alive`), on a parsed `Request`'s private `_expected_100_continue` flag and
-its body reader (`LengthReader.length`, `ChunkedReader`), and on the parser's module
-constants (`CHUNK_EXT_RE`, `TOKEN_RE`, `MAX_REQUEST_LINE`).
+its body reader (`LengthReader.length`, `ChunkedReader`), on the parser's module
+constants (`CHUNK_EXT_RE`, `TOKEN_RE`, `MAX_REQUEST_LINE`), and on how `wsgi.create()`
+derives PATH_INFO (repeated by `limits.request_path_info`).
 """
 
 import contextlib
@@ -42,9 +47,9 @@ from gunicorn.http.unreader import IterUnreader
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.gthread import ThreadWorker
 
-from infra.http.chunked import ChunkedBody, UnreadBody
-from infra.http.limits import EdgeLimits, request_line_limit
-from infra.http.refusals import EdgeRefusal, refusal_for
+from infra.http.chunked import BodySpool, ChunkedBody, UnreadBody
+from infra.http.limits import BODY_MEMORY_BYTES, EdgeLimits, request_line_limit, request_path_info
+from infra.http.refusals import EdgeRefusal, body_too_large, refusal_for
 from infra.masking import url_masked
 
 # Connection states. Every state but APP waits in the poller under a deadline.
@@ -79,10 +84,14 @@ class EdgeConnection:
         "deadline",
         "req",
         "body_length",
+        "body_started",
+        "body_received",
+        "spool",
         "chunked",
         "requests",
         "registered",
         "drained",
+        "drain_limit",
         "readable",
         "scanned",
         "line_end",
@@ -97,10 +106,14 @@ class EdgeConnection:
         self.deadline = 0.0
         self.req: Request | None = None
         self.body_length: int | None = 0  # None: over the limit, handed over unread
+        self.body_started = 0.0  # when the head was complete
+        self.body_received = 0  # bytes received since (the deadline moves on with them)
+        self.spool: BodySpool | None = None  # a body with a Content-Length over BODY_MEMORY_BYTES
         self.chunked: ChunkedBody | None = None
         self.requests = 0
         self.registered = False
         self.drained = 0
+        self.drain_limit = CLOSE_DRAIN_BYTES
         self.readable = None
         self.scanned = 0  # how much of the buffer the head scan has looked at
         self.line_end = -1  # where the request line ends, once seen
@@ -119,6 +132,7 @@ class PostbackWorker(ThreadWorker):
         self.keepalived_conns: set[EdgeConnection] = set()
         self._next_expiry_scan = 0.0
         self._send_timeout = b""
+        self._body_temp_dir: str | None = None
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -140,7 +154,11 @@ class PostbackWorker(ThreadWorker):
     def run(self) -> None:
         from django.conf import settings
 
-        self.limits = EdgeLimits.from_env(max_body_bytes=settings.POSTBACK_MAX_BODY_BYTES)
+        self.limits = EdgeLimits.from_env(
+            max_body_bytes=settings.POSTBACK_MAX_BODY_BYTES, max_admin_body_bytes=settings.ADMIN_UPLOAD_MAX_BYTES
+        )
+        # Where Django puts uploaded files too: one place for the disk that uploads use.
+        self._body_temp_dir = settings.FILE_UPLOAD_TEMP_DIR
         seconds, fraction = divmod(self.limits.send_timeout, 1)
         self._send_timeout = struct.pack("@ll", int(seconds), int(fraction * 1_000_000))  # struct timeval
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
@@ -212,9 +230,19 @@ class PostbackWorker(ThreadWorker):
             return
         if conn.state == CLOSING:
             conn.drained += len(data)
-            if conn.drained > CLOSE_DRAIN_BYTES:
+            if conn.drained > conn.drain_limit:
                 self.close(conn)
+            elif conn.drain_limit > CLOSE_DRAIN_BYTES:
+                # A refused upload is dropped under the deadline it would have been read
+                # under; once all of it is in, the client reads the answer and closes.
+                if conn.drained == conn.drain_limit:
+                    conn.deadline = time.monotonic() + CLOSE_LINGER_SECONDS
+                else:
+                    conn.deadline = conn.body_started + self.limits.body_seconds(conn.drained)
             return
+        if conn.state == BODY:
+            conn.body_received += len(data)
+            conn.deadline = conn.body_started + self.limits.body_seconds(conn.body_received)
         conn.buf += data
         self.advance(conn)
 
@@ -286,15 +314,23 @@ class PostbackWorker(ThreadWorker):
             lf = buf.find(b"\n", lf + 1)
 
     def _body_frame(self, conn: EdgeConnection, req: Request) -> None:
-        """Decide how the body is read (length, chunked, or over the limit and not read)."""
+        """Decide how the body is read (in memory, into a temporary file, chunked, or over
+        the limit and not read); refuse a body over the admin's limit at once."""
         # private in gunicorn 27.0.1: the 100-continue flag wsgi.create() acts on, and
         # Body.reader (a LengthReader with .length, or a ChunkedReader).
         expects_continue = req._expected_100_continue
         req._expected_100_continue = False
         reader = req.body.reader
         conn.chunked = None
+        conn.spool = None
         conn.body_length = 0
-        if isinstance(reader, ChunkedReader):
+        conn.body_started = time.monotonic()
+        conn.body_received = len(conn.buf)
+        chunked = isinstance(reader, ChunkedReader)
+        limit = None
+        if chunked or reader.length > min(self.limits.max_body_bytes, self.limits.max_admin_body_bytes):
+            limit = self.limits.body_limit(request_path_info(req.path, req.headers))
+        if chunked:
             codings = [
                 coding.strip(" \t").lower()
                 for name, value in req.headers
@@ -304,43 +340,61 @@ class PostbackWorker(ThreadWorker):
             if codings != ["chunked"]:
                 raise http_errors.UnsupportedTransferCoding(",".join(codings))
             conn.chunked = ChunkedBody(
-                max_bytes=self.limits.max_body_bytes,
+                limit=limit,
                 line_limit=self.cfg.limit_request_field_size or 8190,
                 trailer_limit=self.limits.max_head_bytes,
+                body=BodySpool(memory_bytes=BODY_MEMORY_BYTES, temp_dir=self._body_temp_dir),
             )
-        elif reader.length > self.limits.max_body_bytes:
-            # Handed over unread: the postback view answers 413 by the declared length
-            # and counts the refusal for its partner; the connection then closes.
-            conn.body_length = None
-            req.body = UnreadBody()
-            req.force_close()
-            expects_continue = False
+        elif limit is not None and reader.length > limit.max_bytes:
+            if not limit.admin:
+                # Handed over unread: the postback view answers 413 by the declared length
+                # and counts the refusal for its partner; the connection then closes.
+                conn.body_length = None
+                req.body = UnreadBody()
+                req.force_close()
+                expects_continue = False
+            else:
+                # Refused at once; the body is read and dropped on its way (a browser sends
+                # it all before it reads the answer, and would not see one sent in a reset).
+                conn.drain_limit = max(reader.length - len(conn.buf), CLOSE_DRAIN_BYTES)
+                raise body_too_large(limit)
         else:
             conn.body_length = reader.length
+            if reader.length > BODY_MEMORY_BYTES:
+                conn.spool = BodySpool(memory_bytes=0, temp_dir=self._body_temp_dir)
         conn.state = BODY
-        conn.deadline = time.monotonic() + self.limits.body_timeout
+        conn.deadline = conn.body_started + self.limits.body_seconds(conn.body_received)
         if expects_continue and not (conn.chunked is None and len(conn.buf) >= (conn.body_length or 0)):
             # A failed send is harmless: the client sends its body anyway, or goes away.
             with contextlib.suppress(OSError):
                 conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def body_read(self, conn: EdgeConnection) -> bool:
-        """Take the body out of the buffer once it is complete; False until then."""
+        """Take the body out of the buffer (into its temporary file as it arrives, when
+        large); hand it to the request once it is complete; False until then."""
         req = conn.req
         if conn.body_length is None:
             return True
         if conn.chunked is not None:
             if not conn.chunked.feed(conn.buf):
                 return False
-            body = bytes(conn.chunked.data)
+            body = conn.chunked.body
             req.headers = [header for header in req.headers if header[0] != "TRANSFER-ENCODING"]
-            req.headers.append(("CONTENT-LENGTH", str(len(body))))
+            req.headers.append(("CONTENT-LENGTH", str(body.size)))
+            req.body = body.stream()
+        elif conn.spool is not None:
+            taken = min(conn.body_length - conn.spool.size, len(conn.buf))
+            with memoryview(conn.buf) as view:
+                conn.spool.write(view[:taken])
+            del conn.buf[:taken]
+            if conn.spool.size < conn.body_length:
+                return False
+            req.body = conn.spool.stream()
         else:
             if len(conn.buf) < conn.body_length:
                 return False
-            body = bytes(conn.buf[: conn.body_length])
+            req.body = io.BytesIO(bytes(conn.buf[: conn.body_length]))
             del conn.buf[: conn.body_length]
-        req.body = io.BytesIO(body)
         return True
 
     def dispatch(self, conn: EdgeConnection) -> None:
@@ -354,7 +408,7 @@ class PostbackWorker(ThreadWorker):
     def finish_request(self, conn: EdgeConnection, future: Any) -> None:
         """Back in the main loop after a thread answered: keep the connection, or close it."""
         conn.req = None
-        conn.chunked = None
+        self.body_release(conn)
         try:
             keep = not future.cancelled() and future.result() is True
             if keep:
@@ -386,7 +440,7 @@ class PostbackWorker(ThreadWorker):
                 seconds = f"{self.limits.header_timeout:g}"
                 self.refuse(conn, EdgeRefusal(408, "header_timeout", f"The request head took more than {seconds} s"))
             elif conn.state == BODY:
-                seconds = f"{self.limits.body_timeout:g}"
+                seconds = f"{round(conn.deadline - conn.body_started, 1):g}"
                 self.refuse(conn, EdgeRefusal(408, "body_timeout", f"The request body took more than {seconds} s"))
             else:
                 self.close(conn)
@@ -426,6 +480,7 @@ class PostbackWorker(ThreadWorker):
     def refuse(self, conn: EdgeConnection, refusal: EdgeRefusal) -> None:
         """Answer `refusal` from the main loop and close the connection."""
         self._answer(conn.sock, conn.client, conn.req, refusal, log_refusal=True)
+        self.body_release(conn)
         self.close_gracefully(conn)
 
     def _answer(self, sock: socket.socket, addr: Any, req: Any, refusal: EdgeRefusal, *, log_refusal: bool) -> None:
@@ -457,7 +512,11 @@ class PostbackWorker(ThreadWorker):
         conn.state = CLOSING
         conn.buf.clear()
         conn.drained = 0
-        conn.deadline = time.monotonic() + CLOSE_LINGER_SECONDS
+        now = time.monotonic()
+        conn.deadline = now + CLOSE_LINGER_SECONDS
+        if conn.drain_limit > CLOSE_DRAIN_BYTES:  # a refused upload (_body_frame)
+            conn.body_started = now
+            conn.deadline = now + self.limits.body_timeout
         self.keepalived_conns.discard(conn)
         self.waiting.add(conn)
         self.watch(conn)
@@ -465,6 +524,8 @@ class PostbackWorker(ThreadWorker):
     def close(self, conn: EdgeConnection) -> None:
         if conn.state == CLOSED:
             return
+        if conn.state != APP:  # a thread may be reading the body
+            self.body_release(conn)
         self.unwatch(conn)
         self.waiting.discard(conn)
         self.keepalived_conns.discard(conn)
@@ -472,6 +533,14 @@ class PostbackWorker(ThreadWorker):
         conn.readable = None  # it refers back to the connection
         self.nr_conns -= 1
         util.close(conn.sock)
+
+    def body_release(self, conn: EdgeConnection) -> None:
+        """Drop the connection's request body and its temporary file, if any."""
+        for body in (conn.spool, conn.chunked and conn.chunked.body):
+            if body is not None:
+                body.close()
+        conn.spool = None
+        conn.chunked = None
 
     def watch(self, conn: EdgeConnection) -> None:
         if not conn.registered and conn.state != CLOSED:
