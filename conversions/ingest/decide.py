@@ -5,7 +5,10 @@ for a rejected postback reprocessed in the admin, for the admin's dry run, and f
 conversion recovered from a network's report.
 
 - no original: the postback becomes it (SUCCESS);
-- nothing it sends differs from the original's status and amounts: DUPLICATE;
+- nothing it sends differs from the original's status and amounts: DUPLICATE (amounts in
+  a currency the original has none in, while it has them in the other, are the same money
+  said twice, not a difference: a conversion recovered from a report in one currency, then
+  its postback giving both);
 - a permitted change (pending -> approved, an amount correction): UPDATED, unless it is
   the very same request as one already applied to the original (a replay, which would
   undo what came after it): DUPLICATE;
@@ -26,6 +29,9 @@ from partners.models import Partner
 # What a later postback may change on the original: its state and its money.
 LIFECYCLE_FIELDS = ("status", "usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local", "currency")
 REPLAY_NOTE = "the very same request was already applied to this conversion"
+# A conversion's money is said in USD and in its local currency (the local amounts with
+# their code): two sides of the same money.
+MONEY_SIDES = (("usd_sale_amount", "usd_earning"), ("sale_amount_local", "payout_local", "currency"))
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ def decide(
     if original is None:
         return Decision(Outcome.SUCCESS)
     changes = conversion_changes(original=original, incoming=incoming)
-    if not changes:
+    known = {name: getattr(original, name) for name in LIFECYCLE_FIELDS}
+    if all(before is None and money_elsewhere(known=known, name=name) for name, (before, _after) in changes.items()):
         return Decision(Outcome.DUPLICATE)
     before, after = original.status, incoming.get("status") or original.status
     if transition_permitted(before, after, transitions):
@@ -80,3 +87,17 @@ def conversion_changes(*, original: PartnerConversion, incoming: Mapping[str, An
         for name in LIFECYCLE_FIELDS
         if incoming.get(name) is not None and incoming[name] != getattr(original, name)
     }
+
+
+def money_elsewhere(*, known: Mapping[str, Any], name: str) -> bool:
+    """Whether `name` belongs to the side of the money (USD, or local amounts and their
+    currency) in which `known` has no amount, while it has amounts in the other side: a
+    value there says the same money in another currency, not something new about it."""
+    for side, other in (MONEY_SIDES, MONEY_SIDES[::-1]):
+        if name in side:
+            return not _has_amount(known, side) and _has_amount(known, other)
+    return False
+
+
+def _has_amount(known: Mapping[str, Any], side: tuple[str, ...]) -> bool:
+    return any(known.get(name) is not None for name in side if name != "currency")
