@@ -1,5 +1,8 @@
 """The delivery worker (`manage.py deliver_postbacks`): claim due deliveries, send them, record.
 
+It is the platform's one background process: beside deliveries it hosts the jobs apps
+register (infra/jobs.py), e.g. reconciliation's queued and daily runs.
+
 `delivery_worker_run` runs one worker in this process until a signal (or, with `once`,
 until nothing is due); `DeliveryWorker` claims each partner database's due deliveries
 with a lease, sends them concurrently and records every attempt, retrying with backoff
@@ -24,6 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from infra.databases import PartnerDatabaseUnavailable, partner_database
+from infra.jobs import BackgroundJobs
 from partners.models import Partner
 from partners.selectors import partner_list_served
 from publishers import metrics
@@ -170,15 +174,22 @@ def delivery_worker_run(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The platform's other background work (reconciliation runs and schedules, ...) in
+    # threads of this same process, stopped with it.
+    jobs = BackgroundJobs(stopping=worker.stopping)
     try:
         if once:
-            return worker.run_once()
+            result = worker.run_once()
+            jobs.run_once()
+            return result
         logger.info(
             "delivery worker %s started: concurrency %s, batch %s", worker.owner, worker.concurrency, worker.batch_size
         )
+        jobs.start()
         worker.run_forever()
         return None
     finally:
+        jobs.stop(timeout=settings.WORKER_STOP_SECONDS)
         worker.close()
 
 

@@ -11,7 +11,8 @@ import datetime
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied
+from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
@@ -21,8 +22,10 @@ from django.utils.html import format_html, format_html_join
 from conversions.admin.base import PARTNER_PARAM, PartnerChooser, PartnerDatabaseAdmin, TextInputFilter, choice_filter
 from conversions.exports import csv_lines
 from infra.databases import PartnerDatabaseUnavailable
+from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
 from partners.selectors import partners_visible_to
+from reconciliation.formats import source_preview
 from reconciliation.forms import ReportSourceForm, RunStartForm
 from reconciliation.models import (
     DISCREPANCY_KINDS,
@@ -31,15 +34,45 @@ from reconciliation.models import (
     ReconciliationRun,
     ReportSource,
 )
+from reconciliation.runs import run_queue
 from reconciliation.selectors import RUN_EXPORT_COLUMNS, run_rows_export
 from reconciliation.services import (
     RecoveryRefused,
-    reconciliation_run,
     run_missing_record,
     run_report_apply,
 )
 
 DEFAULT_RUN_DAYS = 7
+RUN_PAGE_REFRESH_SECONDS = 3
+# What each kind of row means, in the words the run page uses.
+ROW_KIND_EXPLAINED = {
+    "missing_here": "The network reports these conversions and we never received their postbacks: "
+    "recording them stores them as if the postbacks had arrived, and forwards them to publishers.",
+    "missing_there": "We received these conversions and the network's report does not list them "
+    "(a rejected test, another account, or a day boundary): ask the network.",
+    "status_differs": "The network's status is not ours (e.g. approved there, pending here). Applying the "
+    "report moves ours through the status rules; a change that would go backwards is kept in the history only.",
+    "amount_differs": "A sale amount or payout differs by more than one cent, in the currency the report "
+    "states. Applying the report takes the network's amounts.",
+    "currency_differs": "The report states another currency than ours: its amounts are not compared, "
+    "and applying the report never changes our currency.",
+    "matched": "The same conversion, status and amounts on both sides.",
+}
+# What recovery did with a row (its "action").
+ACTIONS_EXPLAINED = [
+    ("recorded", "stored from the report, as its postback would have been"),
+    ("duplicate", "a postback arrived meanwhile: nothing new stored"),
+    ("updated", "our status or amounts now match the report"),
+    ("agrees", "a postback brought the report's values meanwhile: nothing to apply"),
+    ("currency kept", "the report states another currency: our currency and its amounts are never rewritten"),
+    (
+        "stale",
+        "the report's status would move ours backwards (e.g. approved -> pending): kept in the "
+        "conversion's history only, not applied",
+    ),
+    ("gone", "the conversion was purged since the run"),
+    ("unreadable", "the partner's status mapping changed since the run: start a new run"),
+]
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -62,10 +95,11 @@ class ReportSourceAdmin(admin.ModelAdmin):
     list_display = ("name", "partner", "kind", "is_active", "last_run_at", "last_run_summary", "reconcile_link")
     list_filter = ("kind", "is_active", "partner")
     search_fields = ("name", "partner__partner_code")
-    readonly_fields = ("last_run_at", "last_run_summary", "last_run_error")
+    readonly_fields = ("last_run_at", "last_run_summary", "last_run_error", "scheduled_through")
     fieldsets = (
         (None, {"fields": ("partner", "name", "kind", "is_active")}),
         ("Columns", {"fields": ("column_mapping",)}),
+        ("Time zone", {"fields": ("report_timezone", "partner_timezone_from_report")}),
         (
             "API",
             {
@@ -80,6 +114,10 @@ class ReportSourceAdmin(admin.ModelAdmin):
                     "timeout_seconds",
                 )
             },
+        ),
+        (
+            "Daily run (API sources, by the background worker)",
+            {"fields": ("schedule_daily", "schedule_at", "schedule_days", "auto_record_missing", "scheduled_through")},
         ),
         ("Last run", {"fields": ("last_run_at", "last_run_summary", "last_run_error")}),
     )
@@ -111,7 +149,42 @@ class ReportSourceAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.run_view),
             name="reconciliation_reportsource_run",
         )
-        return [run, *super().get_urls()]
+        preview = path(
+            "<path:object_id>/preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="reconciliation_reportsource_preview",
+        )
+        return [run, preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The API's first records of the last days, mapped onto our fields as a run reads
+        them (one authentication and one request to the network): check a source before its first run."""
+        source = self.get_object(request, object_id)
+        if source is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, source):
+            raise PermissionDenied
+        preview = source_preview(source=source)
+        fields = list(CANONICAL_FIELDS)
+        records = [
+            {
+                "cells": [record["ours"].get(name, "") for name in fields],
+                "unread": ", ".join(f"{key}={value}" for key, value in record["unread"].items()),
+                "errors": "; ".join(f"{name}: {message}" for name, message in record["errors"].items()),
+            }
+            for record in preview["records"]
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": source,
+            "title": f"Preview: {source}",
+            "preview": preview,
+            "fields": fields,
+            "records": records,
+            "zone": source.report_zone_name,
+        }
+        return TemplateResponse(request, "admin/reconciliation/reportsource/preview.html", context)
 
     def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Start a run of this source: its days, and the CSV for a CSV source."""
@@ -124,25 +197,25 @@ class ReportSourceAdmin(admin.ModelAdmin):
         initial = {"date_from": today - datetime.timedelta(days=DEFAULT_RUN_DAYS - 1), "date_to": today}
         form = RunStartForm(request.POST or None, request.FILES or None, source=source, initial=initial)
         if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data.get("report")
             try:
-                run = reconciliation_run(
+                run = run_queue(
                     source=source,
                     date_from=form.cleaned_data["date_from"],
                     date_to=form.cleaned_data["date_to"],
-                    upload=form.cleaned_data.get("report"),
+                    requested_by=request.user.get_username(),
+                    upload=upload,
+                    upload_name=upload.name if upload else "",
                 )
             except PartnerDatabaseUnavailable as exc:
                 self.message_user(request, f"The partner's database is unavailable: {exc.reason}", messages.ERROR)
             else:
-                if run.state == ReconciliationRun.DONE:
-                    self.message_user(
-                        request,
-                        f"Run #{run.pk}: {run.report_rows} report row(s); {_counts_text(run.counts)}.",
-                        messages.SUCCESS,
-                    )
-                else:
-                    self.message_user(request, f"Run #{run.pk} failed: {run.error}", messages.ERROR)
-                self.log_change(request, source, f"Reconciliation run #{run.pk}: {run.state}.")
+                self.message_user(
+                    request,
+                    f"Run #{run.pk} is queued: the background worker performs it; this page shows its progress.",
+                    messages.SUCCESS,
+                )
+                self.log_change(request, source, f"Reconciliation run #{run.pk} queued.")
                 return HttpResponseRedirect(_run_url(source.partner, run.pk))
         context = {
             **self.admin_site.each_context(request),
@@ -162,6 +235,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         "date_from",
         "date_to",
         "state",
+        "trigger",
         "summary",
         "report_rows",
         "recorded",
@@ -202,6 +276,11 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
 
     @admin.display(description="discrepancies")
     def summary(self, run: ReconciliationRun) -> str:
+        if run.state == ReconciliationRun.QUEUED:
+            return "waiting for the background worker"
+        if run.state == ReconciliationRun.RUNNING:
+            pages = f"{run.pages_read} page(s), " if run.pages_read else ""
+            return f"in progress: {pages}{run.rows_read} row(s) compared"
         return run.error[:80] if run.error else _counts_text(run.counts)
 
     @admin.display(description="rows")
@@ -234,7 +313,72 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         csv_url = path(
             "<int:run_id>/csv/", self.admin_site.admin_view(self.csv_view), name="reconciliation_reconciliationrun_csv"
         )
-        return [csv_url, *super().get_urls()]
+        recover_url = path(
+            "<int:run_id>/recover/",
+            self.admin_site.admin_view(self.recover_view),
+            name="reconciliation_reconciliationrun_recover",
+        )
+        return [csv_url, recover_url, *super().get_urls()]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        """The run's page: read-only, its progress while it is queued or running (the page
+        reloads itself), its rows by kind explained, and the recovery buttons once done."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        partner = self.partner_for(request)
+        run = None
+        if partner is not None and str(object_id).isdigit():
+            try:
+                run = self.get_queryset(request).filter(pk=int(object_id)).first()
+            except (DatabaseError, PartnerDatabaseUnavailable) as exc:
+                self.message_user(
+                    request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
+                )
+                return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+        if run is None:
+            self.message_user(request, f"There is no run #{str(object_id)[:20]} for this partner.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+        source = ReportSource.objects.filter(pk=run.source_id).first() if run.source_id else None
+        in_progress = run.state in (ReconciliationRun.QUEUED, ReconciliationRun.RUNNING)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Reconciliation run #{run.pk}",
+            "run": run,
+            "partner": partner,
+            "source": source,
+            "in_progress": in_progress,
+            "refresh_seconds": RUN_PAGE_REFRESH_SECONDS if in_progress else None,
+            "kinds": [
+                (kind, label, ROW_KIND_EXPLAINED[kind], run.counts.get(kind, 0), _rows_url(partner, run.pk, kind))
+                for kind, label in ROW_KINDS
+            ],
+            "rows_url": _rows_url(partner, run.pk),
+            "csv_url": f"{reverse('admin:reconciliation_reconciliationrun_csv', args=[run.pk])}"
+            f"?{PARTNER_PARAM}={partner.partner_code}",
+            "recover_url": f"{reverse('admin:reconciliation_reconciliationrun_recover', args=[run.pk])}"
+            f"?{PARTNER_PARAM}={partner.partner_code}",
+            "can_recover": run.state == ReconciliationRun.DONE and self.has_change_permission(request),
+            "actions_explained": ACTIONS_EXPLAINED,
+            "source_url": reverse("admin:reconciliation_reportsource_change", args=[source.pk]) if source else "",
+            "reconcile_url": reverse("admin:reconciliation_reportsource_run", args=[source.pk]) if source else "",
+        }
+        return TemplateResponse(request, "admin/reconciliation/reconciliationrun/run.html", context)
+
+    def recover_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """The run page's buttons: record the missing ones, or apply the report (POST)."""
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        partner = self.partner_for(request)
+        what = request.POST.get("recover")
+        if what not in RECOVERIES:
+            raise BadRequest("recover: say 'missing' or 'apply'")
+        runs = self.get_queryset(request).filter(pk=run_id)
+        recover, verb = RECOVERIES[what]
+        self._recover(request, runs, recover, verb)
+        return HttpResponseRedirect(_run_url(partner, run_id))
 
     def csv_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
         """The run's rows as CSV, discrepancies first, streamed."""
@@ -279,6 +423,12 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
     @admin.action(description="Apply the report's statuses and amounts", permissions=["change"])
     def apply_report(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._recover(request, queryset, run_report_apply, "report applied")
+
+
+RECOVERIES = {
+    "missing": (run_missing_record, "missing ones recorded"),
+    "apply": (run_report_apply, "report applied"),
+}
 
 
 class RunFilter(TextInputFilter):

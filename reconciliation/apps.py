@@ -10,11 +10,14 @@ class ReconciliationConfig(AppConfig):
         from infra.metrics import metrics_registry_add
         from partners.services import admin_grants_add
         from reconciliation.metrics import reconciliation_registry
+        from reconciliation.runs import jobs_register
 
         # Runs and their rows live in each partner's database; report sources (configuration) in `default`.
         partner_models_register(self.label, "ReconciliationRun", "ReconciliationRow", "ReportUpload")
         # The last reconciliation per partner comes from `default`, not from the scraped process.
         metrics_registry_add(reconciliation_registry)
+        # Queued runs and daily schedules, performed by the background worker (deliver_postbacks).
+        jobs_register()
         # Report sources, and with them reconciliation runs: account managers start them and
         # recover from them; analysts read them.
         admin_grants_add("Account managers", ("reconciliation", "reportsource", ("add", "change", "view")))

@@ -7,7 +7,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from partners.forms import ParameterMappingField
-from reconciliation.models import ReportSource
+from reconciliation.models import REPORT_TIMEZONE_LABELS, ReportSource
 
 MAX_RUN_DAYS = 366
 
@@ -36,6 +36,12 @@ class ReportSourceForm(forms.ModelForm):
     api_key = forms.CharField(required=False, max_length=200, widget=CredentialInput())
     api_secret = forms.CharField(required=False, max_length=200, widget=CredentialInput())
     clear_credentials = forms.BooleanField(required=False, help_text="Remove the stored key and secret.")
+    partner_timezone_from_report = forms.BooleanField(
+        required=False,
+        label="Set the partner's time zone to the report's",
+        help_text="The partner's days (runs, the dashboard) and the datetimes it sends without an offset then "
+        "follow the network's time zone.",
+    )
 
     class Meta:
         model = ReportSource
@@ -52,6 +58,11 @@ class ReportSourceForm(forms.ModelForm):
             "page_size",
             "requests_per_minute",
             "timeout_seconds",
+            "report_timezone",
+            "schedule_daily",
+            "schedule_at",
+            "schedule_days",
+            "auto_record_missing",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -64,6 +75,37 @@ class ReportSourceForm(forms.ModelForm):
                 else "API sources: as the network's dashboard shows it. Never shown again once saved."
             )
 
+        partner = getattr(self.instance, "partner", None) if self.instance.partner_id else None
+        zone = self.instance.report_zone_name if partner is not None else ""
+        field = self.fields["partner_timezone_from_report"]
+        if partner is None:
+            field.help_text = "Save the source first: the choice appears when the partner's differs. " + field.help_text
+        elif zone == partner.timezone:
+            field.widget = forms.HiddenInput()
+        else:
+            field.label = f"Set the partner's time zone to the report's ({zone})"
+            field.help_text = (
+                f"The report is in {zone}, the partner's days in {partner.timezone}: a run still compares the "
+                "partner's days (the network's days around them are asked for), but conversions near midnight "
+                "fall on different days in the two. " + field.help_text
+            )
+        report_zone = self.fields["report_timezone"]
+        networks = ", ".join(
+            f"{ReportSource(kind=kind).get_kind_display()}: {label}" for kind, label in REPORT_TIMEZONE_LABELS.items()
+        )
+        report_zone.help_text = (
+            "The time zone of the report's days and times (an IANA name). Empty: the network's own "
+            f"({networks}), or the partner's for a CSV."
+        )
+
+    def save(self, commit: bool = True):
+        source = super().save(commit=commit)
+        if self.cleaned_data.get("partner_timezone_from_report") and source.partner_id:
+            partner = source.partner
+            partner.timezone = source.report_zone_name
+            partner.save(update_fields=["timezone", "updated_at"])
+        return source
+
     def _credential(self, name: str) -> str:
         value = self.cleaned_data.get(name, "").strip()
         return value or getattr(self.instance, name, "")
@@ -75,7 +117,10 @@ class ReportSourceForm(forms.ModelForm):
         return self._credential("api_secret")
 
     def clean_preferred_currency(self) -> str:
-        return self.cleaned_data.get("preferred_currency", "").strip().upper()
+        currency = self.cleaned_data.get("preferred_currency", "").strip().upper()
+        if currency not in ("", "USD"):
+            raise ValidationError("Only USD (our USD amounts come from it) or empty (each record in its own currency).")
+        return currency
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

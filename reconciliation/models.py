@@ -112,6 +112,9 @@ class ReportSource(models.Model):
     scheduled_through = models.DateField(
         null=True, blank=True, help_text="The last partner day a daily run was queued for."
     )
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set while a run of this source waits for the background worker."
+    )
     # The last run's outcome, for metrics and the list (a summary; the run is in the partner's database).
     last_run_at = models.DateTimeField(null=True, blank=True)
     last_run_counts = models.JSONField(default=dict, blank=True)

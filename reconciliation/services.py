@@ -1,8 +1,8 @@
 """Reconciliation runs and the recovery they offer.
 
 A run reads the report as a stream (sources.py) in batches: each batch of report rows
-is mapped like a postback (the partner's parameter mapping, overridden by the source's
-column mapping), compared with our originals of the same conversion_ids (one query),
+is mapped onto our fields (formats.py: the network's published format, or a CSV's
+postback parameters), compared with our originals of the same conversion_ids (one query),
 and written as the run's rows; then our originals of the run's days that the report
 does not have are added, read through one cursor. Memory stays bounded by the batch,
 whatever the size of the report or of the partner's table. A report that cannot be read
@@ -16,10 +16,11 @@ Each row remembers what was done with it, so doing it again changes nothing.
 """
 
 import datetime
+import io
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from decimal import Decimal
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import IO, Any
 
@@ -34,48 +35,43 @@ from conversions.ingest.store import conversion_settle, postback_store
 from conversions.models import ORIGINAL, PartnerConversion
 from conversions.outcomes import Outcome
 from infra.databases import binding_cursor, error_first_line, partner_database
-from partners.mapping import MappedPostback, postback_map
 from partners.models import Partner
+from reconciliation.formats import (
+    COMPARED_AMOUNTS,
+    report_mapping,
+    report_row_applicable,
+    report_row_compare,
+    report_row_map,
+    source_report_rows,
+)
 from reconciliation.models import (
-    AMOUNT_DIFFERS,
     APPLICABLE_KINDS,
-    CURRENCY_DIFFERS,
-    MATCHED,
     MISSING_HERE,
     MISSING_THERE,
     ROW_KINDS,
-    STATUS_DIFFERS,
     ReconciliationRow,
     ReconciliationRun,
     ReportSource,
+    ReportUpload,
 )
-from reconciliation.sources import ReportError, ReportRow, source_report_rows
+from reconciliation.sources import ReportError, ReportRow
 
 logger = logging.getLogger("conversions.reconciliation")
 
 BATCH_SIZE = 1000
 RANKS = {kind: rank for rank, (kind, _label) in enumerate(ROW_KINDS)}
-COMPARED_AMOUNTS = ("usd_sale_amount", "usd_earning", "sale_amount_local", "payout_local")
-# "Amount differs" means beyond a cent: amounts are kept to the cent, rounded half-up.
-AMOUNT_TOLERANCE = Decimal("0.01")
 # What a row compared with a report row reads of our original.
 ORIGINAL_COMPARED = ("id", "conversion_id", "status", "currency", *COMPARED_AMOUNTS)
 # Where a conversion recorded from a report says so (it had no request, so no headers).
 REPORT_MARK_HEADER = "X-Recorded-From-Report"
 
 
+class RunStopped(Exception):
+    """The background worker is stopping: the run in progress is put back in the queue."""
+
+
 class RecoveryRefused(ValueError):
     """Recovery asked of a run that did not finish (failed or still running)."""
-
-
-def report_mapping(*, partner: Partner, source: ReportSource) -> dict[str, str]:
-    """Our field -> the report's column: the source's column mapping over the partner's parameter mapping."""
-    return {**(partner.parameter_mapping or {}), **(source.column_mapping or {})}
-
-
-def report_row_map(*, partner: Partner, mapping: Mapping[str, str], values: Mapping[str, Any]) -> MappedPostback:
-    """A report row's values on our fields, coerced exactly like a postback's parameters."""
-    return postback_map(mapping=mapping, params=values, tz=partner.tzinfo, status_mapping=partner.status_mapping)
 
 
 def run_window(*, partner: Partner, date_from: datetime.date, date_to: datetime.date) -> tuple[datetime.datetime, ...]:
@@ -86,65 +82,77 @@ def run_window(*, partner: Partner, date_from: datetime.date, date_to: datetime.
     return start, end
 
 
-def report_row_compare(*, ours: Mapping[str, Any] | None, theirs: Mapping[str, Any]) -> tuple[str, dict[str, list]]:
-    """What a report row is against our original (None: we have none): its kind, and
-    field -> [ours, the report's] for every field that differs."""
-    if ours is None:
-        return MISSING_HERE, {}
-    differences: dict[str, list] = {}
-    for name in ("status", *COMPARED_AMOUNTS, "currency"):
-        reported, stored = theirs.get(name), ours.get(name)
-        if reported is None:
-            continue  # the report does not say
-        if name in COMPARED_AMOUNTS:
-            differs = stored is None or abs(stored - reported) > AMOUNT_TOLERANCE
-        else:
-            differs = stored != reported
-        if differs:
-            differences[name] = [None if stored is None else str(stored), str(reported)]
-    if "status" in differences:
-        kind = STATUS_DIFFERS
-    elif any(name in differences for name in COMPARED_AMOUNTS):
-        kind = AMOUNT_DIFFERS
-    elif "currency" in differences:
-        kind = CURRENCY_DIFFERS
-    else:
-        kind = MATCHED
-    return kind, differences
-
-
 def reconciliation_run(
     *,
     source: ReportSource,
     date_from: datetime.date,
     date_to: datetime.date,
     upload: IO[bytes] | None = None,
+    trigger: str = ReconciliationRun.BY_COMMAND,
 ) -> ReconciliationRun:
     """Compare the source's report of date_from..date_to (the partner's days, by
-    conversion time) with the partner's originals; store and return the run.
+    conversion time) with the partner's originals, in this thread; store and return the run.
 
     A report that cannot be read (a malformed CSV line, an API that refuses the
     credentials or keeps failing) leaves a failed run naming why, and no rows.
     Raises PartnerDatabaseUnavailable when the partner's database cannot be used.
+    (The admin and the daily schedule queue runs for the background worker instead:
+    reconciliation/runs.py.)
     """
-    if date_to < date_from:
-        raise ValueError(f"the range ends ({date_to}) before it starts ({date_from})")
-    partner = source.partner
-    mapping = report_mapping(partner=partner, source=source)
-    with partner_database(partner) as alias:
-        runs_interrupted_close(alias=alias, partner_id=partner.pk)
+    run_days_check(date_from=date_from, date_to=date_to)
+    with partner_database(source.partner) as alias:
         run = ReconciliationRun.objects.using(alias).create(
-            partner_id=partner.pk,
+            partner_id=source.partner_id,
             source_id=source.pk,
             source_name=source.name[:100],
             date_from=date_from,
             date_to=date_to,
-            mapping=mapping,
+            state=ReconciliationRun.RUNNING,
+            trigger=trigger,
+            progress_at=timezone.now(),
         )
+    return run_perform(source=source, run=run, upload=upload)
+
+
+def run_days_check(*, date_from: datetime.date, date_to: datetime.date) -> None:
+    if date_to < date_from:
+        raise ValueError(f"the range ends ({date_to}) before it starts ({date_from})")
+
+
+def run_perform(
+    *,
+    source: ReportSource,
+    run: ReconciliationRun,
+    upload: IO[bytes] | None = None,
+    stop: threading.Event | None = None,
+) -> ReconciliationRun:
+    """Read the report of a run that is `running` (claimed by this thread), compare it,
+    and finish the run: done with its counts, or failed naming why. A CSV source's report
+    is `upload`, or the file uploaded with the run (kept in the partner's database until
+    the run ends). Raises PartnerDatabaseUnavailable when the partner's database cannot be
+    used, and RunStopped (the run left `running` for the caller to queue again) when `stop`
+    is set between two batches."""
+    partner = source.partner
+    mapping = report_mapping(partner=partner, source=source)
+    with partner_database(partner) as alias:
+        runs_interrupted_close(alias=alias, partner_id=partner.pk)
+        # Rows of an earlier attempt (a worker that exited in the middle) go: a run starts afresh.
+        ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
+        run.mapping = mapping
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(mapping=mapping)
         try:
-            rows = source_report_rows(source=source, date_from=date_from, date_to=date_to, upload=upload)
-            run.report_rows = _report_compare(partner=partner, alias=alias, run=run, rows=rows)
+            if upload is None and not source.is_api:
+                upload = run_upload_reader(alias=alias, run=run)
+            rows = source_report_rows(source=source, date_from=run.date_from, date_to=run.date_to, upload=upload)
+            # An API's pages come about a second apart (its rate limit): a batch per page
+            # shows the run's progress page by page.
+            batch_size = min(BATCH_SIZE, max(1, source.page_size)) if source.is_api else BATCH_SIZE
+            run.report_rows = _report_compare(
+                partner=partner, alias=alias, run=run, rows=rows, stop=stop, batch_size=batch_size
+            )
             _missing_there_add(partner=partner, alias=alias, run=run)
+        except RunStopped:
+            raise
         except (ReportError, DataError) as exc:
             # DataError: a value this database refuses (e.g. a NUL in an API record's text).
             error = str(exc) if isinstance(exc, ReportError) else f"the report has a value that cannot be stored: {exc}"
@@ -160,11 +168,49 @@ def reconciliation_run(
             run.state = ReconciliationRun.DONE
             run.counts = run_counts(alias=alias, run=run)
         run.finished_at = timezone.now()
-        run.save(using=alias)
+        # Not the progress columns: the batches wrote them (pages read, rows compared).
+        run.save(using=alias, update_fields=["state", "error", "report_rows", "counts", "finished_at", "mapping"])
+        run.refresh_from_db(using=alias, fields=["rows_read", "pages_read", "progress_at"])
+        ReportUpload.objects.using(alias).filter(run_id=run.pk).delete()
     ReportSource.objects.filter(pk=source.pk).update(
         last_run_at=run.finished_at, last_run_counts=run.counts, last_run_error=run.error
     )
     return run
+
+
+class _UploadPieces(io.RawIOBase):
+    """The file uploaded with a run, read back piece by piece (one query per piece)."""
+
+    def __init__(self, *, alias: str, run_id: int):
+        self.alias, self.run_id = alias, run_id
+        self.seq, self.buffer = 0, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        if not self.buffer:
+            piece = (
+                ReportUpload.objects.using(self.alias)
+                .filter(run_id=self.run_id, seq=self.seq)
+                .values_list("data", flat=True)
+                .first()
+            )
+            if piece is None:
+                return 0
+            self.seq += 1
+            self.buffer = memoryview(bytes(piece))
+        size = min(len(target), len(self.buffer))
+        target[:size] = self.buffer[:size]
+        self.buffer = self.buffer[size:]
+        return size
+
+
+def run_upload_reader(*, alias: str, run: ReconciliationRun) -> IO[bytes]:
+    """A file object over the report uploaded with `run` (a ReportError when there is none)."""
+    if not ReportUpload.objects.using(alias).filter(run_id=run.pk).exists():
+        raise ReportError("the uploaded report is gone (the run was started again after it finished?)")
+    return io.BufferedReader(_UploadPieces(alias=alias, run_id=run.pk), buffer_size=ReportUpload.CHUNK_BYTES)
 
 
 # A running run that stored no batch for this long was cut off (its process stopped).
@@ -221,10 +267,20 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, rows: Iterable[ReportRow]) -> int:
+def _report_compare(
+    *,
+    partner: Partner,
+    alias: str,
+    run: ReconciliationRun,
+    rows: Iterable[ReportRow],
+    stop: threading.Event | None = None,
+    batch_size: int | None = None,
+) -> int:
     """Compare and store the report's rows, a batch at a time; how many rows it had."""
     count = 0
-    for batch in _batched(rows, BATCH_SIZE):
+    for batch in _batched(rows, batch_size or BATCH_SIZE):
+        if stop is not None and stop.is_set():
+            raise RunStopped
         mapped = []
         for report_row in batch:
             result = report_row_map(partner=partner, mapping=run.mapping, values=report_row.values)
@@ -261,8 +317,11 @@ def _report_compare(*, partner: Partner, alias: str, run: ReconciliationRun, row
                 }
             )
         rows_insert(alias=alias, rows=stored)
-        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(progress_at=timezone.now())
         count += len(batch)
+        pages = max((row.page for row, _values in mapped), default=0)
+        ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(
+            progress_at=timezone.now(), rows_read=count, pages_read=pages
+        )
     return count
 
 
@@ -433,12 +492,18 @@ def _report_row_apply(*, partner: Partner, alias: str, run: ReconciliationRun, r
     mapped = report_row_map(partner=partner, mapping=run.mapping, values=row.report_data)
     if not mapped.is_valid:
         return "unreadable"  # the partner's statuses or time zone changed since the run
-    incoming = {**mapped.values, "partner_id": partner.pk, "raw_data": row.report_data, "request_ip": None}
     original = original_get(alias=alias, partner_id=partner.pk, conversion_id=row.conversion_id)
     if original is None:
         return "gone"  # purged since the run
+    # Only what the report can say about ours: never its currency, nor money it cannot compare.
+    ours = {name: getattr(original, name) for name in ORIGINAL_COMPARED}
+    applicable = report_row_applicable(ours=ours, theirs=mapped.values)
+    incoming = {**applicable, "partner_id": partner.pk, "raw_data": row.report_data, "request_ip": None}
     decision = decide(incoming=incoming, original=original, transitions=partner.status_transitions)
     if decision.outcome is Outcome.DUPLICATE:
+        currency = mapped.values.get("currency")
+        if currency is not None and currency != original.currency:
+            return "currency kept"  # the only difference is one a report does not apply
         return "agrees"  # a postback brought the same values meanwhile: nothing to apply
     with transaction.atomic(using=alias):
         stored = conversion_settle(

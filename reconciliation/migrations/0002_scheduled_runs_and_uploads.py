@@ -157,6 +157,13 @@ class Migration(migrations.Migration):
                 ],
             ),
         ),
+        migrations.AddField(
+            model_name="reportsource",
+            name="queued_at",
+            field=models.DateTimeField(
+                blank=True, help_text="Set while a run of this source waits for the background worker.", null=True
+            ),
+        ),
         migrations.RunPython(rate_per_minute, migrations.RunPython.noop),
         migrations.RemoveField(
             model_name="reportsource",

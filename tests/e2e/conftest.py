@@ -1,9 +1,11 @@
 """Fixtures for tests that run real servers."""
 
+import shutil
 import uuid
 
 import psycopg
 import pytest
+from playwright.sync_api import sync_playwright
 from psycopg import sql
 
 from tests.conftest import POSTGRES_SERVER, THROUGH_PGBOUNCER
@@ -30,3 +32,24 @@ def postgres_env(partner_server_port):
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
         for (name,) in rows:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright (its own browser download is not used)."""
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

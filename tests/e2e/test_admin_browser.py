@@ -8,7 +8,6 @@ The screenshots in the README are taken here, so they stay true.
 import csv
 import io
 import os
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from psycopg import sql
 
 from tests.conftest import POSTGRES_SERVER
@@ -31,15 +30,6 @@ SCREENSHOTS = (
     if os.environ.get("SCREENSHOTS_UPDATE") == "1"
     else Path(tempfile.mkdtemp(prefix="postback-screenshots-"))
 )
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 CREATE_USERS = """
 from django.contrib.auth.models import Group, User
 from partners.models import Partner, PartnerScope
@@ -77,15 +67,6 @@ def server(tmp_path, postgres_prefix):
         assert done.returncode == 0, done.stderr
     with running_server(env, tmp_path / "server.log") as base:
         yield base
-
-
-@pytest.fixture
-def browser():
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def log_in(page: Page, base: str, username: str) -> None:

@@ -76,3 +76,10 @@ def test_bad_arguments_are_clear_errors(involve):
         call_command("reconcile", "--partner", "involve_asia")
     with pytest.raises(CommandError, match="--days must be between 1 and 366"):
         call_command("reconcile", "--days", "0")
+
+
+def test_nothing_to_reconcile_and_an_unknown_partner_say_so(involve, capsys):
+    call_command("reconcile")
+    assert "nothing to reconcile: no active partner has an active API report source" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="there is no partner 'nosuch'"):
+        call_command("reconcile", "--partner", "nosuch")

@@ -7,6 +7,7 @@ from collections import defaultdict
 from django.core.management.base import BaseCommand, CommandError
 
 from infra.databases import PartnerDatabaseUnavailable
+from partners.models import Partner
 from reconciliation.models import API_KINDS, MISSING_HERE, ReconciliationRun, ReportSource
 from reconciliation.services import reconciliation_run
 
@@ -33,9 +34,23 @@ class Command(BaseCommand):
         )
         code = options["partner"]
         if code:
-            sources = sources.filter(partner__partner_code=code)
+            partner = Partner.objects.filter(partner_code=code).first()
+            if partner is None:
+                raise CommandError(f"there is no partner '{code}' (partner codes: manage.py shell, or the admin)")
+            if not partner.is_active:
+                raise CommandError(f"partner '{code}' is inactive: nothing to reconcile")
+            sources = sources.filter(partner=partner)
             if not sources.exists():
-                raise CommandError(f"partner '{code}' has no active API report source (add one in the admin)")
+                raise CommandError(
+                    f"partner '{code}' has no active API report source: add one in the admin "
+                    "(Reconciliation > Report sources); a CSV report is reconciled from its source's page"
+                )
+        if not sources.exists():
+            self.stdout.write(
+                "nothing to reconcile: no active partner has an active API report source "
+                "(add one in the admin: Reconciliation > Report sources)"
+            )
+            return
         failures = []
         missing: dict[str, int] = defaultdict(int)
         for source in sources.order_by("partner__partner_code", "name"):
@@ -43,7 +58,9 @@ class Command(BaseCommand):
             date_to = partner.local_now().date()
             date_from = date_to - datetime.timedelta(days=days - 1)
             try:
-                run = reconciliation_run(source=source, date_from=date_from, date_to=date_to)
+                run = reconciliation_run(
+                    source=source, date_from=date_from, date_to=date_to, trigger=ReconciliationRun.BY_COMMAND
+                )
             except PartnerDatabaseUnavailable as exc:
                 failures.append(partner.partner_code)
                 self.stderr.write(f"{partner.partner_code} {source.name}: FAILED: {exc}")
