@@ -89,11 +89,29 @@ def _rows_url(partner: Partner, run_id: int, kind: str | None = None) -> str:
     return f"{url}?{PARTNER_PARAM}={partner.partner_code}&run={run_id}" + (f"&kind={kind}" if kind else "")
 
 
+class VisiblePartnerFilter(admin.SimpleListFilter):
+    """ "By partner", naming only the partners the user may see (PartnerScope)."""
+
+    title = "partner"
+    parameter_name = "partner__id__exact"
+
+    def lookups(self, request: HttpRequest, model_admin):
+        return [(str(pk), code) for pk, code in partners_visible_to(request.user).values_list("pk", "partner_code")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            raise IncorrectLookupParameters(f"partner: {value[:20]!r} is not a partner id")
+        return queryset.filter(partner_id=int(value))
+
+
 @admin.register(ReportSource)
 class ReportSourceAdmin(admin.ModelAdmin):
     form = ReportSourceForm
     list_display = ("name", "partner", "kind", "is_active", "last_run_at", "last_run_summary", "reconcile_link")
-    list_filter = ("kind", "is_active", "partner")
+    list_filter = ("kind", "is_active", VisiblePartnerFilter)
     search_fields = ("name", "partner__partner_code")
     readonly_fields = ("last_run_at", "last_run_summary", "last_run_error", "scheduled_through")
     fieldsets = (
@@ -331,10 +349,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
             try:
                 run = self.get_queryset(request).filter(pk=int(object_id)).first()
             except (DatabaseError, PartnerDatabaseUnavailable) as exc:
-                self.message_user(
-                    request, f"This partner's database cannot be read: {str(exc).strip()[:200]}", messages.ERROR
-                )
-                return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+                return self._unreadable(request, exc)
         if run is None:
             self.message_user(request, f"There is no run #{str(object_id)[:20]} for this partner.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
@@ -375,6 +390,9 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         what = request.POST.get("recover")
         if what not in RECOVERIES:
             raise BadRequest("recover: say 'missing' or 'apply'")
+        if partner is None:
+            self.message_user(request, f"There is no run #{run_id} for this partner.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
         runs = self.get_queryset(request).filter(pk=run_id)
         recover, verb = RECOVERIES[what]
         self._recover(request, runs, recover, verb)
@@ -385,7 +403,10 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         partner = self.partner_for(request)
-        run = self.get_queryset(request).filter(pk=run_id).first() if partner is not None else None
+        try:
+            run = self.get_queryset(request).filter(pk=run_id).first() if partner is not None else None
+        except (DatabaseError, PartnerDatabaseUnavailable) as exc:
+            return self._unreadable(request, exc)
         if run is None:
             self.message_user(request, f"There is no run #{run_id} for this partner.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
@@ -395,9 +416,20 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 
+    def _unreadable(self, request: HttpRequest, exc: Exception) -> HttpResponse:
+        reason = exc.reason if isinstance(exc, PartnerDatabaseUnavailable) else str(exc).strip()[:200]
+        self.message_user(request, f"This partner's database cannot be read: {reason}", messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
+
     def _recover(self, request: HttpRequest, queryset: QuerySet, recover, verb: str) -> None:
         partner = self.partner_for(request)
-        for run in queryset:
+        try:
+            runs = list(queryset)
+        except (DatabaseError, PartnerDatabaseUnavailable) as exc:
+            reason = exc.reason if isinstance(exc, PartnerDatabaseUnavailable) else str(exc).strip()[:200]
+            self.message_user(request, f"Stopped: the partner's database is unavailable: {reason}", messages.ERROR)
+            return
+        for run in runs:
             try:
                 outcomes = recover(partner=partner, run=run)
             except RecoveryRefused as exc:

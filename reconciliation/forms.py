@@ -10,6 +10,7 @@ from partners.forms import ParameterMappingField
 from reconciliation.models import REPORT_TIMEZONE_LABELS, ReportSource
 
 MAX_RUN_DAYS = 366
+EARLIEST_RUN_DAY = datetime.date(2000, 1, 1)
 
 
 class CredentialInput(forms.PasswordInput):
@@ -128,6 +129,14 @@ class ReportSourceForm(forms.ModelForm):
             cleaned["api_key"] = cleaned["api_secret"] = ""
             self.instance.api_key = self.instance.api_secret = ""
         source = ReportSource(kind=cleaned.get("kind") or "")
+        moved = self.instance.pk and cleaned.get("base_url", "") != self.instance.base_url
+        if moved and source.is_api and self.instance.has_credentials and not cleaned.get("clear_credentials"):
+            # The stored key and secret are never sent to an address they were not typed for.
+            for name in ("api_key", "api_secret"):
+                if not self.data.get(name, "").strip():
+                    self.add_error(
+                        name, "The base URL changed: type the key and secret again (they are sent to that address)."
+                    )
         if source.is_api and not cleaned.get("clear_credentials"):
             missing = [name for name in ("api_key", "api_secret") if not cleaned.get(name)]
             for name in missing:
@@ -158,6 +167,11 @@ class RunStartForm(forms.Form):
         if start and end:
             if end < start:
                 raise ValidationError("The last day comes before the first.")
+            tomorrow = self.source.partner.local_now().date() + datetime.timedelta(days=1)
+            if start < EARLIEST_RUN_DAY or end > tomorrow:
+                raise ValidationError(
+                    f"Days from {EARLIEST_RUN_DAY} to {tomorrow} (tomorrow in the partner's time zone) only."
+                )
             if end - start > datetime.timedelta(days=MAX_RUN_DAYS - 1):
                 raise ValidationError(f"A run covers at most {MAX_RUN_DAYS} days.")
         return cleaned

@@ -23,12 +23,19 @@ from collections.abc import Callable
 from typing import IO
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import DatabaseError, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from infra.databases import PartnerDatabaseUnavailable, partner_database
-from reconciliation.models import API_KINDS, ReconciliationRun, ReportSource, ReportUpload
+from reconciliation.models import (
+    API_KINDS,
+    MISSING_HERE,
+    ReconciliationRow,
+    ReconciliationRun,
+    ReportSource,
+    ReportUpload,
+)
 from reconciliation.services import RunStopped, run_days_check, run_missing_record, run_perform
 
 logger = logging.getLogger("conversions.reconciliation")
@@ -100,6 +107,17 @@ def runs_abandon() -> None:
         logger.warning("reconcile run=%s queued again: the worker stopped in the middle of it", run.pk)
 
 
+def _recording_pending(*, alias: str, source: ReportSource) -> list[ReconciliationRun]:
+    """The source's done runs that were to record their missing conversions and have some left."""
+    pending = ReconciliationRow.objects.using(alias).filter(run_id=OuterRef("pk"), kind=MISSING_HERE, action="")
+    return list(
+        ReconciliationRun.objects.using(alias)
+        .filter(source_id=source.pk, state=ReconciliationRun.DONE, record_missing=True)
+        .filter(Exists(pending))
+        .order_by("pk")[:10]
+    )
+
+
 def run_claim(*, alias: str, run_id: int, worker: str, now: datetime.datetime | None = None) -> bool:
     """Take a queued run for `worker`: True for the one caller that moved it to running."""
     now = now or timezone.now()
@@ -112,8 +130,6 @@ def run_claim(*, alias: str, run_id: int, worker: str, now: datetime.datetime | 
 
 def run_requeue(*, alias: str, run: ReconciliationRun, source: ReportSource) -> None:
     """Put a run cut off by the worker's stop back in the queue (its rows go; it starts again)."""
-    from reconciliation.models import ReconciliationRow
-
     with transaction.atomic(using=alias):
         ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
         ReconciliationRun.objects.using(alias).filter(pk=run.pk, state=ReconciliationRun.RUNNING).update(
@@ -158,7 +174,16 @@ def _source_queue_take(*, source: ReportSource, worker: str, marked_at, stopping
         )
         claimed = next((pk for pk in queued if run_claim(alias=alias, run_id=pk, worker=worker)), None)
         if claimed is None:
-            # Nothing left to take: unmark, unless a run was queued since the mark was read.
+            unrecorded = _recording_pending(alias=alias, source=source)
+            if unrecorded:
+                # A done run whose automatic recording did not finish (a database blip, the
+                # worker stopped right after the run): recorded now; rows are claimed one by
+                # one, so another worker doing the same records each conversion once.
+                for run in unrecorded:
+                    outcomes = run_missing_record(partner=source.partner, run=run)
+                    logger.info("reconcile run=%s recorded automatically (resumed): %s", run.pk, outcomes)
+                return True
+            # Nothing left to do: unmark, unless a run was queued since the mark was read.
             ReportSource.objects.filter(pk=source.pk, queued_at=marked_at).update(queued_at=None)
             return False
         run = ReconciliationRun.objects.using(alias).get(pk=claimed)
@@ -179,6 +204,23 @@ def _source_queue_take(*, source: ReportSource, worker: str, marked_at, stopping
             "reconcile partner=%s run=%s recorded automatically: %s", source.partner.partner_code, run.pk, outcomes
         )
     return True
+
+
+def source_runs_close(*, source: ReportSource) -> int:
+    """The source is being deleted: its queued runs fail (nobody will perform them); how many.
+    Best effort: a partner database that does not answer keeps them queued, shown as such."""
+    try:
+        with partner_database(source.partner) as alias:
+            return (
+                ReconciliationRun.objects.using(alias)
+                .filter(source_id=source.pk, state=ReconciliationRun.QUEUED)
+                .update(
+                    state=ReconciliationRun.FAILED, error="its report source was deleted", finished_at=timezone.now()
+                )
+            )
+    except (PartnerDatabaseUnavailable, DatabaseError) as exc:
+        logger.warning("reconcile source=%s deleted with queued runs left: %s", source.pk, exc)
+        return 0
 
 
 # --- the daily schedule ---------------------------------------------------------------

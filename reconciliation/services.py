@@ -66,6 +66,10 @@ ORIGINAL_COMPARED = ("id", "conversion_id", "status", "currency", *COMPARED_AMOU
 REPORT_MARK_HEADER = "X-Recorded-From-Report"
 
 
+# A row's action while a recovery works on it (inside that recovery's transaction only).
+ROW_CLAIMED = "in progress"
+
+
 class RunStopped(Exception):
     """The background worker is stopping: the run in progress is put back in the queue."""
 
@@ -168,10 +172,26 @@ def run_perform(
             run.state = ReconciliationRun.DONE
             run.counts = run_counts(alias=alias, run=run)
         run.finished_at = timezone.now()
-        # Not the progress columns: the batches wrote them (pages read, rows compared).
-        run.save(using=alias, update_fields=["state", "error", "report_rows", "counts", "finished_at", "mapping"])
-        run.refresh_from_db(using=alias, fields=["rows_read", "pages_read", "progress_at"])
+        # Only while it is still running (a run failed meanwhile as cut off stays failed),
+        # and not the progress columns: the batches wrote them (pages read, rows compared).
+        finished = (
+            ReconciliationRun.objects.using(alias)
+            .filter(pk=run.pk, state=ReconciliationRun.RUNNING)
+            .update(
+                state=run.state,
+                error=run.error,
+                report_rows=run.report_rows,
+                counts=run.counts,
+                finished_at=run.finished_at,
+                mapping=run.mapping,
+            )
+        )
         ReportUpload.objects.using(alias).filter(run_id=run.pk).delete()
+        if not finished:
+            run.refresh_from_db(using=alias)
+            logger.warning("reconcile run=%s ended after it was failed as cut off: its outcome is not kept", run.pk)
+            return run
+        run.refresh_from_db(using=alias, fields=["rows_read", "pages_read", "progress_at"])
     ReportSource.objects.filter(pk=source.pk).update(
         last_run_at=run.finished_at, last_run_counts=run.counts, last_run_error=run.error
     )
@@ -245,6 +265,7 @@ def _run_interrupted(*, alias: str, run: ReconciliationRun, reason: str, now: da
     """Best effort: the run failed, naming why, without its rows (when the database answers)."""
     try:
         ReconciliationRow.objects.using(alias).filter(run_id=run.pk).delete()
+        ReportUpload.objects.using(alias).filter(run_id=run.pk).delete()  # it will not be read again
         ReconciliationRun.objects.using(alias).filter(pk=run.pk, state=ReconciliationRun.RUNNING).update(
             state=ReconciliationRun.FAILED,
             error=INTERRUPTED.format(reason=reason)[:1000],
@@ -430,6 +451,12 @@ def _pending_rows(*, alias: str, run: ReconciliationRun, kinds: Iterable[str]) -
         last = batch[-1].id
 
 
+def _row_claim(*, alias: str, row: ReconciliationRow) -> bool:
+    """Inside the caller's transaction: take a pending row for this recovery, or False when
+    another one took it (on PostgreSQL the row lock makes the second wait, then see it taken)."""
+    return bool(ReconciliationRow.objects.using(alias).filter(pk=row.pk, action="").update(action=ROW_CLAIMED))
+
+
 def _action_word(outcome: Outcome) -> str:
     return "recorded" if outcome is Outcome.SUCCESS else outcome.name.lower()
 
@@ -449,8 +476,11 @@ def run_missing_record(*, partner: Partner, run: ReconciliationRun) -> dict[str,
                 "request_headers": {REPORT_MARK_HEADER: f"reconciliation run {run.pk}"},
                 "request_ip": None,
             }
-            # The conversion and the row's note of it are written together, or neither.
+            # The row is claimed (a concurrent recovery of the run skips it), the conversion
+            # stored and the row's note of it written together, or none of them.
             with transaction.atomic(using=alias):
+                if not _row_claim(alias=alias, row=row):
+                    continue
                 stored = postback_store(
                     partner=partner, alias=alias, row=kept, mapped=mapped, digest=None, source="report"
                 )
@@ -476,9 +506,12 @@ def run_report_apply(*, partner: Partner, run: ReconciliationRun) -> dict[str, i
     outcomes: Counter[str] = Counter()
     with partner_database(partner) as alias:
         for row in _pending_rows(alias=alias, run=run, kinds=APPLICABLE_KINDS):
-            row.action = _report_row_apply(partner=partner, alias=alias, run=run, row=row)
-            row.action_at = timezone.now()
-            row.save(using=alias, update_fields=["action", "action_at"])
+            with transaction.atomic(using=alias):
+                if not _row_claim(alias=alias, row=row):
+                    continue  # a concurrent recovery of the run has it
+                row.action = _report_row_apply(partner=partner, alias=alias, run=run, row=row)
+                row.action_at = timezone.now()
+                row.save(using=alias, update_fields=["action", "action_at"])
             outcomes[row.action] += 1
         applied = ReconciliationRow.objects.using(alias).filter(run_id=run.pk, action="updated").count()
         ReconciliationRun.objects.using(alias).filter(pk=run.pk).update(applied=applied)

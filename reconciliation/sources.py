@@ -69,27 +69,32 @@ def csv_report_rows(file: IO[bytes]) -> Iterator[ReportRow]:
         raise ReportError("the file is empty: the first line must name the columns")
     delimiter = max(CSV_DELIMITERS, key=header_line.count)
     lines = _chain_first(header_line, reader_lines)
+    # The csv module's own field limit is process-wide (csv.field_size_limit): left as it
+    # is; each field is measured here instead.
     reader = csv.reader(lines, delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
-    previous_limit = csv.field_size_limit()
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    try:
-        header = [name.strip() for name in _next_row(reader)]
-        _header_check(header)
-        while True:
-            try:
-                fields = _next_row(reader)
-            except StopIteration:
-                return
-            if not any(field.strip() for field in fields):
-                continue  # a blank line
-            if len(fields) != len(header):
-                raise ReportError(
-                    f"line {reader.line_num}: {len(fields)} fields where the header has {len(header)} "
-                    f"(separator '{delimiter}'; quote fields that contain it)"
-                )
-            yield ReportRow(line=reader.line_num, values=dict(zip(header, fields, strict=True)))
-    finally:
-        csv.field_size_limit(previous_limit)
+    header = [name.strip() for name in _next_row(reader)]
+    _header_check(header)
+    _fields_check(header, reader.line_num)
+    while True:
+        try:
+            fields = _next_row(reader)
+        except StopIteration:
+            return
+        if not any(field.strip() for field in fields):
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise ReportError(
+                f"line {reader.line_num}: {len(fields)} fields where the header has {len(header)} "
+                f"(separator '{delimiter}'; quote fields that contain it)"
+            )
+        _fields_check(fields, reader.line_num)
+        yield ReportRow(line=reader.line_num, values=dict(zip(header, fields, strict=True)))
+
+
+def _fields_check(fields: list[str], line: int) -> None:
+    for position, field in enumerate(fields, start=1):
+        if len(field) > CSV_FIELD_LIMIT:
+            raise ReportError(f"line {line}: field {position} is longer than {CSV_FIELD_LIMIT} characters")
 
 
 def _lines_decoded(file: IO[bytes]) -> Iterator[str]:
@@ -297,7 +302,12 @@ class ApiClient:
             try:
                 response = self.pool.request("POST", url, fields=fields, headers=headers, encode_multipart=False)
             except (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError) as exc:
-                problem = "timed out" if isinstance(exc, urllib3.exceptions.TimeoutError) else "connection dropped"
+                if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                    problem = "cannot connect"  # refused, or no such host (urllib3 files it under timeouts)
+                elif isinstance(exc, urllib3.exceptions.TimeoutError):
+                    problem = "timed out"
+                else:
+                    problem = "connection dropped"
             except urllib3.exceptions.HTTPError as exc:
                 raise ReportError(f"{path}: cannot reach {self.base_url}: {self.masked(str(exc))}") from None
             else:
