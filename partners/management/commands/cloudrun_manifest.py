@@ -367,7 +367,10 @@ def worker_manifest(
             "labels": {"cloud.googleapis.com/location": region, "app": "postback", "role": "delivery-worker"},
             "annotations": {
                 "run.googleapis.com/ingress": "internal",
-                "run.googleapis.com/description": "Sends postbacks to publishers (python manage.py deliver_postbacks)",
+                "run.googleapis.com/description": (
+                    "Sends postbacks to publishers and performs queued and daily reconciliation runs "
+                    "(python manage.py deliver_postbacks)"
+                ),
             },
         },
         "spec": {
