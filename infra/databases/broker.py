@@ -96,7 +96,7 @@ class ConnectionBroker:
         self._ensure_sweeper()
         deadline = time.monotonic() + settings.DB_CONNECT_TIMEOUT
         while True:
-            evicted: list[_Entry] = []
+            evicted: list[_Entry] = []  # the place of the first one is this new connection's
             reused = None
             with self._cond:
                 while True:
@@ -115,8 +115,11 @@ class ConnectionBroker:
                             f"(DB_MAX_CONNECTIONS); none came back within {settings.DB_CONNECT_TIMEOUT} s"
                         )
                     self._cond.wait(remaining)
-            for entry in evicted:
-                self._close(entry, "evicted")
+            for index, entry in enumerate(evicted):
+                if index == 0:
+                    self._close(entry, "evicted")
+                else:
+                    self._forget(entry, "evicted")
             if reused is not None:
                 if time.monotonic() - reused.released_at < CHECK_AFTER_IDLE_SECONDS or check(reused.raw):
                     reused.alias = alias
@@ -225,12 +228,15 @@ class ConnectionBroker:
     def _reclaim_abandoned(self, evicted: list[_Entry]) -> bool:
         # Locked. Connections lent to threads that ended without giving them back
         # (a thread outside any request that never closed its connections) are taken
-        # back, so they cannot shrink the process's limit for good.
+        # back, so they cannot shrink the process's limit for good. Only the first one's
+        # place goes to the caller now; the others keep theirs until the caller has closed
+        # them (_forget), or another thread could open one while they are still open.
         abandoned = [entry for entry in self._in_use.values() if not _alive(entry.owner)]
         for entry in abandoned:
             del self._in_use[id(entry.raw)]
-            self._open_by_key[entry.key] -= 1
-            evicted.append(entry)
+        if abandoned:
+            self._open_by_key[abandoned[0].key] -= 1
+        evicted.extend(abandoned)
         return bool(abandoned)
 
     def _evict(self, matches: Callable[[_Entry], bool], evicted: list[_Entry]) -> bool:

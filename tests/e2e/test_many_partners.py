@@ -60,14 +60,16 @@ def _held_connections(ancestor: int, port: int) -> int:
                     link = os.readlink(fd)
                     if link.startswith("socket:["):
                         inodes.add(link[8:-1])
-    held = 0
+    # A set: the kernel lists the table a page at a time, and a connection opened or
+    # closed between two pages can make one read list another connection twice.
+    held = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
                 if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == ESTABLISHED and fields[9] in inodes:
-                    held += 1
-    return held
+                    held.add(fields[9])
+    return len(held)
 
 
 def add_partners(env: dict, codes: list[str]) -> None:
@@ -109,7 +111,9 @@ class Sampler:
 
     Directly on PostgreSQL: the TCP connections to the server that the processes this
     test started (gunicorn's master and workers) hold open, read from /proc, exactly
-    what the broker bounds. (The server's own list also shows backends of connections
+    what the broker bounds: a connection counts once, and only if it is still
+    established after the processes' descriptors were read, so every one counted was
+    open at the same moment. (The server's own list also shows backends of connections
     already closed while their process is still exiting, more of them the busier the
     machine.) Through PgBouncer: the server's connections, which PgBouncer bounds.
     """

@@ -259,6 +259,49 @@ def test_connections_of_a_thread_that_ended_without_returning_them_are_taken_bac
     assert broker.stats().open == 1
 
 
+def test_connections_taken_back_from_an_ended_thread_are_closed_before_their_places_are_reused(broker):
+    """The process never has more than DB_MAX_CONNECTIONS open, even while the
+    connections of an ended thread are being closed (a slow close: a server far away)."""
+    open_now: set[int] = set()
+    most_open = []
+    closing = threading.Event()
+    let_close = threading.Event()
+
+    class SlowToClose(FakeConnection):
+        def __init__(self, key: str):
+            super().__init__(key)
+            open_now.add(id(self))
+            most_open.append(len(open_now))
+
+        def close(self) -> None:
+            closing.set()
+            let_close.wait(2)
+            open_now.discard(id(self))
+            super().close()
+
+    def take_slow(key: str) -> SlowToClose:
+        return broker.acquire(key=key, alias=f"{key}_db", connect=lambda: SlowToClose(key), check=lambda raw: True)
+
+    held = []
+    worker = threading.Thread(target=lambda: held.extend([take_slow("a"), take_slow("b")]))
+    worker.start()
+    worker.join()  # ended with both of the process's 2 connections
+    taken = []
+    first = threading.Thread(target=lambda: taken.append(take_slow("c")))
+    first.start()  # reclaims the ended thread's connections, and closes them
+    assert closing.wait(2)
+    second = threading.Thread(target=lambda: taken.append(take_slow("d")))
+    second.start()
+    time.sleep(0.3)  # while the ended thread's connections are still open
+    let_close.set()
+    first.join()
+    second.join()
+    assert sorted(raw.key for raw in taken) == ["c", "d"]
+    assert all(raw.closed for raw in held)
+    assert max(most_open) <= 2, most_open
+    assert broker.stats().open == 2
+
+
 def test_a_request_visits_only_the_connections_its_thread_holds(involve, monkeypatch):
     """Django visits every alias at each request's start and end; with one alias per
     partner that visit grows with the partners. Here it must not happen at all."""
