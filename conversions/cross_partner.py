@@ -24,16 +24,17 @@ per-partner selectors' (conversion_count, conversion_stats), from the same rows.
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError, ProgrammingError, connections
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Q
+from django.db.models import Count, Max, Q
+from django.db.models.functions import Trunc
 from psycopg import errors, sql
 
-from conversions.models import PartnerConversion, row_kind
+from conversions.models import DailyCounter, PartnerConversion, row_kind
 from conversions.outcomes import RowKind
 from conversions.selectors import (
     TIME_FIELDS,
@@ -57,6 +58,7 @@ UNION_CHUNK = 100
 SEARCH_LIMIT = 200
 
 T = TypeVar("T")
+HOUR = timedelta(hours=1)
 TABLE = PartnerConversion._meta.db_table
 
 
@@ -373,3 +375,121 @@ def partners_conversions_find(*, partners: list[Partner], term: str, limit: int 
         searched=len(partners) - len(unavailable),
         unavailable=unavailable,
     )
+
+
+# --- channel health: what each partner received lately ------------------------------------
+
+
+@dataclass(frozen=True)
+class PartnerActivity:
+    """What a partner's storage says of its traffic (health/signals.py reads it)."""
+
+    buckets: dict[datetime, tuple[int, int]]  # hour (UTC) -> (rows received, of them invalid), since `since`
+    last_hour: int  # rows received in the last hour
+    invalid: int  # of them invalid
+    since_check: int  # rows received since `since_check`
+    newest: datetime | None  # the newest row's received_at
+    counters: dict[str, dict[str, int]]  # ISO day -> counter name -> count (refusals: rejected:<reason>)
+
+
+COUNTERS_TABLE = DailyCounter._meta.db_table
+REFUSAL_COUNTERS = "rejected:%"
+
+
+def partners_activity(
+    *,
+    partners: list[Partner],
+    since: datetime,
+    since_check: datetime,
+    now: datetime,
+    days: list[str],
+) -> dict[int, PartnerActivity | Unreadable]:
+    """partner pk -> its rows by hour since `since`, the last hour's, those since
+    `since_check`, its newest row, and its refusal counters of `days` (ISO dates); or why its
+    storage cannot be read. Partners of one shared database are read in three statements per
+    UNION_CHUNK of them, the others one by one (the same numbers from the same rows)."""
+    hour_ago = now - HOUR
+    by_pk = {partner.pk: partner for partner in partners}
+
+    def together(cursor: CursorWrapper, tables: Tables) -> dict[int, PartnerActivity]:
+        values = {
+            "since": sql.Literal(since),
+            "now": sql.Literal(now),
+            "hour_ago": sql.Literal(hour_ago),
+            "since_check": sql.Literal(since_check),
+        }
+        buckets: dict[int, dict[datetime, tuple[int, int]]] = {pk: {} for pk in tables}
+        hourly = (
+            "SELECT {pk}, date_trunc('hour', received_at AT TIME ZONE 'UTC'), count(*), "
+            "count(*) FILTER (WHERE processing_error IS NOT NULL) FROM {table} "
+            "WHERE received_at >= {since} AND received_at < {now} GROUP BY 2"
+        )
+        for pk, hour, received, invalid in _union(cursor, tables, hourly, **values):
+            buckets[pk][hour.replace(tzinfo=UTC)] = (received, invalid)
+        lately = (
+            "SELECT {pk}, count(*), count(*) FILTER (WHERE processing_error IS NOT NULL), "
+            "count(*) FILTER (WHERE received_at >= {since_check}), "
+            "(SELECT max(received_at) FROM {table} WHERE received_at < {now}) "
+            "FROM {table} WHERE received_at >= {hour_ago} AND received_at < {now}"
+        )
+        found = {pk: row for pk, *row in _union(cursor, tables, lately, **values)}
+        # The same schemas' counters (each a schema of this database: _partners_by_storage said so).
+        counter_tables = {
+            pk: sql.Identifier(connections.settings[by_pk[pk].database_alias]["SCHEMA"], COUNTERS_TABLE)
+            for pk in tables
+        }
+        counted: dict[int, dict[str, dict[str, int]]] = {pk: {} for pk in tables}
+        refusals = "SELECT {pk}, day, name, count FROM {table} WHERE day = ANY({days}::date[]) AND name LIKE {pattern}"
+        rows = _union(
+            cursor, counter_tables, refusals, days=sql.Literal(list(days)), pattern=sql.Literal(REFUSAL_COUNTERS)
+        )
+        for pk, day, name, count in rows:
+            counted[pk].setdefault(day.isoformat(), {})[name] = count
+        return {
+            pk: PartnerActivity(
+                buckets=buckets[pk],
+                last_hour=found[pk][0],
+                invalid=found[pk][1],
+                since_check=found[pk][2],
+                newest=found[pk][3],
+                counters=counted[pk],
+            )
+            for pk in tables
+        }
+
+    def alone(partner: Partner) -> PartnerActivity:
+        alias = partner.database_alias
+        rows = PartnerConversion.objects.using(alias).filter(received_at__lt=now)
+        buckets = {
+            row["hour"].astimezone(UTC): (row["received"], row["invalid"])
+            for row in rows.filter(received_at__gte=since)
+            .annotate(hour=Trunc("received_at", "hour", tzinfo=UTC))
+            .values("hour")
+            .annotate(received=Count("id"), invalid=Count("id", filter=Q(processing_error__isnull=False)))
+            .order_by()
+        }
+        # The newest of the table when the hour had none: the received_at index reads one entry.
+        lately = rows.filter(received_at__gte=hour_ago).aggregate(
+            received=Count("id"),
+            invalid=Count("id", filter=Q(processing_error__isnull=False)),
+            since_check=Count("id", filter=Q(received_at__gte=since_check)),
+            newest=Max("received_at"),
+        )
+        newest = lately["newest"] or rows.order_by("-received_at").values_list("received_at", flat=True).first()
+        counters: dict[str, dict[str, int]] = {}
+        for day, name, count in (
+            DailyCounter.objects.using(alias)
+            .filter(partner_id=partner.pk, day__in=days, name__startswith=REFUSAL_COUNTERS.rstrip("%"))
+            .values_list("day", "name", "count")
+        ):
+            counters.setdefault(day.isoformat(), {})[name] = count
+        return PartnerActivity(
+            buckets=buckets,
+            last_hour=lately["received"],
+            invalid=lately["invalid"],
+            since_check=lately["since_check"],
+            newest=newest,
+            counters=counters,
+        )
+
+    return _each_partner(partners, together=together, alone=alone)

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "conversions",
     "publishers",
     "reconciliation",
+    "health",
 ]
 
 MIDDLEWARE = [
@@ -360,3 +361,15 @@ DELIVERY_METRICS_PORT = env.int("DELIVERY_METRICS_PORT", default=0)  # the worke
 # django-environ's EMAIL_URL: smtp+tls://user:password@smtp.example.com:587, consolemail://, ...
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="reports@localhost")
+
+# --- Channel health (health/) --------------------------------------------------------
+# How often the background worker evaluates every active partner (and sends what its
+# incidents owe people); the address of the admin that notifications link to.
+HEALTH_CHECK_SECONDS = env.float("HEALTH_CHECK_SECONDS", default=60.0)
+ADMIN_BASE_URL = env.str("ADMIN_BASE_URL", default="http://localhost:8000")
+# Where incidents are told, besides the account managers of the partner (by email): an
+# operations address, and a webhook (a JSON body Slack and generic receivers accept),
+# signed (X-Postback-Signature, HMAC-SHA256 of the timestamp and body) when a secret is set.
+ALERT_EMAIL_TO = env.list("ALERT_EMAIL_TO", default=[])
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_SECRET = env.str("ALERT_WEBHOOK_SECRET", default="")

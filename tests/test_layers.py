@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The service's packages; tests/ and bench/ stand outside the graph.
-PACKAGES = ("infra", "partners", "conversions", "publishers", "reconciliation", "postback_site")
+PACKAGES = ("infra", "partners", "conversions", "publishers", "reconciliation", "health", "postback_site")
 # What each package may import of the others (one direction of knowledge).
 MAY_IMPORT = {
     "infra": set(),
@@ -18,8 +18,10 @@ MAY_IMPORT = {
     "conversions": {"infra", "partners"},
     "publishers": {"infra", "partners", "conversions"},
     "reconciliation": {"infra", "partners", "conversions"},
+    # Channel health watches the signals of every floor below it.
+    "health": {"infra", "partners", "conversions", "publishers", "reconciliation"},
     # The project shell: settings, urls, wsgi, views. Nothing imports it.
-    "postback_site": {"infra", "partners", "conversions", "publishers", "reconciliation"},
+    "postback_site": {"infra", "partners", "conversions", "publishers", "reconciliation", "health"},
 }
 
 

@@ -63,22 +63,26 @@ def test_groups_exist_with_their_permissions(live_db):
     }
     assert perms == {
         "Account managers": [
+            "add_healthsettings",
             "add_partner",
             "add_publisher",
             "add_publisherofferpayout",
             "add_reportsource",
+            "change_healthsettings",
             "change_partner",
             "change_publisher",
             "change_publisherofferpayout",
             "change_reportsource",
             "delete_publisherofferpayout",
+            "view_healthsettings",
+            "view_incident",
             "view_partner",
             "view_partnerconversion",
             "view_publisher",
             "view_publisherofferpayout",
             "view_reportsource",
         ],
-        "Analysts": ["view_partner", "view_partnerconversion", "view_publisher", "view_reportsource"],
+        "Analysts": ["view_incident", "view_partner", "view_partnerconversion", "view_publisher", "view_reportsource"],
     }
 
 
