@@ -76,6 +76,10 @@ class ReportSourceForm(forms.ModelForm):
                 else "API sources: as the network's dashboard shows it. Never shown again once saved."
             )
 
+        if "partner_timezone_from_report" in self.fields:  # not for a user who may only look
+            self._timezone_fields_explain()
+
+    def _timezone_fields_explain(self) -> None:
         partner = getattr(self.instance, "partner", None) if self.instance.partner_id else None
         zone = self.instance.report_zone_name if partner is not None else ""
         field = self.fields["partner_timezone_from_report"]
@@ -90,7 +94,9 @@ class ReportSourceForm(forms.ModelForm):
                 "partner's days (the network's days around them are asked for), but conversions near midnight "
                 "fall on different days in the two. " + field.help_text
             )
-        report_zone = self.fields["report_timezone"]
+        report_zone = self.fields.get("report_timezone")
+        if report_zone is None:
+            return
         networks = ", ".join(
             f"{ReportSource(kind=kind).get_kind_display()}: {label}" for kind, label in REPORT_TIMEZONE_LABELS.items()
         )

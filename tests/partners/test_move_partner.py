@@ -30,7 +30,7 @@ from conversions.models import DailyCounter
 from infra.databases.moves import STORAGE_MOVED_SQLSTATE, StorageMove, partner_tables, storage_location
 from partners.models import Partner
 from publishers.models import Delivery, DeliveryAttempt
-from reconciliation.models import ReconciliationRow, ReconciliationRun
+from reconciliation.models import ReconciliationRow, ReconciliationRun, ReportUpload
 from tests.conftest import POSTGRES_SERVER, run_concurrently
 
 POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -118,6 +118,7 @@ def _rows_of_every_table(client: Client, partner: Partner) -> None:
         partner_id=partner_id, date_from=datetime.date(2026, 1, 1), date_to=datetime.date(2026, 1, 7)
     )
     ReconciliationRow.objects.using(alias).create(run=run, conversion_id="a-3", kind="matched", rank=5)
+    ReportUpload.objects.using(alias).create(run=run, seq=0, data=b"conversion_id\na-3\n")  # a queued run's report
     DailyCounter.objects.using(alias).create(partner_id=partner_id, day=datetime.date(2026, 1, 1), name="test", count=3)
     connections[alias].close()
     refusal_ledger.flush()  # the rejected postback's count, written in the background otherwise
