@@ -146,6 +146,12 @@ def _row(partner, incidents: list[IncidentLink], now: datetime.datetime, partner
     paused = signals.get("publishers_paused")
     if isinstance(paused, list) and paused:
         row.problems.append("publishers paused: " + ", ".join(str(code) for code in paused[:10]))
+    failing = signals.get("publishers_failing")
+    if isinstance(failing, dict) and failing:
+        row.problems.append(
+            "publishers failing: "
+            + ", ".join(f"{code} ({count} failed in a row)" for code, count in list(failing.items())[:10])
+        )
     row.chart = hourly_chart(signals.get("hourly_48h"))
     return row
 

@@ -111,10 +111,7 @@ def partner_rollup(
             for name, count in counters.items()
             if name.removeprefix(REJECTED_PREFIX) in REFUSAL_REASONS and count
         }
-    paused = []
-    if paused_publishers:
-        with partner_database(partner) as alias:
-            paused = _paused_publishers(partner=partner, alias=alias, now=now, paused=paused_publishers)
+    paused, failing = _publishers_of(partner=partner, now=now, watched=paused_publishers)
     return {
         "buckets": activity.buckets,
         "counted_through": hour_floor(now),
@@ -126,35 +123,42 @@ def partner_rollup(
         "refused_reasons": refused_reasons,
         "refusals_seen": {"day": today, "counts": counters},
         "publishers_paused": paused,
+        "publishers_failing": failing,
     }
 
 
 def paused_publishers_read() -> list[Publisher]:
-    """The paused active publishers, with the partners they are restricted to (one read per check)."""
-    return list(Publisher.objects.filter(is_active=True, paused_at__isnull=False).prefetch_related("partners"))
+    """The active publishers that are paused or failing (consecutive failed deliveries), with
+    the partners they are restricted to (one read per check)."""
+    watched = Q(paused_at__isnull=False) | Q(consecutive_failures__gt=0)
+    return list(Publisher.objects.filter(watched, is_active=True).prefetch_related("partners"))
 
 
-def _paused_publishers(*, partner: Partner, alias: str, now: datetime.datetime, paused: list[Publisher]) -> list[str]:
-    """Paused publishers of the partner's conversions: those restricted to it, and those of
-    every network that had a delivery of its conversions in the last week."""
-    if not paused:
-        return []
-    codes, anywhere = [], []
-    for publisher in paused:
+def _publishers_of(
+    *, partner: Partner, now: datetime.datetime, watched: list[Publisher]
+) -> tuple[list[str], dict[str, int]]:
+    """(paused publishers, failing ones -> their consecutive failures) of the partner's
+    conversions: those restricted to it, and those of every network that had a delivery of
+    its conversions in the last week (the partner's storage is read only for those)."""
+    mine, anywhere = [], []
+    for publisher in watched:
         linked = {p.pk for p in publisher.partners.all()}
         if partner.pk in linked:
-            codes.append(publisher.code)
+            mine.append(publisher)
         elif not linked:
             anywhere.append(publisher)
     if anywhere:
-        used = set(
-            Delivery.objects.using(alias)
-            .filter(publisher_id__in=[p.pk for p in anywhere], created_at__gte=now - WEEK)
-            .values_list("publisher_id", flat=True)
-            .distinct()
-        )
-        codes += [p.code for p in anywhere if p.pk in used]
-    return sorted(codes)
+        with partner_database(partner) as alias:
+            used = set(
+                Delivery.objects.using(alias)
+                .filter(publisher_id__in=[p.pk for p in anywhere], created_at__gte=now - WEEK)
+                .values_list("publisher_id", flat=True)
+                .distinct()
+            )
+        mine += [p for p in anywhere if p.pk in used]
+    paused = sorted(p.code for p in mine if p.paused_at is not None)
+    failing = {p.code: p.consecutive_failures for p in sorted(mine, key=lambda p: p.code) if p.paused_at is None}
+    return paused, failing
 
 
 def partner_signals(
@@ -225,6 +229,7 @@ def partner_signals(
             else None
         ),
         "publishers_paused": rolled["publishers_paused"],
+        "publishers_failing": rolled["publishers_failing"],
         "hourly_48h": chart,
         "gap_p95_minutes": None if not normal_hour else round(60 * 2.996 / normal_hour, 1),
         **_reconciliation_signals(sources),

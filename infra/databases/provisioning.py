@@ -376,7 +376,15 @@ def _may_set_role(conn) -> str:
 
 
 def _unreachable(alias: str, config: dict[str, Any], exc: Exception) -> PartnerDatabaseUnavailable:
+    from psycopg import errors
+
     server = f"{config['HOST'] or 'localhost'}:{config['PORT'] or 5432}"
+    if isinstance(exc, errors.QueryCanceled | errors.LockNotAvailable):
+        # Reached, and too slow: a statement_timeout or lock_timeout (set on the role, or by a
+        # pooler's connect_query) applies to provisioning's statements too.
+        return PartnerDatabaseUnavailable(
+            alias, f"PostgreSQL at {server} cancelled a provisioning statement: {error_first_line(exc)}; try again"
+        )
     return PartnerDatabaseUnavailable(alias, f"cannot reach PostgreSQL at {server}: {exc}")
 
 

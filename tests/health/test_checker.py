@@ -199,8 +199,14 @@ def test_reconciliation_drift_a_paused_publisher_and_a_failing_source_open_and_r
         code="rampup", name="RAMPUP", url_template="https://rampup.example/pb?c={conversion_id}", paused_at=now
     )
     publisher.partners.add(involve)
+    flaky = Publisher.objects.create(
+        code="mkk", name="MKK", url_template="https://mkk.example/pb?c={conversion_id}", consecutive_failures=4
+    )
+    flaky.partners.add(involve)
 
     channel_health_check(now=now, force=True)
+    # A publisher failing (not yet paused) is shown with the partner's signals, not an incident.
+    assert PartnerHealth.objects.get(partner=involve).signals["publishers_failing"] == {"mkk": 4}
     rules = dict(open_incidents(involve).values_list("rule", "subject"))
     assert rules == {"reconciliation_drift": "IA API", "publisher_paused": "rampup", "source_failing": "Monthly CSV"}
     drift = open_incidents(involve, "reconciliation_drift").get()
