@@ -34,6 +34,7 @@ from django.db.models import Count, Max, Q
 from django.db.models.functions import Trunc
 from psycopg import errors, sql
 
+from conversions.ingest.refusals import REJECTED_PREFIX
 from conversions.models import DailyCounter, PartnerConversion, row_kind
 from conversions.outcomes import RowKind
 from conversions.selectors import (
@@ -393,7 +394,7 @@ class PartnerActivity:
 
 
 COUNTERS_TABLE = DailyCounter._meta.db_table
-REFUSAL_COUNTERS = "rejected:%"
+REFUSAL_COUNTERS = f"{REJECTED_PREFIX}%"
 
 
 def partners_activity(
@@ -479,7 +480,7 @@ def partners_activity(
         counters: dict[str, dict[str, int]] = {}
         for day, name, count in (
             DailyCounter.objects.using(alias)
-            .filter(partner_id=partner.pk, day__in=days, name__startswith=REFUSAL_COUNTERS.rstrip("%"))
+            .filter(partner_id=partner.pk, day__in=days, name__startswith=REJECTED_PREFIX)
             .values_list("day", "name", "count")
         ):
             counters.setdefault(day.isoformat(), {})[name] = count

@@ -2,10 +2,11 @@
 the notifications owed (`manage.py channel_health [--once]`, and a job of the background
 worker every HEALTH_CHECK_SECONDS).
 
-Several workers may check at once: each partner is claimed for a check by a
-compare-and-set on `PartnerHealth.checked_at` (a partner checked less than half an
-interval ago is skipped), incidents open once (a unique index) and resolve once (a
-compare-and-set), and notifications are claimed with a lease (health/notify.py).
+Several workers may check at once: partners are claimed for a check in one statement on
+`PartnerHealth.checked_at`, their rows locked and those another worker is claiming
+skipped (a partner checked less than half an interval ago is left alone), incidents open
+once (a unique index) and resolve once (a compare-and-set), and notifications are claimed
+with a lease (health/notify.py).
 """
 
 import datetime
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -169,17 +171,15 @@ def channel_health_check(*, now: datetime.datetime | None = None, force: bool = 
 
 def _claim(*, ids: list[int], now: datetime.datetime, force: bool) -> dict[int, datetime.datetime | None]:
     """The partners this worker checks now (those nobody checked within half an interval,
-    or all with `force`) -> when they were checked before."""
+    or all with `force`) -> when they were checked before. Rows another worker is claiming
+    at the same moment are skipped (locked), so of two workers each partner goes to one."""
     rows = PartnerHealth.objects.filter(partner_id__in=ids)
     if not force:
         fresh = now - datetime.timedelta(seconds=settings.HEALTH_CHECK_SECONDS / 2)
         rows = rows.filter(Q(checked_at__isnull=True) | Q(checked_at__lt=fresh))
-    claimed = {}
-    for partner_id, checked_at in rows.values_list("partner_id", "checked_at"):
-        # A compare-and-set: of two workers, one moves checked_at from what both read.
-        won = PartnerHealth.objects.filter(partner_id=partner_id, checked_at=checked_at).update(checked_at=now)
-        if won:
-            claimed[partner_id] = checked_at
+    with transaction.atomic():
+        claimed = dict(rows.select_for_update(skip_locked=True).values_list("partner_id", "checked_at"))
+        PartnerHealth.objects.filter(partner_id__in=list(claimed)).update(checked_at=now)
     return claimed
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from django.db import DatabaseError
 from django.db.models import Q
-from django.utils import timezone
 
 from conversions.cross_partner import PartnerActivity, Unreadable, partners_activity
+from conversions.ingest.refusals import REASONS, REJECTED_PREFIX
 from health.models import HourlyCount, PartnerHealth
 from infra.databases import PartnerDatabaseUnavailable, error_first_line, partner_database
 from partners.models import Partner
@@ -34,9 +34,8 @@ SILENCE_WINDOW = datetime.timedelta(hours=24)
 CHART_HOURS = 48
 # A first check reads this much history into the hourly counts.
 HISTORY = WEEKS * WEEK + SILENCE_WINDOW + HOUR
-REJECTED_PREFIX = "rejected:"
-# Refusal reasons that are a sender's fault worth an alert (a wrong token, a wrong address, too fast).
-REFUSAL_REASONS = ("ip_not_allowed", "token_missing", "token_invalid", "signature_expired", "quota_exceeded")
+# Refusals worth an alert: the sender's address, token or signature refused (403), too fast (429).
+REFUSAL_REASONS = frozenset(reason for reason, status in REASONS.items() if status in (403, 429))
 
 
 def hour_floor(moment: datetime.datetime) -> datetime.datetime:
@@ -308,7 +307,3 @@ def _iso(moment: datetime.datetime | None) -> str | None:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def now_utc() -> datetime.datetime:
-    return timezone.now().astimezone(UTC)

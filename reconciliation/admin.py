@@ -79,6 +79,11 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{kind.replace('_', ' ')}: {counts.get(kind, 0)}" for kind in DISCREPANCY_KINDS if counts)
 
 
+def _reason(exc: Exception) -> str:
+    """Why a partner's database could not be used, in a line."""
+    return exc.reason if isinstance(exc, PartnerDatabaseUnavailable) else str(exc).strip()[:200]
+
+
 def _run_url(partner: Partner, run_id: int) -> str:
     url = reverse("admin:reconciliation_reconciliationrun_change", args=[run_id])
     return f"{url}?{PARTNER_PARAM}={partner.partner_code}"
@@ -417,7 +422,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         return response
 
     def _unreadable(self, request: HttpRequest, exc: Exception) -> HttpResponse:
-        reason = exc.reason if isinstance(exc, PartnerDatabaseUnavailable) else str(exc).strip()[:200]
+        reason = _reason(exc)
         self.message_user(request, f"This partner's database cannot be read: {reason}", messages.ERROR)
         return HttpResponseRedirect(reverse("admin:partners_partner_changelist"))
 
@@ -426,8 +431,9 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         try:
             runs = list(queryset)
         except (DatabaseError, PartnerDatabaseUnavailable) as exc:
-            reason = exc.reason if isinstance(exc, PartnerDatabaseUnavailable) else str(exc).strip()[:200]
-            self.message_user(request, f"Stopped: the partner's database is unavailable: {reason}", messages.ERROR)
+            self.message_user(
+                request, f"Stopped: the partner's database is unavailable: {_reason(exc)}", messages.ERROR
+            )
             return
         for run in runs:
             try:

@@ -36,7 +36,7 @@ from reconciliation.models import (
     ReportSource,
     ReportUpload,
 )
-from reconciliation.services import RunStopped, run_days_check, run_missing_record, run_perform
+from reconciliation.services import RunStopped, run_create, run_days_check, run_missing_record, run_perform
 
 logger = logging.getLogger("conversions.reconciliation")
 
@@ -65,10 +65,9 @@ def run_queue(
         raise ValueError("a CSV source needs an uploaded file")
     now = now or timezone.now()
     with partner_database(source.partner) as alias, transaction.atomic(using=alias):
-        run = ReconciliationRun.objects.using(alias).create(
-            partner_id=source.partner_id,
-            source_id=source.pk,
-            source_name=source.name[:100],
+        run = run_create(
+            alias=alias,
+            source=source,
             date_from=date_from,
             date_to=date_to,
             state=ReconciliationRun.QUEUED,

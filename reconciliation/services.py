@@ -105,10 +105,9 @@ def reconciliation_run(
     """
     run_days_check(date_from=date_from, date_to=date_to)
     with partner_database(source.partner) as alias:
-        run = ReconciliationRun.objects.using(alias).create(
-            partner_id=source.partner_id,
-            source_id=source.pk,
-            source_name=source.name[:100],
+        run = run_create(
+            alias=alias,
+            source=source,
             date_from=date_from,
             date_to=date_to,
             state=ReconciliationRun.RUNNING,
@@ -116,6 +115,20 @@ def reconciliation_run(
             progress_at=timezone.now(),
         )
     return run_perform(source=source, run=run, upload=upload)
+
+
+def run_create(
+    *, alias: str, source: ReportSource, date_from: datetime.date, date_to: datetime.date, **fields: Any
+) -> ReconciliationRun:
+    """A new run of `source` over the days, in the partner's database (`fields`: its state, trigger, ...)."""
+    return ReconciliationRun.objects.using(alias).create(
+        partner_id=source.partner_id,
+        source_id=source.pk,
+        source_name=source.name[:100],
+        date_from=date_from,
+        date_to=date_to,
+        **fields,
+    )
 
 
 def run_days_check(*, date_from: datetime.date, date_to: datetime.date) -> None:

@@ -3,8 +3,6 @@
 conversion recorded once (automatic recovery switched on)."""
 
 import datetime
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,22 +10,12 @@ from django.db import connections
 
 from conversions.models import PartnerConversion
 from reconciliation.models import ReconciliationRun, ReportSource
-from tests.e2e.server import PROJECT_DIR, service_env
+from tests.e2e.server import service_env
+from tests.publishers.test_workers_concurrent import start_worker
 from tests.reconciliation.fake_involve_asia import FakeInvolveAsia
 
 KEY, SECRET = "ia-key-e2e", "ia-secret-e2e"
 RECORDS = 250
-
-
-def start_worker(env: dict[str, str], log_path) -> subprocess.Popen:
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "deliver_postbacks"],
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
