@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# The embedded default listens on this machine only; HOST=0.0.0.0 opens it to the network.
+HOST ?= 127.0.0.1
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/postback
 
 .PHONY: run test lint audit install install-dev system-packages
@@ -34,7 +36,7 @@ run: $(VENV)/.runtime
 	@$(BIN)/python manage.py deliver_postbacks & worker=$$!; \
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	trap 'exit 130' INT TERM; \
-	PORT=$(PORT) $(BIN)/gunicorn -c postback_site/gunicorn.conf.py
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c postback_site/gunicorn.conf.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

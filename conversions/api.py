@@ -1,7 +1,8 @@
 """The read API of a partner: `/partner/<endpoint_path>/conversions` and `/stats`.
 
 Both expose revenue, so both need an authenticated user (API token or admin session)
-holding the `conversions.view_partnerconversion` permission. Errors are JSON.
+holding the `conversions.view_partnerconversion` permission, or, on the embedded default
+only, a request from the machine itself (conversions/api_auth.py). Errors are JSON.
 """
 
 import logging
@@ -12,7 +13,7 @@ from django.db import DatabaseError
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated, NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
@@ -20,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from conversions.api_auth import READ_AUTHENTICATION, TOKEN_HELP, VIEW_PERMISSION
 from conversions.exports import conversion_csv_response
 from conversions.selectors import conversion_list, conversion_queryset, conversion_stats
 from conversions.serializers import (
@@ -34,8 +36,6 @@ from partners.models import Partner
 from partners.selectors import partner_get_by_endpoint, partner_is_visible_to
 
 logger = logging.getLogger("conversions.api")
-
-VIEW_PERMISSION = "conversions.view_partnerconversion"
 
 
 class CanViewConversions(BasePermission):
@@ -78,6 +78,7 @@ ENDPOINT_PATH_PARAMETER = OpenApiParameter(
 class PartnerReadView(APIView):
     """Shared behaviour: permission, partner lookup, query validation, JSON errors."""
 
+    authentication_classes = READ_AUTHENTICATION
     permission_classes = (CanViewConversions,)
     content_negotiation_class = JSONOnlyNegotiation
     renderer_classes = (JSONRenderer,)
@@ -106,7 +107,10 @@ class PartnerReadView(APIView):
                 status=503,
                 headers={"Retry-After": str(settings.POSTBACK_RETRY_AFTER)},
             )
-        return super().handle_exception(exc)
+        response = super().handle_exception(exc)
+        if isinstance(exc, (NotAuthenticated, AuthenticationFailed)):
+            response.data = {"detail": f"{exc.detail} {TOKEN_HELP}"}
+        return response
 
 
 class ConversionListView(PartnerReadView):

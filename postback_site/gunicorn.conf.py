@@ -7,6 +7,23 @@ import tempfile
 from pathlib import Path
 
 wsgi_app = "postback_site.wsgi:application"
+
+
+def _settings_check() -> None:
+    # The settings read the environment: a mistake there is one line, not the app's traceback.
+    import sys
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "postback_site.settings")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018
+    except ImproperlyConfigured as exc:
+        sys.exit(f"Configuration error: {exc}")
+
+
+_settings_check()
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))

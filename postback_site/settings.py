@@ -12,7 +12,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from infra.databases.config import database_settings
+from infra.databases.config import database_settings, database_url_check
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -56,7 +56,7 @@ if PRODUCTION and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "postback_site.admin_site.PostbackAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -164,13 +164,25 @@ DATABASE_OPTIONS = {
     "transaction_pooler": DB_TRANSACTION_POOLER,
     "sqlite_busy_timeout": SQLITE_BUSY_TIMEOUT,
 }
+
+
+def _database_url(name: str, default: str) -> str:
+    """The URL in env `name`, checked now: a typo is one line at start-up, not a traceback later."""
+    url = env.str(name, default=default)
+    try:
+        database_url_check(url.replace("{name}", "partner"))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} {exc}") from None
+    return url
+
+
 DATABASES = {
     "default": database_settings(
-        env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'default.sqlite3'}"),
+        _database_url("DATABASE_URL", f"sqlite:///{VAR_DIR / 'default.sqlite3'}"),
         **DATABASE_OPTIONS,
     )
 }
-PARTNER_DATABASE_URL = env.str("PARTNER_DATABASE_URL", default=f"sqlite:///{VAR_DIR}/{{name}}.sqlite3")
+PARTNER_DATABASE_URL = _database_url("PARTNER_DATABASE_URL", f"sqlite:///{VAR_DIR}/{{name}}.sqlite3")
 DATABASE_ROUTERS = ["infra.databases.PartnerDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -270,6 +282,13 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
+# The embedded default answers the read API (`/partner/<path>/stats`, `/conversions`)
+# without a token to a request from this machine itself (loopback, no proxy in between),
+# so a newcomer's first curl works; production always requires a token.
+LOOPBACK_READS_WITHOUT_TOKEN = env.bool("LOOPBACK_READS_WITHOUT_TOKEN", default=not PRODUCTION)
+if PRODUCTION and LOOPBACK_READS_WITHOUT_TOKEN:
+    raise ImproperlyConfigured("LOOPBACK_READS_WITHOUT_TOKEN cannot be on with POSTBACK_ENV=production")
+
 # OpenAPI schema at /api/schema/, docs at /api/docs/ (assets from the sidecar app,
 # served by us: the docs page works with no internet access).
 SPECTACULAR_SETTINGS = {
@@ -280,6 +299,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schemes a client can use; the embedded default's loopback reads are not one of them.
+    "AUTHENTICATION_WHITELIST": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     # Several `status` fields with their own choices: each named once.
     "ENUM_NAME_OVERRIDES": {
         "PostbackAnswerEnum": "conversions.openapi.STORED_ANSWERS",

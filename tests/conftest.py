@@ -60,6 +60,11 @@ def partner_server_port() -> Iterator[int]:
 def pytest_configure(config: pytest.Config) -> None:
     from infra.databases.config import POSTGRES_ENGINES
 
+    # Tests ask from 127.0.0.1: the embedded default's token-free local reads stay off
+    # (here and in the servers tests start) unless a test turns them on.
+    os.environ["LOOPBACK_READS_WITHOUT_TOKEN"] = "false"
+    settings.LOOPBACK_READS_WITHOUT_TOKEN = False
+
     if settings.DATABASES["default"]["ENGINE"] not in POSTGRES_ENGINES:
         raise pytest.UsageError(
             "The test suite needs PostgreSQL for `default`: run `make test`, or set "

@@ -18,13 +18,15 @@ PRODUCTION_ENV = {
 }
 
 
-def run_manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def run_manage(env: dict[str, str | None], *args: str) -> subprocess.CompletedProcess:
+    """manage.py with `env` over a clean environment (a None value: the variable unset)."""
     # Start from a clean environment so a developer's own variables do not leak in.
     clean = {key: value for key, value in service_env().items() if key not in {"SECRET_KEY", "DEBUG", "K_SERVICE"}}
+    merged = {key: value for key, value in {**clean, **env}.items() if value is not None}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=PROJECT_DIR,
-        env={**clean, **env},
+        env=merged,
         capture_output=True,
         text=True,
         timeout=120,
@@ -99,3 +101,46 @@ def test_a_sqlite_partner_template_without_name_is_refused_at_start():
         assert partner_storage_check() == []
     with override_settings(PARTNER_DATABASE_URL="sqlite:///var/{name}.sqlite3"):
         assert partner_storage_check() == []
+
+
+def test_production_reads_need_a_token_and_refuse_to_open_them_to_loopback():
+    result = run_manage(
+        {**PRODUCTION_ENV, "LOOPBACK_READS_WITHOUT_TOKEN": None},
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.LOOPBACK_READS_WITHOUT_TOKEN)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    refused = run_manage({**PRODUCTION_ENV, "LOOPBACK_READS_WITHOUT_TOKEN": "true"}, "check")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "Configuration error: LOOPBACK_READS_WITHOUT_TOKEN cannot be on with POSTBACK_ENV=production"
+    )
+
+
+def test_the_embedded_default_opens_reads_to_loopback():
+    result = run_manage(
+        {"POSTBACK_ENV": "development", "LOOPBACK_READS_WITHOUT_TOKEN": None},
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.LOOPBACK_READS_WITHOUT_TOKEN)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_mistyped_database_url_is_one_line_naming_the_variable():
+    cases = {
+        ("DATABASE_URL", "postgress://root@127.0.0.1:5432/postback"): "has 'postgress://'",
+        ("DATABASE_URL", "not-a-url"): "has no scheme",
+        ("DATABASE_URL", "postgres://root:hunter2-secret@127.0.0.1:5432/"): "names no database",
+        ("DATABASE_URL", "postgres://root:hunter2-secret@127.0.0.1:54x2/postback"): "has an invalid port",
+        ("PARTNER_DATABASE_URL", "mysql://root@127.0.0.1/{name}"): "has 'mysql://'",
+    }
+    for (name, url), said in cases.items():
+        result = run_manage({name: url}, "check")
+        assert result.returncode == 1, (url, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Configuration error: {name} {said}"), (url, result.stderr)
+        assert "hunter2" not in result.stderr

@@ -49,6 +49,19 @@ def too_many_parameters() -> Refusal:
     )
 
 
+def params_present_check(params: Mapping[str, Any], body_errors: Mapping[str, str]) -> Refusal | None:
+    """A 400 when the request carries nothing at all: a browser or a monitor opening the URL,
+    not a network reporting a conversion (a body that could not be read is stored as rejected)."""
+    if params or body_errors:
+        return None
+    return Refusal(
+        reason="no_parameters",
+        message="The postback carries no parameters: send the conversion's fields in the query string "
+        "or the body, e.g. ?conversion_id=...",
+        errors={"parameters": "none were sent"},
+    )
+
+
 def params_limits_check(params: Mapping[str, Any]) -> Refusal | None:
     """A 400 when there are too many parameters, or a name or value is too long."""
     max_count = settings.POSTBACK_MAX_PARAMS

@@ -30,6 +30,7 @@ REJECTED_PREFIX = "rejected:"
 # reason -> HTTP status; the reason is what the audit counts and the response names.
 REASONS = {
     "body_too_large": 413,
+    "no_parameters": 400,
     "too_many_parameters": 400,
     "parameter_name_too_long": 400,
     "parameter_value_too_long": 400,

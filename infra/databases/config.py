@@ -68,6 +68,32 @@ def schema_role(schema: str, database: str) -> str:
     return f"{schema[: POSTGRES_NAME_LIMIT - 11]}@{digest}"
 
 
+# The URL schemes of the two supported engines (django-environ's names for them).
+URL_SCHEMES = {
+    "sqlite": SQLITE_ENGINE,
+    "postgres": POSTGRES_ENGINE,
+    "postgresql": POSTGRES_ENGINE,
+    "pgsql": POSTGRES_ENGINE,
+}
+
+
+def database_url_check(url: str) -> None:
+    """Raise ValueError saying what is wrong with a database URL, in one line (no password shown)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in URL_SCHEMES:
+        shown = f"'{scheme}://'" if "://" in url else "no scheme"
+        raise ValueError(
+            f"has {shown}; use postgres://USER[:PASSWORD]@HOST[:PORT]/NAME or sqlite:////absolute/path.sqlite3"
+        )
+    if URL_SCHEMES[scheme] == POSTGRES_ENGINE and not parts.path.strip("/"):
+        raise ValueError("names no database; use postgres://USER[:PASSWORD]@HOST[:PORT]/NAME")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port ({exc})") from None
+
+
 def database_settings(
     url: str,
     *,
@@ -91,6 +117,7 @@ def database_settings(
     its connection back at the end of every request (CONN_MAX_AGE 0) and the broker
     decides what stays open (DB_MAX_CONNECTIONS, DB_IDLE_SECONDS, DB_CONN_MAX_AGE).
     """
+    database_url_check(url)
     url, schema = url_schema_split(url)
     config = environ.Env.db_url_config(url)
     engine = config["ENGINE"]

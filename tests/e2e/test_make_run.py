@@ -12,10 +12,16 @@ from pathlib import Path
 from tests.e2e.server import PROJECT_DIR, free_port, manage, service_env
 from tests.support.fake_publisher import FakePublisher
 
+# The original design document's six curl examples, verbatim but for the port.
 SEED_POSTBACK = (
     "/partner/involve/event?sub_id=test123&media_id=media456&click_id=click789&usd_sale_amount=99.99"
     "&usd_payout=9.99&offer_name=Test&conversion_id=conv001&conversion_datetime=2025-01-15"
 )
+SEED_RECTOR_POSTBACK = (
+    "/partner/rector/event?media_id=media456&sub_id=test123&usd_sale_amount=99.99&usd_earning=9.99"
+    "&offer_name=Test&conversion_id=conv002&conversion_datetime=2025-01-15&click_id=click789"
+)
+SEED_READS = ("/partner/involve/event/stats", "/partner/involve/event/conversions?limit=10", "/health", "/info")
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -24,6 +30,28 @@ def _get(url: str) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _curl(url: str) -> tuple[int, dict]:
+    """What the seed's `curl "URL"` gets: the status and the JSON body."""
+    done = subprocess.run(
+        ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", url], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, (url, done.returncode, done.stderr)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].rpartition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
@@ -40,7 +68,16 @@ def test_make_run_serves_the_seed_postbacks_with_the_delivery_worker_and_stops_o
     env = {
         key: value
         for key, value in service_env().items()
-        if key not in {"DATABASE_URL", "PARTNER_DATABASE_URL", "SECRET_KEY", "LOG_FILE", "MAKEFLAGS"}
+        if key
+        not in {
+            "DATABASE_URL",
+            "PARTNER_DATABASE_URL",
+            "SECRET_KEY",
+            "LOG_FILE",
+            "MAKEFLAGS",
+            "HOST",
+            "LOOPBACK_READS_WITHOUT_TOKEN",
+        }
     }
     env.update(
         DATABASE_URL=f"sqlite:///{tmp_path}/default.sqlite3",
@@ -84,10 +121,21 @@ def test_make_run_serves_the_seed_postbacks_with_the_delivery_worker_and_stops_o
             assert added.returncode == 0, added.stderr
             time.sleep(1.5)  # PARTNER_CACHE_SECONDS: the server's directory of publishers reloads
 
-            status, body = _get(base + SEED_POSTBACK)
-            assert (status, body["status"]) == (200, "success"), body
-            status, body = _get(base + SEED_POSTBACK.replace("involve/event", "rector/event").replace("001", "002"))
-            assert (status, body["status"]) == (200, "success"), body
+            # The embedded default listens on this machine only.
+            assert _listening_addresses(port) == {"0100007F"}, _listening_addresses(port)
+
+            # The seed's curl examples, as a newcomer types them (localhost, no token).
+            local = f"http://localhost:{port}"
+            for postback in (SEED_POSTBACK, SEED_RECTOR_POSTBACK):
+                status, body = _curl(local + postback)
+                assert (status, body["status"]) == (200, "success"), body
+            answers = {read: _curl(local + read) for read in SEED_READS}
+            assert {read: status for read, (status, _) in answers.items()} == dict.fromkeys(SEED_READS, 200), answers
+            stats = answers["/partner/involve/event/stats"][1]
+            assert stats["totals"]["originals"] == 1, stats
+            listed = answers["/partner/involve/event/conversions?limit=10"][1]["results"]
+            assert [row["conversion_id"] for row in listed] == ["conv001"]
+            assert answers["/health"][1]["status"] == "ok", answers["/health"]
 
             deadline = time.monotonic() + 30
             while not any(received.query.get("c") == ["conv001"] for received in publisher.requests()):

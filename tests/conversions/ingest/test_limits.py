@@ -98,3 +98,25 @@ def test_other_methods_are_405_with_allow(client, involve, method):
     assert response.status_code == 405
     assert response["Allow"] == "GET, POST"
     assert not partner_rows(involve).exists()
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda client: client.get(URL),
+        lambda client: client.get(URL + "?"),
+        lambda client: client.post(URL, data="", content_type="application/x-www-form-urlencoded"),
+        lambda client: client.post(URL, data=b"", content_type="application/json"),
+    ],
+    ids=["get", "get-empty-query", "post-empty-form", "post-empty-json"],
+)
+def test_a_request_with_no_parameters_at_all_is_400_and_stores_nothing(client, involve, send):
+    body = refused(client, involve, send(client), 400, "no_parameters")
+    assert body["errors"] == {"parameters": "none were sent"}
+    assert "conversion_id" in body["message"]
+
+
+def test_a_body_that_cannot_be_read_is_still_stored_as_rejected(client, involve):
+    response = client.post(URL, data=b"\xff\xfe not json", content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert partner_rows(involve).count() == 1
