@@ -94,7 +94,8 @@ class TextInputFilter(admin.SimpleListFilter):
                 if key not in {self.parameter_name, "p"}
                 for value in (value if isinstance(value, list) else [value])
             ],
-            "clear_query_string": changelist.get_query_string(remove=[self.parameter_name, "p"]),
+            # Not "p" (the page is never among the filters): removal is by prefix, it would drop `partner`.
+            "clear_query_string": changelist.get_query_string(remove=[self.parameter_name]),
         }
 
 

@@ -13,25 +13,26 @@ from dataclasses import dataclass
 
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Left, Upper
 from django.db.models.lookups import StartsWith
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
-from django.utils.formats import date_format
-from django.utils.functional import cached_property
+from django.utils.functional import cached_property, lazy
 from django.utils.html import format_html, format_html_join
 
 from conversions.admin.base import PARTNER_PARAM, PartnerChooser, PartnerDatabaseAdmin, choice_filter
-from conversions.admin.filters import CurrencyFilter, DateRangeFilter, InvalidFilter, OfferFilter
-from conversions.exports import conversion_csv_response
+from conversions.admin.filters import CurrencyFilter, DateRangeFilter, InvalidFilter, OfferFilter, RowsFilter
+from conversions.exports import XlsxTooLarge, conversion_csv_response, conversion_xlsx_response
 from conversions.models import ConversionChange, PartnerConversion
 from conversions.outcomes import Outcome, RowKind
 from conversions.services import conversions_reprocess
+from conversions.templatetags.conversion_admin import iso_datetime, time_zone_name
 from partners.lifecycle import STATUS_CHOICES, STATUSES
 from partners.models import Partner
 
@@ -39,9 +40,34 @@ from partners.models import Partner
 OFFER_NAME_INDEXED = 64
 
 
-def _compact_time(moment: datetime.datetime | None) -> str:
-    """`2025-01-15 13:45` in the site's time zone: narrow enough for the list's columns."""
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
+def _list_time(moment: datetime.datetime | None) -> str:
+    """`2025-01-15 13:45:10`, the day above the time in a narrow column (its header names the
+    zone; the title the whole moment)."""
+    if not moment:
+        return "-"
+    day, time = iso_datetime(moment, "bare").split(" ")
+    return format_html(
+        '<span title="{}"><span class="pc-day">{}</span> <span class="pc-time">{}</span></span>',
+        iso_datetime(moment),
+        day,
+        time,
+    )
+
+
+def _zoned(label: str):
+    """A column header naming the site's time zone (`received (UTC)`), read when drawn."""
+    return lazy(lambda: f"{label} ({time_zone_name()})", str)()
+
+
+def _full(value: str | None) -> str:
+    """A text cell cut to its column's width by CSS (nowrap, ellipsis), whole in its title."""
+    if not value:
+        return "-"
+    return format_html('<span title="{}">{}</span>', value, value)
+
+
+def _amount(value) -> str:
+    return "-" if value is None else f"{value:,.2f}"
 
 
 # Badges (conversions/static/conversions/admin.css): a row's kind and the network's status
@@ -59,6 +85,10 @@ def status_badge(status: str | None) -> str:
         return "-"
     tone = status if status in STATUSES else "other"
     return format_html('<span class="pc-badge pc-status-{}">{}</span>', tone, status)
+
+
+class _FilterRefused(Exception):
+    """A filter value the list cannot use (a day that is not one): a 400 that says which."""
 
 
 class CappedCountPaginator(Paginator):
@@ -128,21 +158,46 @@ def _extension_sections() -> list[ConversionSection]:
 
 @admin.register(PartnerConversion)
 class PartnerConversionAdmin(PartnerDatabaseAdmin):
-    # Compact columns, so the list fits 1400 px with both sidebars (CSS in change_list.html).
+    # The columns of each view of the toggle (get_list_display). The table is laid out to its
+    # width (change_list.html): dates and amounts get what they need, text columns share the
+    # rest and cut what does not fit with an ellipsis (the whole value in the cell's title).
     list_display = (
         "conversion_id",
-        "outcome_label",
         "offer_label",
         "converted_at",
-        "usd_sale_amount",
-        "usd_earning",
-        "sub_id",
-        "click_id",
+        "sale_label",
+        "earning_label",
+        "sub_id_label",
+        "click_id_label",
         "status_label",
+        "received_label",
+    )
+    # Every kind of row: which one it is, and the error of an invalid one.
+    list_display_all = (
+        "conversion_id",
+        "outcome_cell",
+        "offer_label",
+        "converted_at",
+        "sale_label",
+        "earning_label",
+        "sub_id_label",
+        "click_id_label",
+        "status_label",
+        "received_label",
+    )
+    # Invalid postbacks: the error first; amounts and status are rarely what made them invalid.
+    list_display_invalid = (
+        "conversion_id",
+        "error_label",
+        "offer_label",
+        "converted_at",
+        "sub_id_label",
+        "click_id_label",
         "received_label",
     )
     list_filter = (
         PartnerChooser,
+        RowsFilter,  # before the filters it makes room for: it reads whether they are used
         "is_duplicate",
         "is_processed",
         InvalidFilter,
@@ -168,7 +223,7 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT every choice over the whole table
     paginator = CappedCountPaginator
     list_per_page = 50
-    actions = ("export_csv", "reprocess_rejected")
+    actions = ("export_csv", "export_xlsx", "reprocess_rejected")
     fieldsets = (
         (
             "Conversion",
@@ -178,7 +233,7 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
                     "outcome_label",
                     "offer_id",
                     "offer_name",
-                    "conversion_datetime",
+                    "conversion_datetime_iso",
                     "usd_sale_amount",
                     "usd_earning",
                     "status",
@@ -200,9 +255,9 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
                     "is_duplicate",
                     "duplicate_of_link",
                     "processing_error",
-                    "received_at",
-                    "created_at",
-                    "updated_at",
+                    "received_at_iso",
+                    "created_at_iso",
+                    "updated_at_iso",
                 )
             },
         ),
@@ -215,12 +270,47 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
         "duplicate_of_link",
         "raw_data_pretty",
         "request_headers_pretty",
-        "created_at",
-        "updated_at",
+        "conversion_datetime_iso",
+        "received_at_iso",
+        "created_at_iso",
+        "updated_at_iso",
     )
 
     class Media:
         css = {"all": ("conversions/admin.css",)}
+        js = ("conversions/admin_list.js",)
+
+    def get_list_display(self, request: HttpRequest):
+        shown = RowsFilter.shown(request.GET)
+        if shown == RowsFilter.INVALID:
+            return self.list_display_invalid
+        if shown == RowsFilter.ALL:
+            return self.list_display_all
+        return self.list_display
+
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        try:
+            return super().changelist_view(request, extra_context)
+        except _FilterRefused as refused:
+            # Django would redirect to `?e=1`, dropping the partner and saying nothing.
+            return TemplateResponse(
+                request,
+                "admin/conversions/partnerconversion/bad_filter.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "opts": self.opts,
+                    "title": "This filter cannot be used",
+                    "reason": str(refused),
+                    "partner": self.partner_for(request),
+                },
+                status=400,
+            )
+
+    def get_changelist_instance(self, request: HttpRequest):
+        try:
+            return super().get_changelist_instance(request)
+        except IncorrectLookupParameters as exc:
+            raise _FilterRefused(str(exc) or "a filter's value is not one it takes") from exc
 
     def get_fieldsets(self, request: HttpRequest, obj: PartnerConversion | None = None):
         added = ((section.title, {"fields": section.fields}) for section in _extension_sections())
@@ -266,6 +356,7 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     # --- views --------------------------------------------------------------------
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        self.partner_for(request)  # another partner's (or an unknown) ?partner=: 404, as everywhere
         raise PermissionDenied
 
     # --- columns and detail fields --------------------------------------------------
@@ -274,27 +365,77 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     def outcome_label(self, conversion: PartnerConversion) -> str:
         return outcome_badge(conversion.outcome)
 
+    @admin.display(description="outcome")
+    def outcome_cell(self, conversion: PartnerConversion) -> str:
+        if conversion.processing_error is None:
+            return outcome_badge(conversion.outcome)
+        return format_html(
+            '{} <span class="pc-error" title="{}">{}</span>',
+            outcome_badge(conversion.outcome),
+            conversion.processing_error,
+            conversion.processing_error,
+        )
+
+    @admin.display(description="error")
+    def error_label(self, conversion: PartnerConversion) -> str:
+        if conversion.processing_error is None:
+            return "-"
+        error = conversion.processing_error
+        return format_html('<span class="pc-error" title="{}">{}</span>', error, error)
+
+    @admin.display(description="sale $")
+    def sale_label(self, conversion: PartnerConversion) -> str:
+        return _amount(conversion.usd_sale_amount)
+
+    @admin.display(description="earning $")
+    def earning_label(self, conversion: PartnerConversion) -> str:
+        return _amount(conversion.usd_earning)
+
+    @admin.display(description="sub_id")
+    def sub_id_label(self, conversion: PartnerConversion) -> str:
+        return _full(conversion.sub_id)
+
+    @admin.display(description="click_id")
+    def click_id_label(self, conversion: PartnerConversion) -> str:
+        return _full(conversion.click_id)
+
+    @admin.display(description="conversion datetime")
+    def conversion_datetime_iso(self, conversion: PartnerConversion) -> str:
+        return iso_datetime(conversion.conversion_datetime)
+
+    @admin.display(description="received at")
+    def received_at_iso(self, conversion: PartnerConversion) -> str:
+        return iso_datetime(conversion.received_at)
+
+    @admin.display(description="created at")
+    def created_at_iso(self, conversion: PartnerConversion) -> str:
+        return iso_datetime(conversion.created_at)
+
+    @admin.display(description="updated at")
+    def updated_at_iso(self, conversion: PartnerConversion) -> str:
+        return iso_datetime(conversion.updated_at)
+
     @admin.display(description="status")
     def status_label(self, conversion: PartnerConversion) -> str:
         return status_badge(conversion.status)
 
     @admin.display(description="offer")
     def offer_label(self, conversion: PartnerConversion) -> str:
-        name = conversion.offer_name or ""
-        shown = name if len(name) <= 40 else name[:39] + "…"
-        if conversion.offer_id and shown:
+        name, offer_id = conversion.offer_name or "", conversion.offer_id or ""
+        if name and offer_id:
+            # The id first: the name's end is what an ellipsis cuts.
             return format_html(
-                '<span title="{}">{}</span> <span class="quiet">#{}</span>', name, shown, conversion.offer_id
+                '<span title="{} (#{})"><span class="quiet">#{}</span> {}</span>', name, offer_id, offer_id, name
             )
-        return format_html('<span title="{}">{}</span>', name, shown or conversion.offer_id or "-")
+        return _full(name or offer_id)
 
-    @admin.display(description="converted", ordering="conversion_datetime")
+    @admin.display(description=_zoned("converted"), ordering="conversion_datetime")
     def converted_at(self, conversion: PartnerConversion) -> str:
-        return _compact_time(conversion.conversion_datetime)
+        return _list_time(conversion.conversion_datetime)
 
-    @admin.display(description="received", ordering="received_at")
+    @admin.display(description=_zoned("received"), ordering="received_at")
     def received_label(self, conversion: PartnerConversion) -> str:
-        return _compact_time(conversion.received_at)
+        return _list_time(conversion.received_at)
 
     @admin.display(description="partner")
     def partner_label(self, conversion: PartnerConversion) -> str:
@@ -320,7 +461,7 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
             "<tr><td>{}</td><td>{}</td><td>{} &rarr; {}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
             (
                 (
-                    date_format(timezone.localtime(change.received_at), "DATETIME_FORMAT"),
+                    iso_datetime(change.received_at),
                     change.source,
                     change.from_status or "-",
                     change.to_status or "-",
@@ -351,6 +492,14 @@ class PartnerConversionAdmin(PartnerDatabaseAdmin):
     def export_csv(self, request: HttpRequest, queryset: QuerySet) -> StreamingHttpResponse:
         # The API's exporter: same columns, spelling and formula neutralisation.
         return conversion_csv_response(queryset, partner=self.partner_for(request))
+
+    @admin.action(description="Export selected conversions as XLSX", permissions=["view"])
+    def export_xlsx(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+        try:
+            return conversion_xlsx_response(queryset, partner=self.partner_for(request))
+        except XlsxTooLarge as exc:
+            self.message_user(request, f"Not exported: {exc}.", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     # The action's name stays `reprocess_rejected`: it is the value forms post.
     @admin.action(description="Reprocess selected invalid postbacks", permissions=["reprocess"])

@@ -13,11 +13,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 
 from conversions.admin.base import PARTNER_PARAM
 from conversions.admin.conversions import outcome_badge, status_badge
 from conversions.admin.dashboards import VIEW_CONVERSIONS
+from conversions.admin.filters import RowsFilter
 from conversions.cross_partner import SEARCH_LIMIT, ConversionFound, partners_conversions_find
 from partners.mapping import CANONICAL_FIELDS
 from partners.selectors import partners_visible_to
@@ -83,8 +83,9 @@ def _row(found: ConversionFound, term: str) -> dict[str, Any]:
         "click_id": found.click_id,
         "outcome": outcome_badge(found.outcome),
         "status": status_badge(found.status),
-        "received_at": timezone.localtime(found.received_at),
+        "received_at": found.received_at,
         "change_url": f"{change}?{urlencode({PARTNER_PARAM: code})}",
-        # The partner's own list, searched for the same term (its search covers both columns).
-        "list_url": f"{listed}?{urlencode({PARTNER_PARAM: code, 'q': term})}",
+        # The partner's own list, searched for the same term (its search covers both columns),
+        # every kind of row, as here.
+        "list_url": f"{listed}?{urlencode({PARTNER_PARAM: code, 'q': term, 'rows': RowsFilter.ALL})}",
     }

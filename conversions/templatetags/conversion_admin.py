@@ -1,6 +1,10 @@
-"""A date hierarchy that costs two index lookups, not a DISTINCT over millions of rows.
+"""The conversions admin's template tags: one spelling of a moment, the list's row toggle,
+and a date hierarchy that costs two index lookups, not a DISTINCT over millions of rows.
 
-Django's own lists the years/months/days that have rows with SELECT DISTINCT
+Moments are ISO with their time zone named (`2026-12-06 20:13:05 UTC`) on lists and
+detail pages alike, whatever the admin's locale formats say.
+
+Django's own date hierarchy lists the years/months/days that have rows with SELECT DISTINCT
 date_trunc(...), a full scan of a big partner table on every page view. This one
 offers every period between the first and the last matching row (Min/Max, served by
 the conversion_time index); a period without rows simply lists nothing.
@@ -15,6 +19,32 @@ from django.utils import formats, timezone
 from django.utils.text import capfirst
 
 register = template.Library()
+
+ISO_MOMENT = "%Y-%m-%d %H:%M:%S"
+
+
+@register.filter
+def iso_datetime(moment: datetime.datetime | None, zone: str = "named") -> str:
+    """`2026-12-06 20:13:05 UTC` in the site's time zone; `zone="bare"` leaves the zone out
+    (for a column whose header names it); "-" for no moment."""
+    if not moment:
+        return "-"
+    local = timezone.localtime(moment)
+    return local.strftime(ISO_MOMENT) if zone == "bare" else f"{local.strftime(ISO_MOMENT)} {local.tzname()}"
+
+
+def time_zone_name() -> str:
+    """The site's time zone as iso_datetime names it (`UTC`)."""
+    return timezone.localtime(timezone.now()).tzname() or ""
+
+
+@register.inclusion_tag("admin/conversions/partnerconversion/rows_toggle.html")
+def conversion_rows_toggle(cl) -> dict:
+    """Originals / duplicates / invalid / all above the list: the choices of its rows filter."""
+    for spec in cl.filter_specs:
+        if getattr(spec, "is_rows_toggle", False):
+            return {"choices": list(spec.choices(cl)), "show": True}
+    return {"show": False}
 
 
 @register.inclusion_tag("admin/date_hierarchy.html")

@@ -53,7 +53,9 @@ def test_filters_search_and_links_keep_the_partner(analyst_client, involve):
     ):
         post(analyst_client, f"/partner/involve/event?{query}")
     base = f"{LIST_URL}?partner=involve_asia"
-    assert sorted(listed_ids(analyst_client.get(base))) == ["-", "A1", "A1", "B2"]
+    assert sorted(listed_ids(analyst_client.get(base))) == ["A1", "B2"]  # originals unless asked
+    assert sorted(listed_ids(analyst_client.get(base + "&rows=all"))) == ["-", "A1", "A1", "B2"]
+    # Links filtering on the row's kind itself list what they ask for.
     assert listed_ids(analyst_client.get(base + "&is_duplicate__exact=1")) == ["A1"]
     assert listed_ids(analyst_client.get(base + "&has_error=invalid")) == ["-"]
     assert sorted(listed_ids(analyst_client.get(base + "&has_error=no"))) == ["A1", "A1", "B2"]
@@ -63,11 +65,14 @@ def test_filters_search_and_links_keep_the_partner(analyst_client, involve):
     in_range = base + "&conversion_datetime__range_from=2024-03-01&conversion_datetime__range_to=2024-03-05"
     assert listed_ids(analyst_client.get(in_range)) == ["B2"]  # the end day is included
     assert listed_ids(analyst_client.get(base + "&conversion_datetime__range_to=2024-03-04")) == []
-    assert analyst_client.get(base + "&conversion_datetime__range_from=soon").status_code == 302
+    refused = analyst_client.get(base + "&conversion_datetime__range_from=soon")
+    assert refused.status_code == 400
+    assert "conversion_datetime__range_from: 'soon' is not a date (YYYY-MM-DD)" in page_text(refused)
     assert listed_ids(analyst_client.get(base + "&q=B2")) == ["B2"]  # conversion_id exact
     assert listed_ids(analyst_client.get(base + "&q=B")) == []  # ...not a prefix
     assert listed_ids(analyst_client.get(base + "&q=clk-")) == ["B2"]  # click_id prefix
-    assert sorted(listed_ids(analyst_client.get(base + "&q=alpha"))) == ["A1", "A1"]  # sub_id prefix
+    assert sorted(listed_ids(analyst_client.get(base + "&q=alpha&rows=all"))) == ["A1", "A1"]  # sub_id prefix
+    assert listed_ids(analyst_client.get(base + "&q=alpha")) == ["A1"]  # the original alone by default
     filtered = analyst_client.get(base + "&has_error=no").content.decode()
     # every filter link still names the partner
     links = re.findall(r'href="(\?[^"]*)"', filtered)
@@ -119,7 +124,7 @@ def test_export_streams_the_filtered_rows_as_csv(analyst_client, involve):
     post(analyst_client, "/partner/involve/event?conversion_id=E2&offer_id=9")
     post(analyst_client, "/partner/involve/event?conversion_id=E2&offer_id=9")
     response = analyst_client.post(
-        f"{LIST_URL}?partner=involve_asia&offer_id=9",
+        f"{LIST_URL}?partner=involve_asia&offer_id=9&rows=all",
         {"action": "export_csv", "select_across": "1", "index": "0", "_selected_action": ["1"]},
     )
     assert response.status_code == 200
@@ -337,7 +342,8 @@ def test_offer_name_column_and_case_insensitive_searches(analyst_client, involve
     base = f"{LIST_URL}?partner=involve_asia"
     listed = analyst_client.get(base)
     assert re.search(
-        r'<td class="field-offer_label"><span title="Shopee ID \(Media Buyers\) - CPS">', listed.content.decode()
+        r'<td class="field-offer_label"><span title="Shopee ID \(Media Buyers\) - CPS \(#77\)">',
+        listed.content.decode(),
     )
     assert "#77" in page_text(listed)
     assert listed_ids(analyst_client.get(base + "&q=acme-1")) == ["ACME-1"]  # conversion_id in any case
@@ -364,4 +370,6 @@ def test_received_date_custom_range(analyst_client, involve):
     assert 'name="received_at__range_from"' in page and 'name="received_at__range_to"' in page
     assert listed_ids(analyst_client.get(base + "&received_at__range_from=2025-04-02")) == ["R-2"]
     assert listed_ids(analyst_client.get(base + "&received_at__range_to=2025-04-01")) == ["R-1"]
-    assert analyst_client.get(base + "&received_at__range_to=tomorrow").status_code == 302  # refused, not a 500
+    refused = analyst_client.get(base + "&received_at__range_to=tomorrow")  # refused, not a 500
+    assert refused.status_code == 400 and "'tomorrow' is not a date (YYYY-MM-DD)" in page_text(refused)
+    assert 'href="/admin/conversions/partnerconversion/?partner=involve_asia"' in refused.content.decode()

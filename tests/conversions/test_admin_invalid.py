@@ -37,7 +37,7 @@ def test_the_invalid_filter_and_the_bookmarks_of_before_the_rename(analyst_clien
 
 def test_an_invalid_row_and_a_rejected_sale_wear_different_badges(analyst_client, involve):
     seed(analyst_client)
-    listing = analyst_client.get(f"{LIST_URL}?partner=involve_asia").content.decode()
+    listing = analyst_client.get(f"{LIST_URL}?partner=involve_asia&rows=all").content.decode()
     assert '<span class="pc-badge pc-outcome-invalid">invalid</span>' in listing
     assert '<span class="pc-badge pc-status-rejected">rejected</span>' in listing
     assert "pc-outcome-rejected" not in listing and "conversions/admin.css" in listing
