@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100, help="conversions per partner")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--chunks", default="25,50,100,200", help="UNION_CHUNK values to time the overview with")
+    parser.add_argument("--together-only", action="store_true", help="skip the one-by-one and chunk-size comparisons")
     parser.add_argument("--server", default=SERVER, help="PostgreSQL server URL without a database name")
     args = parser.parse_args()
 
@@ -114,6 +115,9 @@ def run(args: argparse.Namespace, *, shared_name: str) -> None:
     print("\nread together: one statement per shared database (per chunk of partners)")
     time_pages(client, pages, runs=args.runs, aliases=[shared, *aliases])
 
+    if args.together_only:
+        overview_parts(partners, runs=args.runs)
+        return
     print("\nread one by one (every partner in turn, as before)")
     original_key = cross_partner.shared_database_key
     cross_partner.shared_database_key = lambda alias: None
@@ -207,8 +211,8 @@ def time_pages(client, pages: dict[str, str], *, runs: int, aliases: list[str]) 
 
 def overview_parts(partners: list, *, runs: int) -> None:
     """Where the dashboard of all partners spends its time: its statements and sums
-    (partners_stats), and its template with and without the per-day table (a column per
-    partner: 30 x 1,000 cells)."""
+    (partners_stats), the charts and tables made of them (the first 10 partners and `others`;
+    a row per partner) and its template."""
     from django.contrib import admin
     from django.contrib.auth.models import User
     from django.contrib.messages.storage.fallback import FallbackStorage
@@ -216,10 +220,11 @@ def overview_parts(partners: list, *, runs: int) -> None:
 
     from conversions.admin.dashboards import PartnerDashboards
     from conversions.cross_partner import partners_stats
-    from conversions.forms import DashboardForm
+    from conversions.dashboard import dashboard_overview_charts, dashboard_overview_tables
+    from conversions.forms import OverviewForm
     from partners.models import Partner
 
-    form = DashboardForm({})
+    form = OverviewForm({})
     form.is_valid()
     time_range = form.time_range()
     request = RequestFactory().get("/admin/partners/partner/dashboard/")
@@ -229,11 +234,14 @@ def overview_parts(partners: list, *, runs: int) -> None:
     response = PartnerDashboards(admin.site.get_model_admin(Partner)).overview_view(request)
     template = response.resolve_template(response.template_name)
     context = response.context_data
-    without_days = {key: value for key, value in context.items() if key != "days"}
+    results = context["results"]
     parts = {
         "partners_stats (statements and sums)": lambda: partners_stats(partners=partners, time_range=time_range, top=0),
+        "charts and tables (top 10 + others)": lambda: (
+            dashboard_overview_charts(results=results, top=10, sort="approved"),
+            dashboard_overview_tables(results=results, sort="approved", dashboard_url=lambda partner: "/"),
+        ),
         "the template": lambda: template.render(context, request),
-        "the template without the per-day table": lambda: template.render(without_days, request),
     }
     print("\nthe dashboard of all partners, in parts")
     for label, work in parts.items():

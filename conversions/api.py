@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from conversions.api_auth import READ_AUTHENTICATION, TOKEN_HELP, VIEW_PERMISSION
 from conversions.exports import conversion_csv_response
-from conversions.selectors import conversion_list, conversion_queryset, conversion_stats
+from conversions.selectors import conversion_list, conversion_queryset, conversion_stats, conversion_totals
 from conversions.serializers import (
     ConversionPageSerializer,
     ConversionQuerySerializer,
@@ -179,4 +179,9 @@ class ConversionStatsView(PartnerReadView):
         if error is not None:
             return error
         stats = conversion_stats(partner=partner, time_range=params["time_range"], top=params["top"])
-        return Response(StatsSerializer({"partner": partner, "stats": stats}).data)
+        body: dict[str, Any] = {"partner": partner, "stats": stats}
+        if params["compare"]:
+            previous = params["time_range"].previous()
+            totals = conversion_totals(partner=partner, time_range=previous)
+            body["previous"] = {"time_range": previous, "totals": totals}
+        return Response(StatsSerializer(body).data)

@@ -14,18 +14,20 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connections
 from django.db.models import Count, DateTimeField, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, Left, TruncDate
 
 from conversions.models import PartnerConversion, row_kind
 from conversions.outcomes import RowKind
-from partners.lifecycle import STATUSES
+from partners.lifecycle import APPROVED, PAID, PENDING, REJECTED, STATUSES
 from partners.models import Partner
 
 # Columns the API shows, in model order; columns added to the model later show up by
 # themselves. Left out: the partner (implied by the URL), what the sender's request
-# looked like (raw parameters, headers, address) and the row's insert time.
-HIDDEN_COLUMNS = frozenset({"partner_id", "raw_data", "request_headers", "request_ip", "created_at"})
+# looked like (raw parameters, headers, address), the row's insert time and the ingest's digests.
+# The replay digests (request_digests) are the ingest's own bookkeeping.
+HIDDEN_COLUMNS = frozenset({"partner_id", "raw_data", "request_headers", "request_ip", "created_at", "request_digests"})
 CONVERSION_FIELDS = tuple(f for f in PartnerConversion._meta.concrete_fields if f.name not in HIDDEN_COLUMNS)
 # Output names (`duplicate_of`) and the attributes that hold them (`duplicate_of_id`).
 CONVERSION_COLUMNS = tuple(f.name for f in CONVERSION_FIELDS)
@@ -84,6 +86,12 @@ class TimeRange:
             q &= Q(**{f"{self.time_field}__lt": self.end})
         return q
 
+    def previous(self) -> "TimeRange":
+        """The range of the same length that ends where this one starts (both ends needed)."""
+        if self.start is None or self.end is None:
+            raise ValueError("an open range has no previous period")
+        return TimeRange(time_field=self.time_field, start=self.start - (self.end - self.start), end=self.start)
+
 
 @dataclass(frozen=True)
 class ConversionFilters:
@@ -101,15 +109,79 @@ class ConversionPage:
     next_cursor: Cursor | None
 
 
+# Which of our statuses (partners.lifecycle) count as approved, pending and rejected by the
+# network: paid follows approved; an original without a status is not decided yet. The one
+# definition of docs/numbers.md, shared by the dashboards, the /stats API and publisher reports.
+APPROVED_STATUSES = (APPROVED, PAID)
+REJECTED_STATUSES = (REJECTED,)
+PENDING_STATUSES = (PENDING, None)
+STATUS_CLASSES = ("approved", "pending", "network_rejected")
+RATE = Decimal("0.0001")
+
+
+def status_class(status: str | None) -> str:
+    """approved, pending or network_rejected: what an original of this status counts as."""
+    if status in APPROVED_STATUSES:
+        return "approved"
+    if status in REJECTED_STATUSES:
+        return "network_rejected"
+    return "pending"
+
+
+@dataclass
+class Revenue:
+    """Originals of one status class and their amounts."""
+
+    originals: int = 0
+    usd_sale_amount: Decimal = Decimal("0.00")
+    usd_earning: Decimal = Decimal("0.00")
+
+
+def rate(part: int, whole: int) -> Decimal | None:
+    """part / whole to 4 decimal places (0.2500 is 25 %); None when there is nothing to divide."""
+    return (Decimal(part) / Decimal(whole)).quantize(RATE) if whole else None
+
+
 @dataclass
 class Totals:
-    """Counts by outcome, and the amounts of the originals (duplicates and rejects never count)."""
+    """Counts by outcome, and the amounts of the originals (duplicates and rejects never count).
+
+    `rejected` counts invalid postbacks (stored with a processing_error); the sales the network
+    rejected are `network_rejected`, one of the originals' status classes.
+    """
 
     originals: int = 0
     duplicates: int = 0
     rejected: int = 0
     usd_sale_amount: Decimal = Decimal("0.00")
     usd_earning: Decimal = Decimal("0.00")
+    approved: Revenue = field(default_factory=Revenue)
+    pending: Revenue = field(default_factory=Revenue)
+    network_rejected: Revenue = field(default_factory=Revenue)
+
+    @property
+    def invalid(self) -> int:
+        return self.rejected
+
+    @property
+    def approval_rate(self) -> Decimal | None:
+        """Approved originals / originals."""
+        return rate(self.approved.originals, self.originals)
+
+    @property
+    def rejection_rate(self) -> Decimal | None:
+        """Originals the network rejected / originals."""
+        return rate(self.network_rejected.originals, self.originals)
+
+    @property
+    def open_usd_sale_amount(self) -> Decimal:
+        """Approved + pending sales: every sale not rejected (a publisher report's total)."""
+        return self.approved.usd_sale_amount + self.pending.usd_sale_amount
+
+    @property
+    def open_usd_earning(self) -> Decimal:
+        """Approved + pending earnings: ours unless the network rejects them."""
+        return self.approved.usd_earning + self.pending.usd_earning
 
     def add(self, *, outcome: RowKind, count: int, sale: Decimal | None, earning: Decimal | None) -> None:
         if outcome is RowKind.ORIGINAL:
@@ -119,11 +191,17 @@ class Totals:
         else:
             self.rejected += count
 
-    def add_originals(self, *, count: int, sale: Decimal, earning: Decimal) -> None:
-        """Originals with their amounts already in cents (see cents())."""
+    def add_originals(self, *, count: int, sale: Decimal, earning: Decimal, status_of: str | None = None) -> None:
+        """Originals with their amounts already in cents (see cents()), of status class
+        `status_of` (status_class()) when known."""
         self.originals += count
         self.usd_sale_amount += sale
         self.usd_earning += earning
+        if status_of is not None:
+            revenue = getattr(self, status_of)
+            revenue.originals += count
+            revenue.usd_sale_amount += sale
+            revenue.usd_earning += earning
 
 
 def cents(amount: Decimal | float | None) -> Decimal:
@@ -329,16 +407,55 @@ def conversion_stats(*, partner: Partner, time_range: TimeRange, top: int = 10) 
         (offer for offer in by_offer.values() if offer.originals),
         key=lambda offer: (-offer.originals, -offer.usd_sale_amount, offer.offer_id or "", offer.offer_name or ""),
     )[:top]
+    names = _offer_names(partner=partner, time_range=time_range, offer_ids=[o.offer_id for o in offers if o.offer_id])
     for offer in offers:
         if offer.offer_id is not None:
-            # The offer's latest name in the range, read through the (offer_id, received_at) index.
-            offer.offer_name = (
-                in_range.filter(offer_id=offer.offer_id, offer_name__isnull=False)
-                .order_by("-received_at", "-id")
-                .values_list("offer_name", flat=True)
-                .first()
-            )
+            offer.offer_name = names.get(offer.offer_id)
     return _stats_result(time_range=time_range, totals=totals, by_day=by_day, by_status=by_status, offers=offers)
+
+
+def _offer_names(*, partner: Partner, time_range: TimeRange, offer_ids: list[str]) -> dict[str, str | None]:
+    """offer_id -> its latest offer_name in the range, for every id in one statement: one
+    subquery per id, each reading the (offer_id, received_at) index from its newest entry."""
+    if not offer_ids:
+        return {}
+    if time_range.time_field not in TIME_FIELDS:
+        raise ValueError(f"not a time field: {time_range.time_field!r}")
+    table = connections[partner.database_alias].ops.quote_name(PartnerConversion._meta.db_table)
+    column = connections[partner.database_alias].ops.quote_name(time_range.time_field)
+    conditions, bounds = ["partner_id = %s", "offer_id = ids.offer_id", "offer_name IS NOT NULL"], [partner.pk]
+    if time_range.start is not None:
+        conditions.append(f"{column} >= %s")
+        bounds.append(time_range.start)
+    if time_range.end is not None:
+        conditions.append(f"{column} < %s")
+        bounds.append(time_range.end)
+    ids = " UNION ALL ".join(["SELECT %s AS offer_id"] * len(offer_ids))
+    statement = (
+        f"SELECT ids.offer_id, (SELECT offer_name FROM {table} WHERE {' AND '.join(conditions)} "  # noqa: S608
+        f"ORDER BY received_at DESC, id DESC LIMIT 1) FROM ({ids}) AS ids"
+    )
+    with connections[partner.database_alias].cursor() as cursor:
+        cursor.execute(statement, [*bounds, *offer_ids])
+        return dict(cursor.fetchall())
+
+
+def conversion_totals(*, partner: Partner, time_range: TimeRange) -> Totals:
+    """The totals of conversion_stats alone (no days, offers or statuses): the dashboard's
+    previous period, read as cheaply as the range allows."""
+    in_range = _in_range(partner=partner, time_range=time_range)
+    accepted = (
+        in_range.filter(processing_error__isnull=True)
+        .values("is_duplicate", "status")
+        .annotate(count=Count("*"), sale=Sum("usd_sale_amount"), earning=Sum("usd_earning"))
+        .order_by()
+    )
+    invalid = in_range.filter(processing_error__isnull=False).count()
+    totals, _, _, _ = _stats_groups_add(
+        accepted=({**group, "_day": None} for group in accepted),
+        rejected=[{"_day": None, "count": invalid}] if invalid else [],
+    )
+    return totals
 
 
 def conversion_stats_from_groups(
@@ -385,9 +502,9 @@ def _stats_groups_add(
             for totals_of in sums:
                 totals_of.add(outcome=RowKind.DUPLICATE, count=count, sale=None, earning=None)
         else:
-            sale, earning = cents(group["sale"]), cents(group["earning"])
+            sale, earning, status_of = cents(group["sale"]), cents(group["earning"]), status_class(status)
             for totals_of in sums:
-                totals_of.add_originals(count=count, sale=sale, earning=earning)
+                totals_of.add_originals(count=count, sale=sale, earning=earning, status_of=status_of)
     for group in rejected:
         amounts = {"outcome": RowKind.INVALID, "count": group["count"], "sale": None, "earning": None}
         totals.add(**amounts)

@@ -173,6 +173,11 @@ class StatsQuerySerializer(QuerySerializer):
     top = serializers.IntegerField(
         required=False, default=10, min_value=1, max_value=100, help_text="How many top offers (default 10)."
     )
+    compare = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="`true`: also `previous`, the summary of the period of the same length just before.",
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return {**_time_fields(), **super().get_fields()}
@@ -230,8 +235,40 @@ class TotalsSerializer(serializers.Serializer):
     usd_earning = serializers.DecimalField(max_digits=None, decimal_places=2, help_text="Sum over originals.")
 
 
+AMOUNT = {"max_digits": None, "decimal_places": 2}
+
+
+class RevenueSerializer(serializers.Serializer):
+    """Originals of one status class (docs/numbers.md) and their amounts in USD."""
+
+    originals = serializers.IntegerField()
+    usd_sale_amount = serializers.DecimalField(**AMOUNT)
+    usd_earning = serializers.DecimalField(**AMOUNT)
+
+
+class SummarySerializer(serializers.Serializer):
+    """The headline numbers, as the dashboards show them (docs/numbers.md)."""
+
+    originals = serializers.IntegerField()
+    invalid = serializers.IntegerField(help_text="Invalid postbacks (`rejected` in `totals`).")
+    approved = RevenueSerializer(help_text="Originals whose status is approved or paid.")
+    pending = RevenueSerializer(help_text="Originals whose status is pending, or that carried none.")
+    network_rejected = RevenueSerializer(help_text="Originals whose status is rejected: sales the network refused.")
+    open_usd_sale_amount = serializers.DecimalField(**AMOUNT, help_text="Approved + pending sales.")
+    open_usd_earning = serializers.DecimalField(**AMOUNT, help_text="Approved + pending earnings.")
+    approval_rate = serializers.DecimalField(
+        max_digits=None, decimal_places=4, allow_null=True, help_text="Approved originals / originals (null: none)."
+    )
+    rejection_rate = serializers.DecimalField(
+        max_digits=None, decimal_places=4, allow_null=True, help_text="Rejected originals / originals (null: none)."
+    )
+
+
 class DayTotalsSerializer(TotalsSerializer):
     date = serializers.DateField(source="day")
+    approved_usd_sale_amount = serializers.DecimalField(**AMOUNT, source="approved.usd_sale_amount")
+    pending_usd_sale_amount = serializers.DecimalField(**AMOUNT, source="pending.usd_sale_amount")
+    network_rejected_usd_sale_amount = serializers.DecimalField(**AMOUNT, source="network_rejected.usd_sale_amount")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -267,6 +304,11 @@ class RangeSerializer(serializers.Serializer):
     end = serializers.DateTimeField(help_text="Exclusive.")
 
 
+class PreviousSerializer(serializers.Serializer):
+    range = RangeSerializer(source="time_range")
+    summary = SummarySerializer(source="totals")
+
+
 class StatsSerializer(serializers.Serializer):
     partner = PartnerSummarySerializer()
     range = RangeSerializer(source="stats.time_range")
@@ -276,6 +318,8 @@ class StatsSerializer(serializers.Serializer):
     by_status = StatusTotalsSerializer(
         source="stats.by_status", many=True, help_text="Originals and their amounts by status (pending, approved...)."
     )
+    summary = SummarySerializer(source="stats.totals", help_text="Approved, pending and rejected apart, and rates.")
+    previous = PreviousSerializer(required=False, help_text="With `compare=true`: the period just before.")
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -10,7 +10,10 @@ class PublishersConfig(AppConfig):
         from infra.databases import partner_models_register
         from infra.metrics import metrics_scrape_hook
         from partners.services import admin_grants_add
-        from publishers import checks  # noqa: F401  (registers the system check)
+        from publishers import (
+            checks,  # noqa: F401  (registers the system check)
+            reports,  # noqa: F401  (registers the dashboards' by-publisher breakdown)
+        )
         from publishers.deliveries import deliveries_announced
         from publishers.metrics import delivery_gauges_refresh
 

@@ -108,3 +108,20 @@ def test_last_week_is_monday_to_sunday():
         datetime.date(2026, 2, 1),
         datetime.date(2026, 2, 28),
     )
+
+
+def test_the_xlsx_report_keeps_text_as_text_without_the_csv_guard(reported):
+    report = publisher_report(publisher=reported, start=datetime.date(2026, 1, 5), end=datetime.date(2026, 1, 11))
+    hostile = ['=HYPERLINK("http://x")', "+1", "@SUM(A1)", "bell\x07"]
+    report.rows = [
+        tuple(hostile[n % len(hostile)] if isinstance(value, str) else value for n, value in enumerate(row))
+        for row in report.rows
+    ]
+    sheet = load_workbook(io.BytesIO(report_xlsx(report))).active
+    texts = [cell for row in sheet.iter_rows(min_row=2, max_row=len(report.rows) + 1) for cell in row if cell.value]
+    strings = [cell for cell in texts if isinstance(cell.value, str)]
+    assert strings and all(cell.data_type == "s" for cell in strings)
+    assert not any(cell.value.startswith("'") for cell in strings)
+    assert '=HYPERLINK("http://x")' in {cell.value for cell in strings}
+    csv_lines = report_csv(report).decode()
+    assert "'=HYPERLINK" in csv_lines  # the CSV keeps its guard
