@@ -23,8 +23,10 @@ from partners.models import Partner
 from partners.selectors import partner_scope_applies, partners_visible_to
 from publishers.deliveries import delivery_values
 from publishers.models import (
+    DEFAULT_EVENTS,
     DELIVERY_STATES,
     EVENT_CHOICES,
+    NO_EVENT,
     Delivery,
     DeliveryAttempt,
     Publisher,
@@ -52,7 +54,11 @@ LOG_ROWS = 200
 
 class PublisherForm(forms.ModelForm):
     events = forms.MultipleChoiceField(
-        choices=EVENT_CHOICES, widget=forms.CheckboxSelectMultiple, required=False, help_text="What sends a postback."
+        choices=EVENT_CHOICES,
+        widget=forms.CheckboxSelectMultiple,
+        initial=DEFAULT_EVENTS,
+        error_messages={"required": NO_EVENT},
+        help_text="What sends a postback (at least one).",
     )
     signing_secret = forms.CharField(
         required=False,
@@ -80,6 +86,8 @@ class PublisherForm(forms.ModelForm):
             "report_recipients",
         )
         widgets = {
+            # Long templates are read whole: a full-width box that wraps (a URL holds no line break).
+            "url_template": forms.Textarea(attrs={"rows": 6, "class": "vLargeTextField url-template", "wrap": "soft"}),
             "match_prefixes": forms.Textarea(attrs={"rows": 3}),
             "report_recipients": forms.Textarea(attrs={"rows": 2}),
         }
@@ -160,6 +168,10 @@ class PublisherAdmin(admin.ModelAdmin):
         ("Reports and log", {"fields": ("report_recipients", "log_link")}),
     )
     filter_horizontal = ("partners",)
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # Seven columns fit 1400 px only without the app list beside them (the breadcrumbs lead back).
+        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -249,29 +261,43 @@ class PublisherAdmin(admin.ModelAdmin):
             except PartnerDatabaseUnavailable as exc:
                 lines.append((partner.partner_code, f"unavailable: {exc.reason}"))
                 continue
+            if not recent:
+                continue  # a network without conversions says nothing about the rule
             matched = [c for c in recent if route.matches({route.match_field: getattr(c, route.match_field)})]
             shown = ", ".join(f"{c.conversion_id} ({getattr(c, route.match_field)})" for c in matched[:20])
             lines.append(
                 (partner.partner_code, f"{len(matched)} of {len(recent)} match{': ' + shown if shown else ''}")
             )
-        return format_html_join(mark_safe("<br>"), "{}: {}", lines)  # noqa: S308 if lines else "No partner."
+        if not lines:
+            return "None of its networks has a conversion yet."
+        return format_html_join(mark_safe("<br>"), "{}: {}", lines)  # noqa: S308 - a literal
 
     # --- actions ------------------------------------------------------------------
 
-    @admin.action(description="Pause the selected publishers")
+    def _may_change(self, request: HttpRequest) -> None:
+        # `permissions=["change"]` keeps them off a reader's list; this refuses any other way in.
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+
+    @admin.action(description="Pause the selected publishers", permissions=["change"])
     def pause(self, request, queryset):
+        self._may_change(request)
         for publisher in queryset:
             publisher_pause(publisher=publisher, reason=f"paused by {request.user.get_username()}")
         self.message_user(request, f"Paused {queryset.count()} publisher(s): their deliveries wait until resumed.")
 
-    @admin.action(description="Resume the selected publishers")
+    @admin.action(description="Resume the selected publishers", permissions=["change"])
     def resume(self, request, queryset):
+        self._may_change(request)
         for publisher in queryset:
             publisher_resume(publisher=publisher)
         self.message_user(request, f"Resumed {queryset.count()} publisher(s).")
 
-    @admin.action(description="Backfill: send the matching conversions of the last N days never sent")
+    @admin.action(
+        description="Backfill: send the matching conversions of the last N days never sent", permissions=["change"]
+    )
     def backfill(self, request, queryset):
+        self._may_change(request)
         try:
             days = forms.IntegerField(min_value=1, max_value=400).clean(request.POST.get("days"))
         except forms.ValidationError:
@@ -285,8 +311,12 @@ class PublisherAdmin(admin.ModelAdmin):
                 continue
             self.message_user(request, f"{publisher.code}: {written} conversion(s) of the last {days} days queued.")
 
-    @admin.action(description="Test send: the newest matching conversion, now (not logged as a delivery)")
+    @admin.action(
+        description="Test send: the newest matching conversion, now (not logged as a delivery)",
+        permissions=["change"],
+    )
     def test_send(self, request, queryset):
+        self._may_change(request)
         for publisher in queryset:
             sent = publisher_test_send(publisher=publisher)
             if sent is None:
@@ -342,10 +372,16 @@ class PublisherAdmin(admin.ModelAdmin):
             kwargs["queryset"] = partners_visible_to(request.user)
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None) -> Publisher:
+        """The publisher, or a 404 when there is none the user may see (change, delete, history
+        and the log and report pages alike; Django's default is a redirect saying it does not exist)."""
+        publisher = super().get_object(request, object_id, from_field)
+        if publisher is None:
+            raise Http404(f"There is no publisher {str(object_id)[:40]!r} among yours.")
+        return publisher
+
     def _publisher(self, request: HttpRequest, object_id: str) -> Publisher:
         publisher = self.get_object(request, object_id)
-        if publisher is None:
-            raise Http404(f"No publisher {object_id[:40]!r}")
         if not self.has_view_or_change_permission(request, publisher):
             raise PermissionDenied
         return publisher

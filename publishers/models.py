@@ -23,7 +23,9 @@ RECORDED = "recorded"
 AMOUNT = "amount"
 EVENTS = (RECORDED, *STATUSES, AMOUNT)
 EVENT_CHOICES = [(RECORDED, "Recorded")] + [(s, f"Status -> {s}") for s in STATUSES] + [(AMOUNT, "Amount corrected")]
+# A new publisher hears of each conversion and its outcome (not of every pending step or amount fix).
 DEFAULT_EVENTS = [RECORDED, "approved", "rejected", "paid"]
+NO_EVENT = "Choose at least one event: a publisher without one is never sent anything."
 
 PERCENT_EARNING = "percent_earning"
 PERCENT_SALE = "percent_sale"
@@ -62,6 +64,10 @@ def validate_recipients(value: str) -> None:
             validate_email(address)
         except ValidationError as exc:
             raise ValidationError(f"'{address}' is not an email address") from exc
+
+
+def default_events() -> list[str]:
+    return list(DEFAULT_EVENTS)
 
 
 def validate_events(value) -> None:
@@ -105,7 +111,7 @@ class Publisher(models.Model):
         help_text="e.g. https://pub.example/postback?click={click_id}&payout={payout}&status={status}",
     )
     http_method = models.CharField(max_length=4, choices=METHODS, default="GET")
-    events = models.JSONField(default=list, validators=[validate_events], blank=True)
+    events = models.JSONField(default=default_events, validators=[validate_events], blank=True)
 
     payout_kind = models.CharField(max_length=20, choices=PAYOUT_KINDS, default=PERCENT_SALE)
     payout_value = models.DecimalField(
@@ -155,6 +161,8 @@ class Publisher(models.Model):
 
     def clean(self) -> None:
         self._clean_destination()
+        if not self.events:
+            raise ValidationError({"events": NO_EVENT})
         if bool(self.prefixes) == bool(self.match_regex):
             raise ValidationError(
                 {"match_regex": "Give either a list of prefixes or a regular expression (one of them)."}

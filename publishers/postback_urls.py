@@ -62,6 +62,13 @@ def template_validate(template: str) -> None:
         raise TemplateError(f"only http:// and https:// URLs are sent, not {parts.scheme or 'a URL without scheme'}")
     if not parts.hostname:
         raise TemplateError("the URL has no host name")
+    if "@" in parts.netloc:
+        # Never sent (publishers.outbound refuses them): every send would fail.
+        raise TemplateError(
+            "a user name or password in the URL (user:password@host) is not supported: postbacks are sent "
+            "without credentials. Remove them; to let the publisher check that a postback is ours, set a "
+            "signing secret (X-Postback-Signature)"
+        )
     if "{" in (urlsplit(template).netloc or ""):
         raise TemplateError("macros may not be used in the host name")
 

@@ -17,12 +17,16 @@ from publishers.deliveries import delivery_send, delivery_values
 from publishers.models import PENDING, RECORDED, Delivery, Publisher
 from publishers.outbound import OutboundClient, OutboundResult, outbound_client
 from publishers.selectors import (
+    PublisherRoute,
     publisher_directory,
     publisher_matching_conversions,
     publisher_partners,
     publisher_recent_conversion,
     publisher_route,
 )
+
+# Idempotency keys looked up per query when a backfill counts what it wrote.
+BACKFILL_COUNT_CHUNK = 1000
 
 
 def publisher_save(*, publisher: Publisher) -> None:
@@ -55,9 +59,20 @@ def deliveries_resend(*, partner: Partner, delivery_ids: Iterable[int], now: dat
         )
 
 
+def backfill_event(*, route: PublisherRoute, conversion: PartnerConversion) -> str | None:
+    """What a backfill sends for a conversion: `recorded` when the publisher takes it, else
+    the conversion's current status when the publisher takes that; else nothing."""
+    if RECORDED in route.events:
+        return RECORDED
+    if conversion.status and conversion.status in route.events:
+        return conversion.status
+    return None
+
+
 def publisher_backfill(*, publisher: Publisher, days: int, now: datetime.datetime | None = None) -> int:
-    """Write a delivery for each matching conversion of the last `days` days that the
-    publisher never had one for; how many. Running it again writes none."""
+    """Write a delivery, for an event the publisher takes, for each matching conversion of the
+    last `days` days that the publisher never had one for; how many were written (those a
+    backfill running at the same time wrote first are not counted). Running it again writes none."""
     since = (now or timezone.now()) - datetime.timedelta(days=days)
     route = publisher_route(publisher)
     written = 0
@@ -65,22 +80,26 @@ def publisher_backfill(*, publisher: Publisher, days: int, now: datetime.datetim
         with partner_database(partner) as alias:
             delivered = Delivery.objects.using(alias).filter(publisher_id=publisher.pk).values("conversion_id")
             recent = PartnerConversion.objects.using(alias).filter(received_at__gte=since).exclude(pk__in=delivered)
-            rows = [
-                Delivery(
-                    conversion_id=conversion.pk,
-                    **delivery_values(
-                        route=route,
-                        conversion=conversion.canonical_values(),
-                        partner=partner,
-                        event=RECORDED,
-                        source="backfill",
-                    ),
+            rows = []
+            for conversion in publisher_matching_conversions(route=route, partner=partner, conversions=recent):
+                event = backfill_event(route=route, conversion=conversion)
+                if event is None:
+                    continue
+                values = delivery_values(
+                    route=route,
+                    conversion=conversion.canonical_values(),
+                    partner=partner,
+                    event=event,
+                    source="backfill",
                 )
-                for conversion in publisher_matching_conversions(route=route, partner=partner, conversions=recent)
-            ]
+                rows.append(Delivery(conversion_id=conversion.pk, **values))
             with transaction.atomic(using=alias):
                 Delivery.objects.using(alias).bulk_create(rows, batch_size=500, ignore_conflicts=True)
-            written += len(rows)
+                # A row dropped as a conflict is not ours: count the keys that were written.
+                keys = [row.idempotency_key for row in rows]
+                for start in range(0, len(keys), BACKFILL_COUNT_CHUNK):
+                    chunk = keys[start : start + BACKFILL_COUNT_CHUNK]
+                    written += Delivery.objects.using(alias).filter(idempotency_key__in=chunk).count()
     return written
 
 

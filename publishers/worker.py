@@ -16,8 +16,9 @@ import signal
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,44 @@ class PassResult:
     delivered: int = 0
     failed: int = 0
     retried: int = 0
+    held: int = 0  # claimed, then not sent: their publisher was paused meanwhile
     by_partner: dict[str, int] = field(default_factory=dict)
+
+
+class PublisherGate:
+    """Whether one more postback may be sent to a publisher now, in this worker.
+
+    A publisher whose last answer here was a success takes up to the worker's concurrency;
+    any other (not heard from yet, or failing) takes only as many sends in flight as it has
+    failures left before PUBLISHER_PAUSE_AFTER_FAILURES, so a dead publisher gets exactly
+    that many attempts; once it reaches the limit it is paused and nothing more starts.
+    Used by the worker's dispatching thread only (one per worker).
+    """
+
+    def __init__(self, publisher: Publisher, *, limit: int):
+        self.publisher = publisher
+        self.limit = limit
+        self.failures = publisher.consecutive_failures
+        self.answering = False
+        self.in_flight = 0
+        self.paused = False
+
+    def may_send(self, *, concurrency: int) -> bool:
+        if self.paused:
+            return False
+        if self.answering and self.failures == 0:
+            return self.in_flight < concurrency
+        return self.failures + self.in_flight < self.limit
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, *, succeeded: bool, now: datetime.datetime) -> None:
+        self.in_flight -= 1
+        failures, paused = publisher_attempt_account(publisher=self.publisher, succeeded=succeeded, now=now)
+        self.answering = succeeded
+        self.failures = failures
+        self.paused = self.paused or paused or failures >= self.limit
 
 
 def system_clock() -> datetime.datetime:
@@ -95,6 +133,7 @@ class DeliveryWorker:
             total.delivered += result.delivered
             total.failed += result.failed
             total.retried += result.retried
+            total.held += result.held
             for code, count in result.by_partner.items():
                 total.by_partner[code] = total.by_partner.get(code, 0) + count
             if result.claimed == 0:
@@ -114,19 +153,21 @@ class DeliveryWorker:
     def run_pass(self) -> PassResult:
         """One batch per partner database with due deliveries."""
         result = PassResult()
-        publishers = {p.pk: p for p in Publisher.objects.filter(is_active=True, paused_at__isnull=True)}
-        if not publishers:
-            return result
+        limit = settings.PUBLISHER_PAUSE_AFTER_FAILURES
+        gates = {
+            p.pk: PublisherGate(p, limit=limit)
+            for p in Publisher.objects.filter(is_active=True, paused_at__isnull=True)
+        }
         for partner in partner_list_served():
-            if self.stopping.is_set():
+            if self.stopping.is_set() or not any(not gate.paused for gate in gates.values()):
                 break
             try:
-                self._partner_batch(partner, publishers, result)
+                self._partner_batch(partner, gates, result)
             except PartnerDatabaseUnavailable as exc:
                 logger.warning("deliveries of partner=%s not sent: %s", partner.partner_code, exc.reason)
         return result
 
-    def _partner_batch(self, partner: Partner, publishers: dict[int, Publisher], result: PassResult) -> None:
+    def _partner_batch(self, partner: Partner, gates: dict[int, PublisherGate], result: PassResult) -> None:
         now = self.clock()
         with partner_database(partner) as alias:
             claimed = deliveries_claim(
@@ -135,25 +176,58 @@ class DeliveryWorker:
                 lease_until=now + self.lease,
                 owner=self.owner,
                 limit=self.batch_size,
-                publisher_ids=list(publishers),
+                publisher_ids=[pk for pk, gate in gates.items() if not gate.paused],
             )
         if not claimed:
             return
         result.claimed += len(claimed)
         result.by_partner[partner.partner_code] = len(claimed)
-        sends = [self.pool.submit(self._send, delivery, publishers[delivery.publisher_id]) for delivery in claimed]
-        outcomes = [(delivery, future.result()) for delivery, future in zip(claimed, sends, strict=True)]
+        outcomes, held = self._send_all(claimed, gates)
         with partner_database(partner) as alias:
             states = deliveries_record(alias=alias, outcomes=outcomes, now=self.clock(), owner=self.owner)
+            deliveries_release(alias=alias, deliveries=held, owner=self.owner)
+        result.held += len(held)
         for (delivery, (_started_at, outcome)), state in zip(outcomes, states, strict=True):
-            publisher = publishers[delivery.publisher_id]
+            publisher = gates[delivery.publisher_id].publisher
             metrics.delivery_count(publisher=publisher.code, outcome=state if outcome.succeeded else "error")
             if state == DELIVERED:
                 result.delivered += 1
             else:
                 result.failed += state == FAILED
                 result.retried += state == PENDING
-            publisher_attempt_account(publisher=publisher, succeeded=outcome.succeeded, now=self.clock())
+
+    def _send_all(
+        self, claimed: list[Delivery], gates: dict[int, PublisherGate]
+    ) -> tuple[list[tuple[Delivery, tuple[datetime.datetime, OutboundResult]]], list[Delivery]]:
+        """Send the claimed deliveries, `concurrency` at a time, each only while its publisher's
+        gate allows it (each answer is counted as it arrives); (the outcomes, the deliveries held)."""
+        waiting: dict[int, deque[Delivery]] = {}
+        for delivery in claimed:
+            waiting.setdefault(delivery.publisher_id, deque()).append(delivery)
+        running: dict[Future, Delivery] = {}
+        outcomes: list[tuple[Delivery, tuple[datetime.datetime, OutboundResult]]] = []
+        held: list[Delivery] = []
+        while True:
+            for publisher_id, queue in list(waiting.items()):
+                gate = gates[publisher_id]
+                while queue and len(running) < self.concurrency and gate.may_send(concurrency=self.concurrency):
+                    delivery = queue.popleft()
+                    gate.started()
+                    running[self.pool.submit(self._send, delivery, gate.publisher)] = delivery
+                if gate.paused and not gate.in_flight:
+                    held += queue
+                    queue.clear()
+                if not queue:
+                    del waiting[publisher_id]
+            if not running:
+                break  # what still waits cannot be sent in this batch
+            done, _pending = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                delivery = running.pop(future)
+                started_at, outcome = future.result()
+                gates[delivery.publisher_id].finished(succeeded=outcome.succeeded, now=self.clock())
+                outcomes.append((delivery, (started_at, outcome)))
+        return outcomes, held + [delivery for queue in waiting.values() for delivery in queue]
 
     def _send(self, delivery: Delivery, publisher: Publisher) -> tuple[datetime.datetime, OutboundResult]:
         started_at = self.clock()
@@ -282,22 +356,34 @@ def deliveries_record(
     return states
 
 
-def publisher_attempt_account(*, publisher: Publisher, succeeded: bool, now: datetime.datetime) -> None:
-    """Count a publisher's consecutive failures; pause it (an ERROR line) after PUBLISHER_PAUSE_AFTER_FAILURES."""
+def deliveries_release(*, alias: str, deliveries: list[Delivery], owner: str) -> None:
+    """Give back deliveries claimed and not sent (their publisher was paused): claimable at
+    once when it is resumed, their attempts unchanged."""
+    if deliveries:
+        Delivery.objects.using(alias).filter(pk__in=[d.pk for d in deliveries], lease_owner=owner).update(
+            leased_until=None, lease_owner=""
+        )
+
+
+def publisher_attempt_account(*, publisher: Publisher, succeeded: bool, now: datetime.datetime) -> tuple[int, bool]:
+    """Count a publisher's consecutive failures (every worker's); pause it (an ERROR line) at
+    PUBLISHER_PAUSE_AFTER_FAILURES. (The failures in a row now, whether it is paused now.)"""
     if succeeded:
         if publisher.consecutive_failures:
             Publisher.objects.filter(pk=publisher.pk).update(consecutive_failures=0)
             publisher.consecutive_failures = 0
-        return
+        return 0, False
     Publisher.objects.filter(pk=publisher.pk).update(consecutive_failures=F("consecutive_failures") + 1)
     failures = Publisher.objects.values_list("consecutive_failures", flat=True).get(pk=publisher.pk)
     publisher.consecutive_failures = failures
     limit = settings.PUBLISHER_PAUSE_AFTER_FAILURES
-    if failures >= limit:
-        reason = f"{failures} consecutive failed deliveries"
-        if publisher_pause(publisher=publisher, reason=reason, now=now):
-            logger.error(
-                "publisher=%s paused after %s consecutive failed deliveries; resume it in the admin",
-                publisher.code,
-                failures,
-            )
+    if failures < limit:
+        return failures, False
+    reason = f"{failures} consecutive failed deliveries"
+    if publisher_pause(publisher=publisher, reason=reason, now=now):
+        logger.error(
+            "publisher=%s paused after %s consecutive failed deliveries; resume it in the admin",
+            publisher.code,
+            failures,
+        )
+    return failures, True

@@ -14,7 +14,7 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.db import DatabaseError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -149,6 +149,14 @@ class ReportSourceAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).filter(partner__in=partners_visible_to(request.user))
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None) -> ReportSource:
+        """The source, or a 404 when there is none the user may see: unknown and another
+        partner's answer alike (change, delete, history, preview, reconcile)."""
+        source = super().get_object(request, object_id, from_field)
+        if source is None:
+            raise Http404(f"There is no report source {str(object_id)[:20]!r} among yours.")
+        return source
+
     def formfield_for_foreignkey(self, db_field, request: HttpRequest, **kwargs):
         if db_field.name == "partner":
             kwargs["queryset"] = partners_visible_to(request.user)
@@ -183,8 +191,6 @@ class ReportSourceAdmin(admin.ModelAdmin):
         """The API's first records of the last days, mapped onto our fields as a run reads
         them (one authentication and one request to the network): check a source before its first run."""
         source = self.get_object(request, object_id)
-        if source is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_view_permission(request, source):
             raise PermissionDenied
         preview = source_preview(source=source)
@@ -212,8 +218,6 @@ class ReportSourceAdmin(admin.ModelAdmin):
     def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Start a run of this source: its days, and the CSV for a CSV source."""
         source = self.get_object(request, object_id)
-        if source is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if not self.has_change_permission(request, source):
             raise PermissionDenied
         today = source.partner.local_now().date()
@@ -283,6 +287,19 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         "download_link",
     )
     readonly_fields = fields
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None):
+        # Unknown, or in a partner database the user may not see: 404 (history included), not a redirect.
+        found = super().get_object(request, object_id, from_field)
+        if found is None:
+            raise Http404(f"There is no {self.opts.verbose_name} {str(object_id)[:20]!r} for this partner.")
+        return found
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        # Nothing here is deleted in the admin. (Django's view would open its transaction on
+        # the router's database, which cannot know the partner.) Another partner's: 404 first.
+        self.partner_for(request)
+        raise PermissionDenied
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are started from their report source
@@ -356,8 +373,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
             except (DatabaseError, PartnerDatabaseUnavailable) as exc:
                 return self._unreadable(request, exc)
         if run is None:
-            self.message_user(request, f"There is no run #{str(object_id)[:20]} for this partner.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+            raise Http404(f"There is no run #{str(object_id)[:20]} for this partner.")
         source = ReportSource.objects.filter(pk=run.source_id).first() if run.source_id else None
         in_progress = run.state in (ReconciliationRun.QUEUED, ReconciliationRun.RUNNING)
         context = {
@@ -396,8 +412,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         if what not in RECOVERIES:
             raise BadRequest("recover: say 'missing' or 'apply'")
         if partner is None:
-            self.message_user(request, f"There is no run #{run_id} for this partner.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+            raise Http404(f"There is no run #{run_id} for this partner.")
         runs = self.get_queryset(request).filter(pk=run_id)
         recover, verb = RECOVERIES[what]
         self._recover(request, runs, recover, verb)
@@ -413,8 +428,7 @@ class ReconciliationRunAdmin(PartnerDatabaseAdmin):
         except (DatabaseError, PartnerDatabaseUnavailable) as exc:
             return self._unreadable(request, exc)
         if run is None:
-            self.message_user(request, f"There is no run #{run_id} for this partner.", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
+            raise Http404(f"There is no run #{run_id} for this partner.")
         rows = run_rows_export(alias=partner.database_alias, run_id=run.pk)
         response = StreamingHttpResponse(csv_lines(RUN_EXPORT_COLUMNS, rows), content_type="text/csv; charset=utf-8")
         filename = f"{partner.partner_code}-reconciliation-{run.pk}.csv"
@@ -520,6 +534,19 @@ class ReconciliationRowAdmin(PartnerDatabaseAdmin):
         "action_at",
     )
     readonly_fields = fields
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None):
+        # Unknown, or in a partner database the user may not see: 404 (history included), not a redirect.
+        found = super().get_object(request, object_id, from_field)
+        if found is None:
+            raise Http404(f"There is no {self.opts.verbose_name} {str(object_id)[:20]!r} for this partner.")
+        return found
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        # Nothing here is deleted in the admin. (Django's view would open its transaction on
+        # the router's database, which cannot know the partner.) Another partner's: 404 first.
+        self.partner_for(request)
+        raise PermissionDenied
 
     @admin.display(description="differences (ours -> the report's)")
     def differences_text(self, row: ReconciliationRow) -> str:

@@ -230,3 +230,94 @@ def test_a_scoped_user_sees_only_publishers_of_their_partners(client, users, inv
     added = client.get(reverse("admin:publishers_publisher_add"))
     choices = [label for _value, label in added.context["adminform"].form.fields["partners"].choices]
     assert [str(label) for label in choices] == [str(involve)]
+
+
+def test_the_add_form_ticks_the_default_events_and_refuses_none(manager_client, live_db):
+    page = manager_client.get(reverse("admin:publishers_publisher_add"))
+    assert page.context["adminform"].form["events"].value() == ["recorded", "approved", "rejected", "paid"]
+    assert page.content.decode().count('name="events" value="recorded" id="id_events_0" checked') == 1
+    response = manager_client.post(reverse("admin:publishers_publisher_add"), form_data(events=[]))
+    assert response.status_code == 200
+    assert "Choose at least one event" in " ".join(response.context["adminform"].form.errors["events"])
+    assert not Publisher.objects.exists()
+
+
+def test_a_publisher_saved_in_code_without_events_gets_the_defaults(live_db):
+    publisher = Publisher.objects.create(code="p", name="P", match_regex="^X", url_template="https://pub.example/pb")
+    assert publisher.events == ["recorded", "approved", "rejected", "paid"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://user:pw@pub.example/pb?c={conversion_id}",
+        "https://token@pub.example/pb",
+        "https://user:@pub.example:8443/pb",
+    ],
+)
+def test_credentials_in_the_url_template_are_a_form_error_saying_what_to_do(manager_client, live_db, template):
+    response = manager_client.post(reverse("admin:publishers_publisher_add"), form_data(url_template=template))
+    assert response.status_code == 200
+    message = " ".join(response.context["adminform"].form.errors["url_template"])
+    assert "user name or password in the URL" in message and "signing secret" in message
+    assert not Publisher.objects.exists()
+
+
+def test_an_at_sign_in_the_query_is_not_taken_for_credentials(manager_client, live_db):
+    response = manager_client.post(
+        reverse("admin:publishers_publisher_add"), form_data(url_template="https://pub.example/pb?mail=a@b.example")
+    )
+    assert response.status_code == 302
+
+
+def test_the_match_check_leaves_out_networks_without_conversions(client, admin_client, involve, rector, make_publisher):
+    publisher = make_publisher()
+    page = admin_client.get(reverse("admin:publishers_publisher_change", args=[publisher.pk])).content.decode()
+    assert "0 of 0" not in page and "None of its networks has a conversion yet." in page
+    involve_postback(client, conversion_id="IA-1", aff_sub="RPID-1")
+    page = admin_client.get(reverse("admin:publishers_publisher_change", args=[publisher.pk])).content.decode()
+    assert "involve_asia: 1 of 1 match: IA-1 (RPID-1)" in page and "rector:" not in page
+
+
+def test_the_url_template_is_a_full_width_wrapping_box(admin_client, make_publisher):
+    publisher = make_publisher(url_template="https://pub.example/pb?" + "&".join(f"p{n}={{payout}}" for n in range(40)))
+    response = admin_client.get(reverse("admin:publishers_publisher_change", args=[publisher.pk]))
+    field = response.context["adminform"].form["url_template"]
+    html = str(field)
+    assert html.startswith("<textarea") and 'class="vLargeTextField url-template"' in html
+    assert publisher.url_template in response.content.decode().replace("&amp;", "&")
+
+
+def test_an_analyst_is_offered_no_publisher_action_and_posting_one_changes_nothing(
+    analyst_client, involve, make_publisher, fake_publisher
+):
+    publisher = make_publisher(url_template=fake_publisher.url + "/pb")
+    listed = analyst_client.get(CHANGELIST)
+    assert listed.status_code == 200 and 'name="action"' not in listed.content.decode()
+    for action in ("pause", "resume", "backfill", "test_send"):
+        data = {"action": action, "_selected_action": [publisher.pk], "index": 0, "days": "7"}
+        response = analyst_client.post(CHANGELIST, data, follow=True)
+        assert response.status_code == 200 and 'name="action"' not in response.content.decode(), action
+    assert not Publisher.objects.get().is_paused
+    assert fake_publisher.requests() == []
+    assert not deliveries(involve).exists()
+
+
+def test_a_scoped_user_gets_404_on_every_page_of_another_partners_publisher(
+    client, users, involve, rector, make_publisher
+):
+    from django.contrib.auth.models import Group, User
+
+    from partners.models import PartnerScope
+
+    user = User.objects.create_user("ia_manager", password="pw", is_staff=True)
+    user.groups.add(Group.objects.get(name="Account managers"))
+    PartnerScope.objects.create(user=user).partners.add(involve)
+    client.force_login(user)
+    theirs = make_publisher(code="ia_only", partners=[involve])
+    other = make_publisher(code="rector_only", partners=[rector])
+    for name in ("change", "delete", "history", "deliveries", "report"):
+        assert client.get(reverse(f"admin:publishers_publisher_{name}", args=[theirs.pk])).status_code in (200, 403)
+        assert client.get(reverse(f"admin:publishers_publisher_{name}", args=[other.pk])).status_code == 404, name
+    assert client.post(reverse("admin:publishers_publisher_change", args=[other.pk]), form_data()).status_code == 404
+    assert client.get(reverse("admin:publishers_publisher_change", args=[999999])).status_code == 404

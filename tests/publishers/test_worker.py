@@ -82,6 +82,49 @@ def test_ten_failures_in_a_row_pause_the_publisher_until_resumed(
     assert Publisher.objects.get(pk=publisher.pk).consecutive_failures == 0
 
 
+def test_a_dead_publisher_gets_no_more_than_the_failure_limit_from_a_whole_batch(
+    client, involve, make_publisher, fake_publisher, clock
+):
+    """A batch holds up to 128 deliveries, sent 32 at a time: a publisher that answers none
+    of them receives 10 (PUBLISHER_PAUSE_AFTER_FAILURES), not the batch."""
+    publisher = make_publisher(url_template=fake_publisher.url + "/pb?c={conversion_id}")
+    for number in range(60):
+        involve_postback(client, conversion_id=f"D-{number}")
+    fake_publisher.default_status = 500
+    worker = DeliveryWorker(clock=clock, batch_size=128, concurrency=32)
+
+    result = worker.run_once()
+    assert len(fake_publisher.requests()) == 10
+    assert (result.claimed, result.retried, result.held) == (60, 10, 50)
+    assert Publisher.objects.get(pk=publisher.pk).is_paused
+    untouched = deliveries(involve).filter(attempts=0)
+    # the held ones were given back: no lease to wait for, no attempt counted
+    assert untouched.count() == 50 and not untouched.filter(leased_until__isnull=False).exists()
+
+    fake_publisher.default_status = 200
+    publisher_resume(publisher=publisher)
+    worker.run_once()
+    assert len(fake_publisher.requests()) == 60  # the 50 held ones at once; the 10 retried wait their backoff
+    worker.close()
+
+
+def test_a_publisher_that_stops_answering_mid_batch_gets_nothing_after_the_limit(
+    client, involve, make_publisher, fake_publisher, clock
+):
+    publisher = make_publisher(url_template=fake_publisher.url + "/pb?c={conversion_id}")
+    for number in range(60):
+        involve_postback(client, conversion_id=f"M-{number}")
+    fake_publisher.answers(*[200] * 5)
+    fake_publisher.default_status = 503
+    worker = DeliveryWorker(clock=clock, batch_size=128, concurrency=4)
+    worker.run_once()
+    received = len(fake_publisher.requests())
+    # 5 answered, then 10 failures in a row; at most the sends already in flight then
+    assert 15 <= received <= 15 + 4, received
+    assert Publisher.objects.get(pk=publisher.pk).is_paused
+    worker.close()
+
+
 def test_backfill_sends_exactly_the_matching_conversions_never_delivered(
     client, involve, make_publisher, fake_publisher, clock
 ):
@@ -109,6 +152,29 @@ def test_backfill_sends_exactly_the_matching_conversions_never_delivered(
     assert publisher_backfill(publisher=publisher, days=30) == 0
     worker.run_once()
     assert len(fake_publisher.requests()) == 4
+
+
+def test_backfill_sends_only_the_events_the_publisher_takes(client, involve, make_publisher, fake_publisher, clock):
+    involve_postback(client, conversion_id="APP-1", status="approved")
+    involve_postback(client, conversion_id="PEN-1", status="pending")
+    publisher = make_publisher(url_template=fake_publisher.url + "/pb?c={conversion_id}&e={event}", events=["approved"])
+    assert publisher_backfill(publisher=publisher, days=7) == 1
+    DeliveryWorker(clock=clock).run_once()
+    [request] = fake_publisher.requests()
+    assert request.query == {"c": ["APP-1"], "e": ["approved"]}
+    assert [d.event for d in deliveries(involve)] == ["approved"]
+
+
+def test_concurrent_backfills_count_exactly_what_each_queued(client, involve, make_publisher):
+    from tests.conftest import run_concurrently
+
+    for number in range(30):
+        involve_postback(client, conversion_id=f"CB-{number}")
+    publisher = make_publisher()
+    counts = run_concurrently(lambda _index: publisher_backfill(publisher=publisher, days=7), 4)
+    assert all(isinstance(count, int) for count in counts), counts
+    stored = deliveries(involve).filter(source="backfill").count()
+    assert stored == 30 and sum(counts) == 30, counts
 
 
 @pytest.mark.parametrize(
