@@ -160,3 +160,31 @@ postback_schema = extend_schema_view(
     get=extend_schema(**_postback_operation("get")),
     post=extend_schema(**_postback_operation("post")),
 )
+
+
+def _extra_path_operation(method: str) -> dict:
+    operation = _postback_operation(method)
+    parameters = [
+        OpenApiParameter(
+            "path",
+            OpenApiTypes.STR,
+            OpenApiParameter.PATH,
+            description="One of a partner's extra paths without the leading slash, e.g. `involve/event` "
+            "(never under /partner, /admin, /api, /static, /health, /info or /metrics). Any other path is a 404.",
+        ),
+        *operation["parameters"][1:],
+    ]
+    return {
+        **operation,
+        "operation_id": f"postback_extra_path_{method}",
+        "summary": "A partner reports one conversion at one of its extra paths",
+        "description": "Exactly as `/partner/{endpoint_path}`, at a path the partner's account manager added "
+        "(the addresses its network was given before). " + operation["description"],
+        "parameters": parameters,
+    }
+
+
+extra_path_postback_schema = extend_schema_view(
+    get=extend_schema(**_extra_path_operation("get")),
+    post=extend_schema(**_extra_path_operation("post")),
+)

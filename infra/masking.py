@@ -36,9 +36,10 @@ def headers_for_storage(headers: Mapping[str, str]) -> dict[str, str]:
 SECRET_PARAMS = frozenset({"token"})
 
 
-def secret_masked(value: Any, *, secret: str) -> Any:
-    """`value` (params or headers, nested) with the `token` parameter masked and, when the
-    partner has a secret, every occurrence of it replaced: it must never be stored or logged."""
+def secret_masked(value: Any, *, secret: str, names: frozenset[str] = SECRET_PARAMS) -> Any:
+    """`value` (params or headers, nested) with the parameters in `names` (the `token`
+    parameter, and the partner's own token parameter) masked and, when the partner has a
+    secret, every occurrence of it replaced: it must never be stored or logged."""
     if isinstance(value, str):
         return value.replace(secret, MASK) if secret and secret in value else value
     if type(value) is dict:
@@ -46,9 +47,9 @@ def secret_masked(value: Any, *, secret: str) -> Any:
         masked = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                masked[secret_masked(key, secret=secret)] = secret_masked(item, secret=secret)
+                masked[secret_masked(key, secret=secret, names=names)] = secret_masked(item, secret=secret, names=names)
                 continue
-            hidden = key.lower() in SECRET_PARAMS
+            hidden = key.lower() in names
             if secret and secret in key:
                 key = key.replace(secret, MASK)
             if hidden:
@@ -56,17 +57,17 @@ def secret_masked(value: Any, *, secret: str) -> Any:
             elif type(item) is str:
                 masked[key] = item.replace(secret, MASK) if secret and secret in item else item
             else:
-                masked[key] = secret_masked(item, secret=secret)
+                masked[key] = secret_masked(item, secret=secret, names=names)
         return masked
     if isinstance(value, dict):
         return {
-            secret_masked(key, secret=secret): MASK
-            if isinstance(key, str) and key.lower() in SECRET_PARAMS
-            else secret_masked(item, secret=secret)
+            secret_masked(key, secret=secret, names=names): MASK
+            if isinstance(key, str) and key.lower() in names
+            else secret_masked(item, secret=secret, names=names)
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [secret_masked(item, secret=secret) for item in value]
+        return [secret_masked(item, secret=secret, names=names) for item in value]
     return value
 
 

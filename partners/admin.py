@@ -38,6 +38,12 @@ def partner_postback_url(partner: Partner, request: HttpRequest) -> str:
     )
 
 
+def partner_extra_urls(partner: Partner, request: HttpRequest) -> list[str]:
+    """The partner's extra paths as absolute URLs: also accepted, served like its endpoint."""
+    base_url = (settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")).rstrip("/")
+    return [f"{base_url}/{path.strip('/')}" for path in partner.extra_paths or []]
+
+
 Link = tuple[str, str]  # (label, url)
 
 
@@ -88,7 +94,7 @@ class PartnerAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "updated_at", "secret_state")
     fieldsets = (
         ("Identity", {"fields": ("partner_code", "partner_name", "is_active")}),
-        ("Endpoint", {"fields": ("endpoint_path", "timezone", "enable_logging")}),
+        ("Endpoint", {"fields": ("endpoint_path", "extra_paths", "timezone", "enable_logging")}),
         ("Database", {"fields": ("database_name", "database_url")}),
         ("Parameter mapping", {"fields": ("parameter_mapping",)}),
         (
@@ -100,7 +106,7 @@ class PartnerAdmin(admin.ModelAdmin):
                 "partner may make besides the default ones (e.g. rejected → approved).",
             },
         ),
-        ("Security", {"fields": ("secret_state", "allowed_ips")}),
+        ("Security", {"fields": ("secret_state", "token_param", "allowed_ips")}),
         ("Limits", {"fields": ("max_daily_requests", "data_retention_days")}),
         (
             "Cloud Run",
@@ -117,8 +123,11 @@ class PartnerAdmin(admin.ModelAdmin):
         if not partner.pk:
             return "Save the partner first; then a secret can be generated."
         url = reverse("admin:partners_partner_secret", args=[partner.pk])
-        state = "Set (never shown again)" if partner.has_postback_secret else "Not set: anyone with the URL can post"
-        return format_html('{} &mdash; <a class="button" href="{}">Rotate or remove…</a>', state, url)
+        if partner.has_postback_secret:
+            state, action = "Set (never shown again)", "Rotate or remove…"
+        else:
+            state, action = "Not set: anyone with the URL can post", "Generate…"
+        return format_html('{} &mdash; <a class="button" id="secret-action" href="{}">{}</a>', state, url, action)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Partner]:
         # A user limited to some partners (PartnerScope) lists and opens only those.
@@ -191,6 +200,7 @@ class PartnerAdmin(admin.ModelAdmin):
         extra_context = dict(extra_context or {})
         if partner is not None:
             extra_context["postback_url"] = partner_postback_url(partner, request)
+            extra_context["extra_urls"] = partner_extra_urls(partner, request)
             hooks = [extension.partner_links for extension in partner_admin_extensions.values()]
             extra_context["partner_links"] = _links(hooks, request, partner)
         return super().change_view(request, object_id, form_url, extra_context)
@@ -231,16 +241,18 @@ class PartnerAdmin(admin.ModelAdmin):
         return super().delete_view(request, object_id, extra_context)
 
     def secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Rotate (show the new secret once, never stored in a message) or remove the secret."""
+        """Generate or rotate (show the new secret once, never stored in a message) or remove the secret."""
         partner = self.get_object(request, object_id)
         if not self.has_change_permission(request, partner):
             raise PermissionDenied
-        new_secret = None
+        new_secret, rotated = None, False
         if request.method == "POST":
             action = request.POST.get("action")
             if action == "rotate":
+                rotated = partner.has_postback_secret
                 new_secret = partner_secret_rotate(partner=partner)
-                self.log_change(request, partner, "Rotated the postback secret.")
+                verb = "Rotated" if rotated else "Generated"
+                self.log_change(request, partner, f"{verb} the postback secret.")
             elif action == "remove":
                 partner_secret_clear(partner=partner)
                 self.log_change(request, partner, "Removed the postback secret.")
@@ -252,7 +264,9 @@ class PartnerAdmin(admin.ModelAdmin):
             "original": partner,
             "title": f"Postback secret: {partner.partner_name}",
             "new_secret": new_secret,
+            "rotated": rotated,
             "change_url": reverse("admin:partners_partner_change", args=[partner.pk]),
+            "postback_url": partner_postback_url(partner, request),
         }
         response = TemplateResponse(request, "admin/partners/partner/secret.html", context)
         response["Cache-Control"] = "no-store"

@@ -1,12 +1,15 @@
 """Admin forms for partners: the mapping table editor and the partner form."""
 
+import io
 import sqlite3
 from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.handlers.wsgi import WSGIRequest
 from django.db import DatabaseError, connections
+from django.http import HttpRequest
 
 from infra.databases import (
     PartnerDatabaseUnavailable,
@@ -18,8 +21,8 @@ from infra.databases.config import POSTGRES_ENGINES
 from infra.databases.registry import alias_settings
 from infra.masking import MASK, url_mask_password
 from partners.lifecycle import STATUSES
-from partners.mapping import CANONICAL_FIELDS
-from partners.models import Partner
+from partners.mapping import CANONICAL_FIELDS, TOKEN_PARAM, parameter_name_error, postback_example
+from partners.models import Partner, database_name_default
 
 # One row per canonical field is enough: a field can be mapped once.
 MAPPING_ROWS = len(CANONICAL_FIELDS)
@@ -200,6 +203,8 @@ class ParameterMappingField(RowsField):
                 errors.append((index, f"Row {number}: '{field}' is not one of our fields."))
             elif not param:
                 errors.append((index, f"Row {number} ({field}): enter the partner's parameter name."))
+            elif name_error := parameter_name_error(param):
+                errors.append((index, f"Row {number} ({field}): {name_error}"))
             elif field in field_rows:
                 errors.append((index, f"Row {number}: '{field}' is already mapped in row {field_rows[field]}."))
             elif param in param_rows:
@@ -274,6 +279,25 @@ class StatusTransitionsField(RowsField):
         return pairs, errors
 
 
+class ExtraPathsField(forms.Field):
+    """Partner.extra_paths as a box of one path per line (the model validates each)."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 60, "placeholder": "/involve/event"})
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, list):
+            return "\n".join(str(path) for path in value)
+        return value or ""
+
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, list):
+            return value
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return self.to_python(initial or []) != self.to_python(data)
+
+
 class MaskedURLInput(forms.TextInput):
     """A database URL with its password masked whenever it is rendered."""
 
@@ -297,10 +321,20 @@ class PartnerAdminForm(forms.ModelForm):
         fields = [field.name for field in Partner._meta.get_fields() if getattr(field, "editable", False)]
         widgets = {"database_url": MaskedURLInput(attrs={"size": 80, "autocomplete": "off"})}
         help_texts = {
+            "endpoint_path": "The path after /partner, in lowercase: /acme/event makes the postback URL "
+            "/partner/acme/event. Paths are case-sensitive; letters, digits, '.', '_', '~' and '-' between slashes.",
+            "database_name": "Also the database alias. Leave empty for one made of the partner code "
+            "(acme -> acme_db). It never changes afterwards by itself.",
             "database_url": "Empty uses the PARTNER_DATABASE_URL template. A password is shown masked: keep the "
-            "mask to keep the stored password, or type the whole URL to change it."
+            "mask to keep the stored password, or type the whole URL to change it.",
         }
 
+    extra_paths = ExtraPathsField(
+        required=False,
+        help_text="One path per line, served at the root exactly like the endpoint: /involve/event answers at "
+        "https://<host>/involve/event. For the addresses networks were given before; never under /partner, "
+        "/admin, /api, /static, /health, /info or /metrics, nor another partner's.",
+    )
     status_mapping = StatusMappingField(
         required=False,
         help_text="Each row: a status value the partner sends (any case), and which of our statuses it means.",
@@ -312,6 +346,11 @@ class PartnerAdminForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if "token_param" in self.fields:
+            self.fields["token_param"].required = False  # empty: the default, `token`
+        if "database_name" in self.fields:
+            self.fields["database_name"].required = False  # clean() derives it from the partner code
+            self.fields["database_name"].widget.attrs.setdefault("placeholder", "<partner code>_db")
         self.database_moved = False
         self.stored_database_url = self.instance.database_url if self.instance.pk else ""
         if self.instance.pk:
@@ -330,6 +369,9 @@ class PartnerAdminForm(forms.ModelForm):
     def save(self, commit: bool = True) -> Partner:
         self.instance.row_order = {name: list(self.cleaned_data.get(name) or {}) for name in ORDERED_MAPPINGS}
         return super().save(commit)
+
+    def clean_token_param(self) -> str:
+        return (self.cleaned_data.get("token_param") or "").strip() or TOKEN_PARAM
 
     def clean_database_url(self) -> str:
         value = self.cleaned_data.get("database_url", "").strip()
@@ -351,6 +393,11 @@ class PartnerAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if "database_name" in self.fields and not cleaned.get("database_name") and cleaned.get("partner_code"):
+            if self.instance.pk:
+                cleaned["database_name"] = self.instance.database_name  # emptied: kept, never moved by itself
+            else:
+                cleaned["database_name"] = database_name_default(cleaned["partner_code"])
         self.database_moved = not self.instance.pk or any(
             cleaned.get(name) != getattr(self.instance, name) for name in ("database_name", "database_url")
         )
@@ -420,11 +467,75 @@ class PartnerAdminForm(forms.ModelForm):
 
 
 class TestPostbackForm(forms.Form):
-    """A pasted postback: a query string (or whole URL) or a JSON body."""
+    """A pasted postback (a query string, a whole URL or a JSON body) and, for a partner
+    with a secret or an IP allowlist, how its network would send it: with or without the
+    secret, and from which address. Given the partner, it is prefilled with an example
+    in the partner's own parameter names; `postback_request()` is the request the
+    network would send, for the same parse and guards as a real postback."""
 
     payload = forms.CharField(
         label="Postback",
         widget=forms.Textarea(attrs={"rows": 6, "cols": 100, "spellcheck": "false"}),
-        help_text="Paste a query string (conversion_id=1&aff_sub=abc), a whole postback URL, or a JSON object body.",
+        help_text="Paste a query string (conversion_id=1&sub_id=abc), a whole postback URL, or a JSON object body.",
         max_length=65536,
     )
+
+    def __init__(self, data: Any = None, *args: Any, partner: Partner | None = None, **kwargs: Any) -> None:
+        super().__init__(data, *args, **kwargs)
+        self.partner = partner
+        if partner is None:
+            return
+        mapping = partner.parameter_mapping or {}
+        self.fields["payload"].initial = postback_example(mapping=mapping, status_mapping=partner.status_mapping)
+        self.fields["payload"].help_text = (
+            f"Prefilled with an example in {partner.partner_name}'s own parameter names; change the values, or paste "
+            "a postback its network sent (a query string, a whole URL, or a JSON object body)."
+        )
+        if partner.has_postback_secret:
+            self.fields["with_secret"] = forms.BooleanField(
+                required=False,
+                initial=True,
+                label="Send the partner's secret (X-Postback-Token header), as its network must",
+                help_text="Untick to see what a postback without it gets: HTTP 403 token_missing, nothing stored.",
+            )
+        if partner.allowed_ips.strip():
+            try:
+                first = next(iter(partner.allowed_networks), None)
+            except ValueError:  # an unreadable list refuses every address
+                first = None
+            self.fields["client_ip"] = forms.GenericIPAddressField(
+                label="Sent from address",
+                initial=str(first.network_address) if first is not None else "",
+                help_text="The partner's IP allowlist is checked against this address: from an address outside "
+                "it, a postback gets HTTP 403 ip_not_allowed, nothing stored.",
+            )
+
+    def postback_request(self) -> HttpRequest:
+        """The request the partner's network would send with this postback (the form must be valid)."""
+        text = self.cleaned_data["payload"].strip()
+        if text.startswith(("{", "[")):
+            method, query, body, content_type = "POST", "", text.encode(), "application/json"
+        else:
+            query = urlsplit(text).query if "?" in text else text
+            method, body, content_type = "GET", b"", ""
+        path = f"/partner/{self.partner.endpoint_path.strip('/')}" if self.partner is not None else "/partner/"
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            # PEP 3333: the query string's bytes, as latin-1 text.
+            "QUERY_STRING": query.encode().decode("iso-8859-1"),
+            "CONTENT_TYPE": content_type,
+            "CONTENT_LENGTH": str(len(body)),
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "https",
+        }
+        if self.partner is not None and self.cleaned_data.get("with_secret"):
+            environ["HTTP_X_POSTBACK_TOKEN"] = self.partner.postback_secret
+        request = WSGIRequest(environ)
+        # The address the allowlist is checked against: the one given, not this server's view of it.
+        request.postback_client_ip = self.cleaned_data.get("client_ip") or None
+        return request

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from partners.currencies import ISO_4217_CODES
 from partners.lifecycle import status_lookup
@@ -30,6 +31,12 @@ AMOUNT_MAX_ADJUSTED_EXPONENT = 12
 AMOUNT_LIMIT_TEXT = "9999999999999.99"
 DATETIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 DATETIME_MAX = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+# A partner's parameter name stands in a URL twice: as a parameter (`aff_sub=...`) and as a
+# macro (`{aff_sub}`), so it needs no escaping in either. The test postback's search for
+# unfilled macros reads the same characters.
+PARAMETER_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+PARAMETER_NAME_MAX_LENGTH = 100  # POSTBACK_MAX_PARAM_NAME_LENGTH's default: a longer one is refused
+TOKEN_PARAM = "token"  # noqa: S105 (the parameter that carries the partner's secret)
 UNIX_SECONDS_RE = re.compile(r"^\d{1,11}(\.\d{1,9})?$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -60,6 +67,63 @@ CANONICAL_FIELDS: dict[str, CanonicalField] = {
         CanonicalField("payout_local", AMOUNT),
     )
 }
+
+
+# A plausible value per field, for the example postbacks the admin offers to test.
+EXAMPLE_VALUES: dict[str, str] = {
+    "conversion_id": "TEST-1001",
+    "offer_id": "42",
+    "offer_name": "Example-offer",
+    "conversion_datetime": "2025-01-15T10:30:00",
+    "usd_sale_amount": "25.00",
+    "usd_earning": "2.50",
+    "media_id": "media-1",
+    "sub_id": "sub-1",
+    "click_id": "click-1",
+    "status": "approved",
+    "currency": "USD",
+    "sale_amount_local": "25.00",
+    "payout_local": "2.50",
+}
+
+
+def parameter_name_error(name: str) -> str | None:
+    """Why `name` cannot be a partner's parameter name, or None."""
+    if name == TOKEN_PARAM:
+        return f"'{TOKEN_PARAM}' is reserved for the partner's postback secret and is never stored; choose another."
+    if len(name) > PARAMETER_NAME_MAX_LENGTH:
+        return f"a parameter name is at most {PARAMETER_NAME_MAX_LENGTH} characters."
+    if not PARAMETER_NAME_RE.match(name):
+        return (
+            f"'{_shorten(name)}' cannot stand in a URL as it is: use letters, digits, '_', '.', ':' or '-' "
+            "(no spaces, '&', '=', '?', '#', '%', '+' or braces; enter the macro's name without its braces)."
+        )
+    return None
+
+
+def postback_example_rows(
+    *, mapping: Mapping[str, str], status_mapping: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """(our field, the partner's parameter, an example value) for every mapped field and
+    conversion_id: the partner's own names, ours where it has none."""
+    statuses = dict(status_mapping or {})
+    rows = []
+    for name, spec in CANONICAL_FIELDS.items():
+        param = mapping.get(name) or (name if spec.required else None)
+        if not param:
+            continue
+        value = EXAMPLE_VALUES[name]
+        if spec.kind == STATUS and statuses:
+            # A value this partner sends, meaning approved when it has one.
+            value = next((raw for raw, ours in statuses.items() if ours == "approved"), next(iter(statuses)))
+        rows.append((name, param, value))
+    return rows
+
+
+def postback_example(*, mapping: Mapping[str, str], status_mapping: Mapping[str, str] | None = None) -> str:
+    """A query string as the partner would send it (postback_example_rows)."""
+    rows = postback_example_rows(mapping=mapping, status_mapping=status_mapping)
+    return urlencode([(param, value) for _, param, value in rows], safe=":")
 
 
 @dataclass

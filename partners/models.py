@@ -2,6 +2,7 @@ import datetime
 import re
 import zoneinfo
 from functools import cached_property, lru_cache
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,11 +13,21 @@ from django.db.models import Q
 from infra.addresses import IPNetwork, networks_parse
 from infra.masking import url_mask_password
 from partners.lifecycle import status_mapping_error, status_transitions_error
-from partners.mapping import CANONICAL_FIELDS
+from partners.mapping import (
+    CANONICAL_FIELDS,
+    TOKEN_PARAM,
+    parameter_name_error,
+    postback_example,
+    postback_example_rows,
+)
 
 ENDPOINT_SEGMENT = r"[A-Za-z0-9._~-]+"
 ENDPOINT_PATH_RE = re.compile(rf"^/?{ENDPOINT_SEGMENT}(/{ENDPOINT_SEGMENT})*/?$")
+# Postbacks arrive at /partner/<endpoint_path>: a path that repeats it would be /partner/partner/...
+ENDPOINT_PREFIX = "partner"
 DATABASE_NAME_RE = r"^[a-z_][a-z0-9_]{0,62}$"
+DATABASE_NAME_SUFFIX = "_db"
+DATABASE_NAME_MAX_LENGTH = 63
 # /partner/<endpoint_path>/stats and /conversions are the read API of a partner, so an
 # endpoint ending in one of these segments would be unreachable for postbacks.
 RESERVED_ENDPOINT_SUFFIXES = ("stats", "conversions")
@@ -25,6 +36,89 @@ RESERVED_ENDPOINT_SUFFIXES = ("stats", "conversions")
 def endpoint_key(endpoint_path: str) -> str:
     """The lookup form of an endpoint path: no leading or trailing slash."""
     return endpoint_path.strip("/")
+
+
+def endpoint_path_error(endpoint_path: str, *, stored: str | None = None) -> str | None:
+    """Why `endpoint_path` cannot be a partner's endpoint, or None.
+
+    Paths are case-sensitive, so capitals are refused (a network that sends the other case
+    would get 404): except in `stored`, an endpoint already saved, which networks may
+    already post to.
+    """
+    if not ENDPOINT_PATH_RE.match(endpoint_path):
+        return "Use path segments of letters, digits, '.', '_', '~' or '-', e.g. /involve/event."
+    key = endpoint_key(endpoint_path)
+    segments = key.split("/")
+    if segments[0].lower() == ENDPOINT_PREFIX:
+        rest = "/".join(segments[1:]) or "event"
+        return (
+            f"Leave out /{ENDPOINT_PREFIX}: enter /{rest.lower()}, and its URL is /{ENDPOINT_PREFIX}/{rest.lower()} "
+            f"(this path would make it /{ENDPOINT_PREFIX}/{key})."
+        )
+    if any(segment in (".", "..") for segment in segments):
+        return "A segment may not be '.' or '..': clients resolve them away before sending."
+    if segments[-1] in RESERVED_ENDPOINT_SUFFIXES:
+        return (
+            f"An endpoint path may not end in /{' or /'.join(RESERVED_ENDPOINT_SUFFIXES)}: "
+            f"/partner/<endpoint>/stats and /partner/<endpoint>/conversions are the partner's read API."
+        )
+    if key != key.lower() and (stored is None or key != endpoint_key(stored)):
+        return (
+            f"Use lowercase: /{key.lower()}. Endpoint paths are case-sensitive, so a network that "
+            "sends another case than the one saved would get 404."
+        )
+    return None
+
+
+# The first segments an extra path may not take: the service's own addresses, so an extra
+# path can never shadow /partner/..., the admin, the API, the probes or the static files.
+RESERVED_ROOTS = frozenset({"partner", "admin", "api", "static", "health", "info", "metrics", "favicon.ico"})
+EXTRA_PATHS_MAX = 10
+EXTRA_PATH_MAX_LENGTH = 100  # as an endpoint path
+
+
+def extra_path_error(path: object, *, stored: list[str] | None = None) -> str | None:
+    """Why `path` cannot be one of a partner's extra paths (served at the root), or None.
+
+    As an endpoint path (segments, '.' and '..' refused, lowercase unless already stored),
+    and never under one of the service's own first segments (RESERVED_ROOTS).
+    """
+    if not isinstance(path, str) or not ENDPOINT_PATH_RE.match(path):
+        return f"'{str(path)[:60]}': use path segments of letters, digits, '.', '_', '~' or '-', e.g. /involve/event."
+    key = endpoint_key(path)
+    if len(key) > EXTRA_PATH_MAX_LENGTH:
+        return f"/{key[:40]}…: at most {EXTRA_PATH_MAX_LENGTH} characters."
+    segments = key.split("/")
+    if segments[0].lower() in RESERVED_ROOTS:
+        return (
+            f"/{key}: /{segments[0]} is one of the service's own addresses "
+            f"(/{', /'.join(sorted(RESERVED_ROOTS))}); an extra path may not start with it."
+        )
+    if any(segment in (".", "..") for segment in segments):
+        return f"/{key}: a segment may not be '.' or '..'."
+    if key != key.lower() and key not in {endpoint_key(old) for old in stored or []}:
+        return f"/{key}: use lowercase (/{key.lower()}); paths are case-sensitive."
+    return None
+
+
+def database_name_default(partner_code: str, *, exclude_pk: int | None = None) -> str:
+    """A database name for a new partner: `<code>_db`, a valid identifier, not taken
+    by another partner (`<code>_2_db`, `<code>_3_db`, ... when it is)."""
+    stem = re.sub(r"[^a-z0-9_]", "_", partner_code.lower()) or "partner"
+    if not re.match(r"[a-z_]", stem):
+        stem = f"p_{stem}"
+    taken = set(
+        Partner.objects.exclude(pk=exclude_pk)
+        .filter(database_name__startswith=stem[:20])
+        .values_list("database_name", flat=True)
+    )
+    taken.add("default")
+    for number in range(1, 10_000):
+        tail = DATABASE_NAME_SUFFIX if number == 1 else f"_{number}{DATABASE_NAME_SUFFIX}"
+        name = stem[: DATABASE_NAME_MAX_LENGTH - len(tail)] + tail
+        if name not in taken:
+            return name
+    raise ValidationError({"database_name": "Choose a database name: every default one is taken."})
 
 
 def _validate_allowed_ips(value: str) -> None:
@@ -103,6 +197,12 @@ class Partner(models.Model):
         blank=True,
         help_text="Status changes permitted beyond the defaults, as [from, to] pairs.",
     )
+    extra_paths = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Further paths served exactly like the endpoint, at the root: /involve/event answers at "
+        "https://<host>/involve/event (the addresses networks were given before).",
+    )
     timezone = models.CharField(
         max_length=64,
         default="UTC",
@@ -124,6 +224,11 @@ class Partner(models.Model):
         validators=[MinLengthValidator(16)],
         help_text="When set, postbacks must carry it (token parameter or X-Postback-Token) or sign with it.",
     )
+    token_param = models.CharField(
+        max_length=100,
+        default="token",
+        help_text="The query parameter that carries the secret (the previous service's networks send ts_token).",
+    )
     allowed_ips = models.TextField(
         blank=True,
         default="",
@@ -140,6 +245,26 @@ class Partner(models.Model):
 
     def __str__(self) -> str:
         return f"{self.partner_name} ({self.partner_code})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Validate (full_clean) before every save: a partner saved from code, not only
+        from the admin, cannot be invalid. Raises ValidationError naming each field."""
+        self.full_clean()
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        # What is stored: an endpoint networks already post to is kept as it is (endpoint_path_error).
+        # Read from __dict__: a deferred field (a list loaded with .only()) is not fetched for it.
+        instance._stored_endpoint_path = instance.__dict__.get("endpoint_path")
+        instance._stored_extra_paths = instance.__dict__.get("extra_paths")
+        return instance
+
+    def clean_fields(self, exclude=None) -> None:
+        if not self.database_name and self.partner_code and (not exclude or "database_name" not in exclude):
+            self.database_name = database_name_default(self.partner_code, exclude_pk=self.pk)
+        super().clean_fields(exclude)
 
     @property
     def database_alias(self) -> str:
@@ -170,21 +295,33 @@ class Partner(models.Model):
         return networks_parse(self.allowed_ips)
 
     @property
+    def postback_example(self) -> str:
+        """A query string in the partner's own parameter names, an example value each."""
+        return postback_example(mapping=self.parameter_mapping or {}, status_mapping=self.status_mapping)
+
+    @property
+    def postback_example_rows(self) -> list[tuple[str, str, str]]:
+        """(our field, the partner's parameter, an example value) per mapped field."""
+        return postback_example_rows(mapping=self.parameter_mapping or {}, status_mapping=self.status_mapping)
+
+    @property
+    def allowed_ips_list(self) -> list[str]:
+        """The allowlist's networks, for display (as written when it cannot be read)."""
+        try:
+            return [str(network) for network in self.allowed_networks]
+        except ValueError:
+            return [self.allowed_ips]
+
+    @property
     def database_url_masked(self) -> str:
         return url_mask_password(self.database_url)
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.endpoint_path:
-            if not ENDPOINT_PATH_RE.match(self.endpoint_path):
-                errors["endpoint_path"] = (
-                    "Use path segments of letters, digits, '.', '_', '~' or '-', e.g. /involve/event."
-                )
-            elif endpoint_key(self.endpoint_path).rsplit("/", 1)[-1] in RESERVED_ENDPOINT_SUFFIXES:
-                errors["endpoint_path"] = (
-                    f"An endpoint path may not end in /{' or /'.join(RESERVED_ENDPOINT_SUFFIXES)}: "
-                    f"/partner/<endpoint>/stats and /partner/<endpoint>/conversions are the partner's read API."
-                )
+            error = endpoint_path_error(self.endpoint_path, stored=getattr(self, "_stored_endpoint_path", None))
+            if error:
+                errors["endpoint_path"] = error
             else:
                 self.endpoint_path = "/" + endpoint_key(self.endpoint_path)
         if self.database_name == "default":
@@ -192,6 +329,12 @@ class Partner(models.Model):
         mapping_error = parameter_mapping_error(self.parameter_mapping)
         if mapping_error:
             errors["parameter_mapping"] = mapping_error
+        token_error = self._token_param_error()
+        if token_error:
+            errors["token_param"] = token_error
+        paths_error = self._extra_paths_error()
+        if paths_error:
+            errors["extra_paths"] = paths_error
         status_error = status_mapping_error(self.status_mapping)
         if status_error:
             errors["status_mapping"] = status_error
@@ -200,6 +343,49 @@ class Partner(models.Model):
             errors["status_transitions"] = transitions_error
         if errors:
             raise ValidationError(errors)
+
+    def _token_param_error(self) -> str | None:
+        name = self.token_param
+        if name == TOKEN_PARAM:
+            return None
+        error = parameter_name_error(name) if name else "Name the parameter that carries the secret (e.g. token)."
+        if error:
+            return error
+        if isinstance(self.parameter_mapping, dict) and name in self.parameter_mapping.values():
+            return f"'{name}' is mapped to one of our fields: the secret's parameter is never stored."
+        return None
+
+    def _extra_paths_error(self) -> str | None:
+        """Why the extra paths cannot be saved, or None; they are normalised (/a/b) in place."""
+        paths = self.extra_paths
+        if not isinstance(paths, list):
+            return 'Must be a list of paths, e.g. ["/involve/event"].'
+        if len(paths) > EXTRA_PATHS_MAX:
+            return f"At most {EXTRA_PATHS_MAX} extra paths."
+        stored = getattr(self, "_stored_extra_paths", None) or []
+        keys: list[str] = []
+        for path in paths:
+            error = extra_path_error(path, stored=stored)
+            if error:
+                return error
+            key = endpoint_key(path)
+            if key in keys:
+                return f"/{key} is listed twice."
+            keys.append(key)
+        if not keys:
+            self.extra_paths = []
+            return None
+        taken = {
+            endpoint_key(path): code
+            for code, others in Partner.objects.exclude(pk=self.pk).values_list("partner_code", "extra_paths")
+            for path in others or []
+            if isinstance(path, str)
+        }
+        for key in keys:
+            if key in taken:
+                return f"/{key} is already an extra path of partner '{taken[key]}'."
+        self.extra_paths = [f"/{key}" for key in keys]
+        return None
 
 
 def parameter_mapping_error(mapping: object) -> str | None:
@@ -212,10 +398,9 @@ def parameter_mapping_error(mapping: object) -> str | None:
             return f"'{field}' is not one of our fields ({', '.join(CANONICAL_FIELDS)})."
         if not isinstance(param, str) or not param.strip():
             return f"'{field}' needs the partner's parameter name."
-        if param == "token":
-            return (
-                "'token' is reserved for the partner's postback secret and is never stored; choose another parameter."
-            )
+        name_error = parameter_name_error(param)
+        if name_error:
+            return f"'{field}': {name_error}"
         if param in seen:
             return f"'{param}' is mapped twice (to '{seen[param]}' and '{field}')."
         seen[param] = field

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class PartnerDirectory:
-    """Active partners by endpoint, reloaded from `default` every PARTNER_CACHE_SECONDS.
+    """Active partners by endpoint (and extra path), reloaded from `default` every PARTNER_CACHE_SECONDS.
 
     A hit costs no query. A miss (an unknown endpoint, or a partner added since the
     last load) reloads at once, but at most once per PARTNER_NOT_FOUND_SECONDS per
@@ -27,6 +27,7 @@ class PartnerDirectory:
 
     def __init__(self) -> None:
         self._by_endpoint: dict[str, Partner] = {}
+        self._by_extra_path: dict[str, Partner] = {}
         self._by_code: dict[str, Partner] = {}
         self._loaded_at = float("-inf")
         self._miss_reloaded_at = float("-inf")
@@ -34,9 +35,16 @@ class PartnerDirectory:
         self._lock = threading.Lock()
 
     def by_endpoint(self, endpoint_path: str) -> Partner | None:
-        key = endpoint_key(endpoint_path)
+        """The partner served at /partner/<endpoint_path>."""
+        return self._find("_by_endpoint", endpoint_key(endpoint_path))
+
+    def by_extra_path(self, path: str) -> Partner | None:
+        """The partner that also accepts its postbacks at /<path> (Partner.extra_paths)."""
+        return self._find("_by_extra_path", endpoint_key(path))
+
+    def _find(self, table: str, key: str) -> Partner | None:
         reloaded = self._reload_if_stale()
-        partner = self._by_endpoint.get(key)
+        partner = getattr(self, table).get(key)
         if partner is None and not reloaded:
             now = time.monotonic()
             if now - self._miss_reloaded_at >= settings.PARTNER_NOT_FOUND_SECONDS:
@@ -45,7 +53,7 @@ class PartnerDirectory:
             elif self._lock.locked():
                 with self._lock:
                     pass  # a reload is under way: what it finds may include this endpoint
-            partner = self._by_endpoint.get(key)
+            partner = getattr(self, table).get(key)
         return partner
 
     def active(self) -> list[Partner]:
@@ -88,6 +96,7 @@ class PartnerDirectory:
                 self._loaded_at = started
                 return False
             self._by_endpoint = {endpoint_key(p.endpoint_path): p for p in partners}
+            self._by_extra_path = {endpoint_key(path): p for p in partners for path in p.extra_paths or []}
             self._by_code = {p.partner_code: p for p in partners}
             self._loaded_at = started
             self._invalid = False
@@ -111,6 +120,11 @@ def partner_list_served() -> list[Partner]:
 def partner_get_by_endpoint(endpoint_path: str) -> Partner | None:
     """The active partner served at `endpoint_path` (with or without slashes), or None."""
     return partner_directory.by_endpoint(endpoint_path)
+
+
+def partner_get_by_extra_path(path: str) -> Partner | None:
+    """The active partner that also accepts postbacks at the root path `path`, or None."""
+    return partner_directory.by_extra_path(path)
 
 
 def _partner_scope_ids(user) -> list[int] | None:

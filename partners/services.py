@@ -18,6 +18,8 @@ SEED_PARTNERS: tuple[dict[str, Any], ...] = (
         "partner_code": "involve_asia",
         "partner_name": "InvolveAsia",
         "endpoint_path": "/involve/event",
+        # The addresses InvolveAsia was given by the service this one replaces.
+        "extra_paths": ["/involve/event", "/postback/involve/event"],
         "cloud_run_service_name": "bytec-public-postback",
         "database_name": "involve_asia_db",
         "parameter_mapping": {
@@ -64,9 +66,9 @@ class SeedResult:
 
 
 def partner_create(**fields: Any) -> Partner:
-    """Validate and store a new partner (provisioning is a separate step)."""
+    """Validate and store a new partner (provisioning is a separate step). Raises
+    ValidationError (Partner.save validates) when it would be invalid."""
     partner = Partner(**fields)
-    partner.full_clean()
     partner.save()
     partner_directory.clear()
     return partner

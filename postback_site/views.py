@@ -392,15 +392,22 @@ class HealthCheckedSerializer(serializers.Serializer):
 
 
 class HealthSerializer(serializers.Serializer):
-    status = serializers.CharField(help_text="`ok` (200) or `error` (503).")
+    status = serializers.CharField(
+        help_text="`ok` (200), `degraded` (200: some partners' databases cannot serve, named in `failing`) "
+        "or `error` (503)."
+    )
     databases = serializers.DictField(
         child=serializers.CharField(),
         help_text="`default` and each served partner's `database_name` -> `ok` or what is wrong.",
     )
     failing = serializers.ListField(
-        child=serializers.CharField(), required=False, help_text="503 only: the names whose state is not `ok`."
+        child=serializers.CharField(),
+        required=False,
+        help_text="`degraded` and `error` only: the names whose state is not `ok`.",
     )
-    message = serializers.CharField(required=False, help_text="503 only: what is wrong, in one line.")
+    message = serializers.CharField(
+        required=False, help_text="`degraded` and `error` only: what is wrong, in one line."
+    )
     checked = HealthCheckedSerializer(required=False, help_text="Without `partner`: what this check covered.")
     partner = serializers.CharField(required=False, help_text="With `partner`: the code checked.")
 
@@ -411,7 +418,13 @@ class HealthErrorSerializer(serializers.Serializer):
 
 
 class HealthView(APIView):
-    """`GET /health`: 200 when `default` and every served partner can serve, else 503.
+    """`GET /health`: 200 while the service can serve, 503 when it cannot.
+
+    The service cannot serve without `default` (its configuration), nor when it serves
+    partners and not one of them can be served (e.g. a service of one partner whose
+    database is down). A partner whose database is unreachable or not provisioned is that
+    partner's problem: 200 with `status` `degraded`, naming it in `failing` and `message`;
+    its own postbacks answer 503 + Retry-After meanwhile, the others are served.
 
     Without a parameter (the platform probe) it checks `default`, each shared partner
     database once and one partner database of its own per server, whatever the number of
@@ -437,10 +450,16 @@ class HealthView(APIView):
             )
         ],
         responses={
-            200: OpenApiResponse(HealthSerializer, description="Every database checked can serve."),
+            200: OpenApiResponse(
+                HealthSerializer,
+                description="The service can serve: `ok`, or `degraded` naming the partners whose database "
+                "cannot (`failing`, `message`).",
+            ),
             404: OpenApiResponse(HealthErrorSerializer, description="`partner` names no active partner served here."),
             503: OpenApiResponse(
-                HealthSerializer, description="A database cannot serve (`failing`, `message`); with `Retry-After`."
+                HealthSerializer,
+                description="The configuration database cannot serve, no served partner can, or (with `partner`) "
+                "that partner's database cannot (`failing`, `message`); with `Retry-After`.",
             ),
         },
         tags=["service"],
@@ -472,8 +491,15 @@ class HealthView(APIView):
             states, body["checked"] = served_partners_state(partners)
             checks.update(states)
         failing = sorted(alias for alias, state in checks.items() if state != "ok")
-        if failing:
+        partner_names = [alias for alias in checks if alias != DEFAULT_DB_ALIAS]
+        # The service cannot serve without its configuration, nor when no partner it serves can
+        # be (one asked for with ?partner= included); one failing partner among others is its own problem.
+        if DEFAULT_DB_ALIAS in failing or (partner_names and set(partner_names) <= set(failing)):
             return _unavailable({**body, "failing": failing}, _failing_message(failing))
+        if failing:
+            served = len(partner_names) - len(failing)
+            message = f"{_failing_message(failing)}; the other {served} partner(s) are served"
+            return Response({"status": "degraded", **body, "failing": failing, "message": message})
         return Response({"status": "ok", **body})
 
 
@@ -523,6 +549,8 @@ class InfoView(APIView):
                 "name": partner.partner_name,
                 "endpoint": partner.endpoint_path,
                 "postback_url": request.build_absolute_uri(f"/partner{partner.endpoint_path}"),
+                # Served exactly like postback_url (Partner.extra_paths).
+                "also_accepted": [request.build_absolute_uri(path) for path in partner.extra_paths or []],
                 "database": partner.database_name,
                 "timezone": partner.timezone,
             }

@@ -21,7 +21,11 @@ POSTBACK = "/partner/involve/event"
         ("/admin/login/", False),
         ("/health", False),
         ("/static/admin/css/base.css", False),
-        ("/nowhere", False),
+        ("/static/x.css", False),
+        ("/admin", False),  # the admin's slash redirect
+        # Any other root path is one of the partners' extra paths, or a plain 404: a machine's.
+        ("/nowhere", True),
+        ("/involve/event", True),
     ],
 )
 def test_only_the_postback_route_is_a_machine_endpoint(rf, path, machine):

@@ -26,8 +26,8 @@ class DryRunPage:
         partner = self.model_admin.get_object(request, object_id)
         if not self.model_admin.has_view_or_change_permission(request, partner):
             raise PermissionDenied
-        form = TestPostbackForm(request.POST or None)
-        result = postback_dry_run(partner=partner, payload=form.cleaned_data["payload"]) if form.is_valid() else None
+        form = TestPostbackForm(request.POST or None, partner=partner)
+        result = postback_dry_run(partner=partner, request=form.postback_request()) if form.is_valid() else None
         context = {
             **self.model_admin.admin_site.each_context(request),
             "opts": self.model_admin.opts,

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from conversions.ingest.refusals import Refusal
 from infra.addresses import address_allowed
+from partners.mapping import TOKEN_PARAM  # the secret's parameter unless the partner names another
 from partners.models import Partner
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conversions.security")
 
-TOKEN_PARAM = "token"  # noqa: S105 (a parameter name, not a password)
 TOKEN_HEADER = "X-Postback-Token"  # noqa: S105 (a header name)
 SIGNATURE_HEADER = "X-Postback-Signature"
 SIGNATURE_PREFIX = "sha256="
@@ -79,7 +79,7 @@ def _secret_check(
     secret = partner.postback_secret
     expected = secret.encode()
     signature = headers.get(SIGNATURE_HEADER)
-    token = headers.get(TOKEN_HEADER) or _last(params.get(TOKEN_PARAM))
+    token = headers.get(TOKEN_HEADER) or _last(params.get(partner.token_param or TOKEN_PARAM))
     if signature:
         timestamp = headers.get(TIMESTAMP_HEADER)
         wanted = postback_signature(secret=secret, query_string=query_string, body=body, timestamp=timestamp)
@@ -90,7 +90,8 @@ def _secret_check(
     if signature is None and token is None:
         return Refusal(
             reason="token_missing",
-            message=f"Partner '{partner.partner_code}' requires a '{TOKEN_PARAM}' parameter, an {TOKEN_HEADER} header "
+            message=f"Partner '{partner.partner_code}' requires a '{partner.token_param or TOKEN_PARAM}' parameter, "
+            f"an {TOKEN_HEADER} header "
             f"or an {SIGNATURE_HEADER} header",
         )
     return Refusal(reason="token_invalid", message="The postback token or signature is not valid")

@@ -1,5 +1,5 @@
-"""The admin's test postback: a pasted postback parsed, mapped and decided exactly as a
-real one would be (parse.py, decide.py), storing nothing."""
+"""The admin's test postback: a postback parsed, guarded, mapped and decided exactly as a
+real one would be (parse.py, guards.py without the quota, decide.py), storing nothing."""
 
 import json
 import re
@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError
+from django.http import HttpRequest
 
 from conversions.ingest.decide import Decision, decide, partner_postback_map
-from conversions.ingest.parse import postback_from_payload
+from conversions.ingest.guards import postback_access_guard
+from conversions.ingest.parse import postback_from_payload, postback_parse
+from conversions.ingest.refusals import Refusal, Refused
 from conversions.models import ORIGINAL, PartnerConversion
 from conversions.outcomes import Outcome
 from infra.databases import PartnerDatabaseUnavailable, partner_database
@@ -37,10 +40,14 @@ class DryRun:
     # None when the partner's database could not be asked.
     original_exists: bool | None = None
     decision: Decision | None = None
+    # What the guards (limits, secret, allowlist) answer the network; nothing is mapped then.
+    refusal: Refusal | None = None
 
     @property
     def outcome(self) -> Outcome:
         """What the postback would get: REJECTED, or the decision against the stored original."""
+        if self.refusal is not None:
+            return self.refusal.outcome
         if self.errors:
             return Outcome.INVALID
         return self.decision.outcome if self.decision is not None else Outcome.SUCCESS
@@ -74,10 +81,24 @@ class DryRun:
         return json.dumps(self.params, ensure_ascii=False, indent=2, default=str)
 
 
-def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
-    """What a postback carrying `payload` (query string, whole URL or JSON body) would store."""
-    postback = postback_from_payload(payload)
-    mapped = partner_postback_map(partner=partner, params=postback.params)
+def postback_dry_run(*, partner: Partner, payload: str = "", request: HttpRequest | None = None) -> DryRun:
+    """What a postback carrying `payload` (query string, whole URL or JSON body) would store;
+    or, given the `request` its network would send (TestPostbackForm.postback_request()),
+    what that request would get: the guards' limits and access checks first, as a real
+    postback (the daily quota is neither checked nor used)."""
+    if request is None:
+        postback = postback_from_payload(payload)
+        params = postback.params
+    else:
+        try:
+            postback = postback_parse(request)
+        except Refused as refused:
+            return DryRun(params={}, fields=[], ignored=[], errors={}, refusal=refused.refusal)
+        params = postback.masked_params(secret=partner.postback_secret, token_param=partner.token_param)
+        refusal = postback_access_guard(partner=partner, postback=postback)
+        if refusal is not None:
+            return DryRun(params=params, fields=[], ignored=[], errors={}, refusal=refusal)
+    mapped = partner_postback_map(partner=partner, params=params)
     errors = {**postback.errors, **mapped.errors}
     fields = [
         DryRunField(
@@ -106,7 +127,7 @@ def postback_dry_run(*, partner: Partner, payload: str) -> DryRun:
                 incoming=mapped.values, original=original, transitions=partner.status_transitions, digest=None
             )
     return DryRun(
-        params=postback.params,
+        params=params,
         fields=fields,
         ignored=mapped.ignored,
         errors=errors,

@@ -10,18 +10,23 @@ from conversions.ingest.access import postback_access_check
 from conversions.ingest.limits import params_limits_check, params_present_check
 from conversions.ingest.parse import Postback
 from conversions.ingest.quota import partner_quota_consume
-from conversions.ingest.refusals import Refused
+from conversions.ingest.refusals import Refusal, Refused
 from partners.models import Partner
+
+
+def postback_access_guard(*, partner: Partner, postback: Postback) -> Refusal | None:
+    """The refusal of the first request limit or access check the postback fails, or None:
+    what a network gets before anything is counted (the test postback stops here too)."""
+    return (
+        params_present_check(postback.params, postback.errors)
+        or params_limits_check(postback.params)
+        or postback_access_check(partner=partner, postback=postback)
+    )
 
 
 def postback_guard(*, partner: Partner, postback: Postback) -> None:
     """Raise Refused with the first check the postback fails; count it against the quota
     otherwise (PartnerDatabaseUnavailable when the quota's counter cannot be reached)."""
-    refusal = (
-        params_present_check(postback.params, postback.errors)
-        or params_limits_check(postback.params)
-        or postback_access_check(partner=partner, postback=postback)
-        or partner_quota_consume(partner=partner)
-    )
+    refusal = postback_access_guard(partner=partner, postback=postback) or partner_quota_consume(partner=partner)
     if refusal is not None:
         raise Refused(refusal)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from django.db import models
 
 Event = Literal["recorded", "changed"]
-Source = Literal["postback", "reprocess", "report"]
+Source = Literal["postback", "reprocess", "report", "import"]
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from conversions.ingest.limits import (
     too_many_parameters,
 )
 from conversions.ingest.refusals import Refused
-from infra.masking import MASK, headers_for_storage, secret_masked
+from infra.masking import MASK, SECRET_PARAMS, headers_for_storage, secret_masked
 from infra.request_meta import CHARSET_REFUSED, request_client_ip, text_encoding
+from partners.mapping import TOKEN_PARAM
 
 RAW_BODY_KEEP = 65536
 FORM_CONTENT_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
@@ -54,10 +55,11 @@ class Postback:
         message = b"\n".join((self.method.encode(), self.query_string, self.body))
         return hashlib.sha256(message).hexdigest()[:32]
 
-    def masked_params(self, *, secret: str) -> dict[str, Any]:
-        """The parameters as mapped and logged: the `token` parameter and the secret masked.
-        (Stored as storable_json() of them.)"""
-        params = secret_masked(self.params, secret=secret)
+    def masked_params(self, *, secret: str, token_param: str = TOKEN_PARAM) -> dict[str, Any]:
+        """The parameters as mapped and logged: the `token` parameter (and the partner's own
+        `token_param`) and the secret masked. (Stored as storable_json() of them.)"""
+        names = SECRET_PARAMS if token_param == TOKEN_PARAM else SECRET_PARAMS | {token_param.lower()}
+        params = secret_masked(self.params, secret=secret, names=names)
         if secret and RAW_BODY_BASE64_PARAM in params:
             params[RAW_BODY_BASE64_PARAM] = _base64_masked(params[RAW_BODY_BASE64_PARAM], secret)
         return params

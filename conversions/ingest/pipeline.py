@@ -1,6 +1,6 @@
 """The path of one postback, top to bottom.
 
-partner  the active partner at the endpoint path (cached; 404 when none)
+partner  the active partner at the endpoint path, or at one of its extra paths (cached; 404 when none)
 parse    the request -> a Postback: parameters, body errors, client address (parse.py)
 guard    limits, access, quota: a Refusal (400/403/413/429) stores nothing (guards.py)
 map      the partner's parameters -> our fields, coerced (decide.partner_postback_map)
@@ -35,16 +35,17 @@ from infra.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable
 from infra.observability import postback_observe, postback_outcome_observe
 from partners.models import Partner
 from partners.moves import partner_reload_if_moved
-from partners.selectors import partner_get_by_endpoint
+from partners.selectors import partner_get_by_endpoint, partner_get_by_extra_path
 
 logger = logging.getLogger("conversions.ingest")
 
 
-def postback_ingest(request: HttpRequest, endpoint_path: str) -> HttpResponse:
-    """Receive one postback at `endpoint_path` and answer it (see the module doc)."""
+def postback_ingest(request: HttpRequest, endpoint_path: str, *, extra_path: bool = False) -> HttpResponse:
+    """Receive one postback at `endpoint_path` (/partner/<endpoint_path>; with `extra_path`,
+    /<endpoint_path>, one of a partner's extra paths) and answer it (see the module doc)."""
     started = time.perf_counter()
     try:
-        partner = partner_get_by_endpoint(endpoint_path)
+        partner = (partner_get_by_extra_path if extra_path else partner_get_by_endpoint)(endpoint_path)
     except DatabaseError:
         logger.exception("configuration database unavailable")
         postback_outcome_observe(Outcome.UNAVAILABLE.label)
@@ -98,7 +99,7 @@ def postback_record(*, partner: Partner, postback: Postback, steps: StepLog | No
     Raises PartnerDatabaseUnavailable when nothing could be stored, so the sender retries.
     """
     # Before anything is logged or stored: the partner's secret never leaves the request.
-    params = postback.masked_params(secret=partner.postback_secret)
+    params = postback.masked_params(secret=partner.postback_secret, token_param=partner.token_param)
     if steps is not None:
         steps.received(params)
     mapped = partner_postback_map(partner=partner, params=params)

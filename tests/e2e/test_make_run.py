@@ -21,6 +21,11 @@ SEED_RECTOR_POSTBACK = (
     "/partner/rector/event?media_id=media456&sub_id=test123&usd_sale_amount=99.99&usd_earning=9.99"
     "&offer_name=Test&conversion_id=conv002&conversion_datetime=2025-01-15&click_id=click789"
 )
+# The previous service's InvolveAsia template at the root address it served.
+PREVIOUS_SERVICE_POSTBACK = (
+    "/involve/event?sub_id=RAMPUP-{n}&media_id=m{n}&click_id=c{n}&usd_sale_amount=12.{n}0&usd_payout=1.{n}0"
+    "&offer_name=Shopee%20ID&conversion_id=legacy-{n}&conversion_datetime=2026-11-1{n}T10:00:00Z"
+)
 SEED_READS = ("/partner/involve/event/stats", "/partner/involve/event/conversions?limit=10", "/health", "/info")
 
 
@@ -136,6 +141,13 @@ def test_make_run_serves_the_seed_postbacks_with_the_delivery_worker_and_stops_o
             listed = answers["/partner/involve/event/conversions?limit=10"][1]["results"]
             assert [row["conversion_id"] for row in listed] == ["conv001"]
             assert answers["/health"][1]["status"] == "ok", answers["/health"]
+
+            # The previous service's ten InvolveAsia postbacks, at the address the network has:
+            # ten originals, then ten duplicates.
+            for expected in ("success", "duplicate"):
+                for n in range(10):
+                    status, body = _curl(local + PREVIOUS_SERVICE_POSTBACK.format(n=n))
+                    assert (status, body["status"]) == (200, expected), body
 
             deadline = time.monotonic() + 30
             while not any(received.query.get("c") == ["conv001"] for received in publisher.requests()):

@@ -151,5 +151,6 @@ def test_a_hanging_partner_database_gets_fast_503s_while_others_are_served(postg
         assert status == 503
         assert body["message"] == "The database of partner 'stuck' is unavailable; retry later"
         assert seconds < 10
-    assert health[0] == 503 and health[1]["failing"] == ["stuck_db"]
+    # one partner's database hanging is that partner's problem: the service still serves the other
+    assert health[0] == 200 and health[1]["status"] == "degraded" and health[1]["failing"] == ["stuck_db"]
     assert originals(postgres_env, "involve_asia_db") == Counter(f"ok{i}" for i in range(20))

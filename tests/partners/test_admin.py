@@ -361,7 +361,7 @@ def test_secret_is_rotated_shown_once_and_never_in_the_form(manager_client, user
     assert "This partner has a postback secret" in change
     assert manager_client.get("/partner/involve/event?conversion_id=K1").status_code == 403
     assert manager_client.get(f"/partner/involve/event?conversion_id=K1&token={secret}").status_code == 200
-    assert LogEntry.objects.filter(object_id=str(involve.pk), change_message="Rotated the postback secret.").exists()
+    assert LogEntry.objects.filter(object_id=str(involve.pk), change_message="Generated the postback secret.").exists()
 
     manager_client.post(secret_url, {"action": "remove"})
     involve.refresh_from_db()

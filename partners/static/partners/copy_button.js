@@ -39,7 +39,7 @@
     if (copied) {
       say(button, "Copied to the clipboard.", "copied");
     } else {
-      say(button, "Could not copy: the URL is selected, press Ctrl+C (⌘C) to copy it.", "failed");
+      say(button, "Could not copy: the text is selected, press Ctrl+C (⌘C) to copy it.", "failed");
     }
   }
 
