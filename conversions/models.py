@@ -74,6 +74,11 @@ class PartnerConversion(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    imported_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was brought from the previous service's history (import_legacy); empty if received here.",
+    )
 
     class Meta:
         db_table = "partner_conversions"
