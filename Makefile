@@ -61,6 +61,6 @@ system-packages:
 PGBOUNCER_TESTS := tests/conversions tests/reconciliation tests/partners/test_shared_storage.py tests/e2e/test_many_partners.py tests/e2e/test_scale_out.py
 
 test: lint audit system-packages
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest --durations=25
 	TEST_THROUGH_PGBOUNCER=1 DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest $(PGBOUNCER_TESTS) \
 		-k "not sqlite" -m "not direct_postgres" -p no:cacheprovider
