@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Q, QuerySet
 
+from infra.databases import configuration_read
 from infra.state import process_state_register
 from partners.models import Partner, PartnerScope, endpoint_key
 
@@ -86,7 +87,8 @@ class PartnerDirectory:
                 return False
             started = time.monotonic()
             try:
-                partners = partner_list_served()
+                with configuration_read():
+                    partners = partner_list_served()
             except DatabaseError:
                 if not self._by_code:
                     raise

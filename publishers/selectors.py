@@ -16,7 +16,12 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from conversions.models import ORIGINAL, PartnerConversion
-from infra.databases import ConfigurationUnavailable, PartnerDatabaseUnavailable, partner_database
+from infra.databases import (
+    ConfigurationUnavailable,
+    PartnerDatabaseUnavailable,
+    configuration_read,
+    partner_database,
+)
 from infra.state import process_state_register
 from partners.mapping import CANONICAL_FIELDS
 from partners.models import Partner
@@ -118,9 +123,10 @@ class PublisherDirectory:
             started = time.monotonic()
             generation = self._generation
             try:
-                publishers = list(
-                    Publisher.objects.filter(is_active=True).prefetch_related("partners", "offer_payouts")
-                )
+                with configuration_read():
+                    publishers = list(
+                        Publisher.objects.filter(is_active=True).prefetch_related("partners", "offer_payouts")
+                    )
             except DatabaseError as exc:
                 if not self._loaded:
                     # Not the partner database's fault, though it is asked inside its work.

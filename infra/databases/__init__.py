@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections
 
 from infra.databases.backends.postgresql.base import binding_cursor
 from infra.databases.breaker import (
@@ -52,6 +52,7 @@ __all__ = [
     "database_create_if_missing",
     "database_ping",
     "error_first_line",
+    "configuration_read",
     "partner_database",
     "INIT_COMMAND",
     "NOT_INITIALISED",
@@ -103,6 +104,21 @@ def partner_database(partner: Any) -> Iterator[str]:
     finally:
         guard.release(ticket, failure=failure, concluded=concluded)
         connection = connections[alias]
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+@contextmanager
+def configuration_read() -> Iterator[None]:
+    """Read the configuration (`default`) and give its connection back at once (unless a
+    transaction on it is open): a thread then never holds `default` while it waits for a
+    partner's connection, nor a partner's while it waits for `default` held that way. With
+    few connections per database (DB_POOL_MAX_SIZE) two postbacks could otherwise each hold
+    what the other waits for, until DB_CONNECT_TIMEOUT turned one into a 503."""
+    try:
+        yield
+    finally:
+        connection = connections[DEFAULT_DB_ALIAS]
         if not connection.in_atomic_block:
             connection.close()
 
