@@ -28,7 +28,8 @@ install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
 # The server and, beside it, the delivery worker that sends postbacks to publishers;
-# Ctrl-C (or the server ending) stops both.
+# Ctrl-C (or the server ending) stops both. The read API answers this machine's own curl
+# without a token (LOOPBACK_READS_WITHOUT_TOKEN=false turns that off).
 run: $(VENV)/.runtime
 	$(BIN)/python manage.py init_partners
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
@@ -36,7 +37,8 @@ run: $(VENV)/.runtime
 	@$(BIN)/python manage.py deliver_postbacks & worker=$$!; \
 	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	trap 'exit 130' INT TERM; \
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c postback_site/gunicorn.conf.py
+	LOOPBACK_READS_WITHOUT_TOKEN=$${LOOPBACK_READS_WITHOUT_TOKEN:-true} HOST=$(HOST) PORT=$(PORT) \
+		$(BIN)/gunicorn -c postback_site/gunicorn.conf.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -1,13 +1,13 @@
 """Who may call the read API: an API token, an admin session, or, on the embedded default,
 this machine itself.
 
-With LOOPBACK_READS_WITHOUT_TOKEN (on by default outside production, refused in it) a
-request without credentials whose TCP peer is the loopback address, and that carries no
-proxy header, reads as a local reader: what `curl http://localhost:8000/...` on the
-machine running `make run` does. A request through a proxy (X-Forwarded-For, Forwarded,
-X-Real-IP) is not the machine's own, whatever its peer address. The Host check
-(ALLOWED_HOSTS, localhost only on the embedded default) keeps a web page from reaching it
-through a name that resolves to 127.0.0.1.
+With LOOPBACK_READS_WITHOUT_TOKEN (set by `make run`; refused with production settings
+or a trusted proxy) a request without credentials whose TCP peer is a loopback address,
+whose Host is localhost, 127.0.0.1 or [::1], and that carries no proxy header, reads as a
+local reader: what `curl http://localhost:8000/...` on the machine running `make run`
+does. A request through a proxy (X-Forwarded-For, Forwarded, X-Real-IP) is not the
+machine's own, whatever its peer address; the Host check keeps a web page from reaching
+it through a name it made resolve to 127.0.0.1 (DNS rebinding), whatever ALLOWED_HOSTS is.
 
 Every 401 says how to get a token (TOKEN_HELP).
 """
@@ -50,13 +50,22 @@ class LocalReader(AnonymousUser):
         return self.username
 
 
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
 def request_is_local(request: Request) -> bool:
-    """Whether the request comes from this machine directly (loopback peer, no proxy header)."""
+    """Whether the request comes from this machine directly: a loopback peer, asking for
+    this machine by a local name (not a name a web page made resolve to 127.0.0.1), with no
+    proxy header."""
     meta = request.META
     if any(meta.get(header) for header in PROXY_HEADERS):
         return False
     address = address_parse(meta.get("REMOTE_ADDR"))
-    return address is not None and address.is_loopback
+    if address is None or not address.is_loopback:
+        return False
+    host = meta.get("HTTP_HOST", "").lower()
+    hostname = host if host.endswith("]") else host.rsplit(":", 1)[0]
+    return hostname in LOCAL_HOSTS
 
 
 class LoopbackAuthentication(BaseAuthentication):

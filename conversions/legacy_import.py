@@ -43,7 +43,7 @@ from conversions.ingest.statements import original_insert_with_companions
 from conversions.models import ORIGINAL_SQL, PartnerConversion
 from infra.databases import binding_cursor, partner_database
 from infra.errors import error_first_line
-from infra.masking import headers_for_storage, secret_masked, url_mask_password
+from infra.masking import SECRET_PARAMS, headers_for_storage, secret_masked, url_mask_password
 from partners.mapping import CANONICAL_FIELDS, coerce_text, postback_map
 from partners.models import Partner
 
@@ -466,9 +466,12 @@ class _Writer:
         except ValueError:
             ip = None
         secret = partner.postback_secret
+        # The previous service's networks sent their secret as ts_token / tlm_token: every
+        # parameter named like a token is masked, whatever our partner's secret is now.
+        tokens = SECRET_PARAMS | {str(name).lower() for name in raw if str(name).lower().endswith("token")}
         values.update(
             partner_id=partner.pk,
-            raw_data=secret_masked(storable_json(raw), secret=secret),
+            raw_data=secret_masked(storable_json(raw), secret=secret, names=frozenset(tokens)),
             request_headers=secret_masked(storable_json(headers_for_storage(headers)), secret=secret)
             if isinstance(headers, dict)
             else {},

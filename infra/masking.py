@@ -98,10 +98,12 @@ _HEADER_WORDS = ("authoriz", "signatur", "cookie", "postback-token")
 
 
 def _secret_param(name: str) -> bool:
-    """Whether a query parameter name (as sent, maybe percent-encoded) is a secret's."""
+    """Whether a query parameter name (as sent, maybe percent-encoded) is a secret's: `token`,
+    or any name ending in it (a partner's own token parameter, e.g. `ts_token`, must)."""
     if "%" in name or "+" in name:
         name = unquote_plus(name)
-    return name.lower() in SECRET_PARAMS
+    lowered = name.lower()
+    return lowered in SECRET_PARAMS or lowered.endswith("token")
 
 
 def query_masked(query: str) -> str:

@@ -282,12 +282,17 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
-# The embedded default answers the read API (`/partner/<path>/stats`, `/conversions`)
-# without a token to a request from this machine itself (loopback, no proxy in between),
-# so a newcomer's first curl works; production always requires a token.
-LOOPBACK_READS_WITHOUT_TOKEN = env.bool("LOOPBACK_READS_WITHOUT_TOKEN", default=not PRODUCTION)
-if PRODUCTION and LOOPBACK_READS_WITHOUT_TOKEN:
+# `make run` (the embedded default) turns this on: the read API (`/partner/<path>/stats`,
+# `/conversions`) answers a request from this machine itself (loopback peer, a localhost
+# Host, no proxy header) without a token, so a newcomer's first curl works. Off unless
+# asked; never with production settings or behind a proxy.
+LOOPBACK_READS_WITHOUT_TOKEN = env.bool("LOOPBACK_READS_WITHOUT_TOKEN", default=False)
+if LOOPBACK_READS_WITHOUT_TOKEN and PRODUCTION:
     raise ImproperlyConfigured("LOOPBACK_READS_WITHOUT_TOKEN cannot be on with POSTBACK_ENV=production")
+if LOOPBACK_READS_WITHOUT_TOKEN and TRUSTED_PROXY_COUNT:
+    raise ImproperlyConfigured(
+        "LOOPBACK_READS_WITHOUT_TOKEN cannot be on with TRUSTED_PROXY_COUNT: requests come through a proxy"
+    )
 
 # OpenAPI schema at /api/schema/, docs at /api/docs/ (assets from the sidecar app,
 # served by us: the docs page works with no internet access).

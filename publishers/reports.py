@@ -11,11 +11,13 @@ status_class), as on the dashboards and in the /stats API.
 import csv
 import datetime
 import io
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import EmailMessage
+from django.db import connections
 from django.db.models import Case, Count, DecimalField, F, Q, Sum, Value, When
 from django.db.models.functions import Round
 from django.utils import timezone
@@ -215,9 +217,12 @@ def publisher_report_send(*, report: PublisherReport) -> int:
 AMOUNT = DecimalField(max_digits=20, decimal_places=2)
 
 
-def _route_q(route: PublisherRoute) -> Q | None:
+def _route_q(route: PublisherRoute, *, vendor: str) -> Q | None:
     """The rows publisher_matching_conversions yields, as SQL: the prefixes (when set) and the
-    regular expression (when set) searched from the start; None when nothing can match."""
+    regular expression (when set) searched from the start; None when nothing can match.
+
+    Prefixes compare case-sensitively, as the ingest does: on SQLite, whose LIKE ignores case,
+    as a regular expression (Django runs SQLite's with Python's `re`, the ingest's own)."""
     if not route.prefixes and route.regex is None:
         return None
     field_name = route.match_field
@@ -225,7 +230,10 @@ def _route_q(route: PublisherRoute) -> Q | None:
     if route.prefixes:
         prefixes = Q()
         for prefix in route.prefixes:
-            prefixes |= Q(**{f"{field_name}__startswith": prefix})
+            if vendor == "sqlite":
+                prefixes |= Q(**{f"{field_name}__regex": f"^{re.escape(prefix)}"})
+            else:
+                prefixes |= Q(**{f"{field_name}__startswith": prefix})
         match &= prefixes
     if route.regex is not None:
         match &= Q(**{f"{field_name}__regex": f"^(?:{route.regex.pattern})"})
@@ -264,8 +272,13 @@ def publishers_breakdown(*, partner: Partner, time_range: TimeRange) -> list[Pub
     """Each publisher's share of the partner's originals in the range, in one statement: what
     its report counts (the same rows, the same payouts), by status class; publishers that
     matched nothing are left out. Call inside partner_database()."""
+    vendor = connections[partner.database_alias].vendor
     routes = [(publisher, publisher_route(publisher)) for publisher in _publishers_of(partner)]
-    routes = [(publisher, route, match) for publisher, route in routes if (match := _route_q(route)) is not None]
+    routes = [
+        (publisher, route, match)
+        for publisher, route in routes
+        if (match := _route_q(route, vendor=vendor)) is not None
+    ]
     if not routes:
         return []
     classes = {

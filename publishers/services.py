@@ -96,10 +96,21 @@ def publisher_backfill(*, publisher: Publisher, days: int, now: datetime.datetim
             with transaction.atomic(using=alias):
                 Delivery.objects.using(alias).bulk_create(rows, batch_size=500, ignore_conflicts=True)
                 # A row dropped as a conflict is not ours: count the keys that were written.
+                # (Narrowed to this publisher's backfill of these conversions: the indexes on
+                # publisher and conversion find them, idempotency_key alone has none.)
                 keys = [row.idempotency_key for row in rows]
                 for start in range(0, len(keys), BACKFILL_COUNT_CHUNK):
-                    chunk = keys[start : start + BACKFILL_COUNT_CHUNK]
-                    written += Delivery.objects.using(alias).filter(idempotency_key__in=chunk).count()
+                    chunk = rows[start : start + BACKFILL_COUNT_CHUNK]
+                    written += (
+                        Delivery.objects.using(alias)
+                        .filter(
+                            publisher_id=publisher.pk,
+                            source="backfill",
+                            conversion_id__in=[row.conversion_id for row in chunk],
+                            idempotency_key__in=keys[start : start + BACKFILL_COUNT_CHUNK],
+                        )
+                        .count()
+                    )
     return written
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -68,7 +68,8 @@ class PublisherGate:
         self.failures = publisher.consecutive_failures
         self.answering = False
         self.in_flight = 0
-        self.paused = False
+        # At the limit already (e.g. the limit was lowered): nothing is claimed for it.
+        self.paused = self.failures >= limit
 
     def may_send(self, *, concurrency: int) -> bool:
         if self.paused:
@@ -82,7 +83,13 @@ class PublisherGate:
 
     def finished(self, *, succeeded: bool, now: datetime.datetime) -> None:
         self.in_flight -= 1
-        failures, paused = publisher_attempt_account(publisher=self.publisher, succeeded=succeeded, now=now)
+        try:
+            failures, paused = publisher_attempt_account(publisher=self.publisher, succeeded=succeeded, now=now)
+        except DatabaseError as exc:
+            # The sends already made must still be recorded (else they would go out again when
+            # their lease ends): count here, and let the next answer try the shared count again.
+            logger.error("publisher=%s: cannot count a delivery's answer: %s", self.publisher.code, exc)
+            failures, paused = (0 if succeeded else self.failures + 1), False
         self.answering = succeeded
         self.failures = failures
         self.paused = self.paused or paused or failures >= self.limit
@@ -158,6 +165,15 @@ class DeliveryWorker:
             p.pk: PublisherGate(p, limit=limit)
             for p in Publisher.objects.filter(is_active=True, paused_at__isnull=True)
         }
+        for gate in gates.values():
+            if gate.paused and publisher_pause(
+                publisher=gate.publisher, reason=f"{gate.failures} consecutive failed deliveries", now=self.clock()
+            ):
+                logger.error(
+                    "publisher=%s paused after %s consecutive failed deliveries; resume it in the admin",
+                    gate.publisher.code,
+                    gate.failures,
+                )
         for partner in partner_list_served():
             if self.stopping.is_set() or not any(not gate.paused for gate in gates.values()):
                 break

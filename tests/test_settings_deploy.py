@@ -119,7 +119,7 @@ def test_production_reads_need_a_token_and_refuse_to_open_them_to_loopback():
     )
 
 
-def test_the_embedded_default_opens_reads_to_loopback():
+def test_loopback_reads_are_off_unless_asked_and_never_behind_a_proxy():
     result = run_manage(
         {"POSTBACK_ENV": "development", "LOOPBACK_READS_WITHOUT_TOKEN": None},
         "shell",
@@ -127,7 +127,12 @@ def test_the_embedded_default_opens_reads_to_loopback():
         "from django.conf import settings; print(settings.LOOPBACK_READS_WITHOUT_TOKEN)",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "True"
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    refused = run_manage(
+        {"POSTBACK_ENV": "development", "LOOPBACK_READS_WITHOUT_TOKEN": "true", "TRUSTED_PROXY_COUNT": "1"}, "check"
+    )
+    assert refused.returncode == 1
+    assert "cannot be on with TRUSTED_PROXY_COUNT" in refused.stderr
 
 
 def test_a_mistyped_database_url_is_one_line_naming_the_variable():

@@ -5,10 +5,12 @@ conversions/dashboard.py shapes them as charts and tables. Each table downloads 
 (`?export=<table id>` on the same URL).
 """
 
+import logging
 from decimal import Decimal
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -31,6 +33,8 @@ from conversions.forms import DashboardForm, OverviewForm, RangeForm
 from conversions.selectors import conversion_stats, conversion_sub_id_prefixes, conversion_totals
 from infra.databases import PartnerDatabaseUnavailable, partner_database
 from partners.selectors import partners_visible_to
+
+logger = logging.getLogger("conversions.admin")
 
 VIEW_CONVERSIONS = "conversions.view_partnerconversion"
 
@@ -115,8 +119,17 @@ class PartnerDashboards:
                 )
                 publishers = previous_publishers = None
                 if form.cleaned_data["publishers"] or request.GET.get("export") == "table-publishers":
-                    publishers = dashboard_publishers(partner=partner, time_range=time_range)
-                    previous_publishers = dashboard_publishers(partner=partner, time_range=previous_range)
+                    try:
+                        publishers = dashboard_publishers(partner=partner, time_range=time_range)
+                        previous_publishers = dashboard_publishers(partner=partner, time_range=previous_range)
+                    except DatabaseError as exc:
+                        # A publisher's regular expression PostgreSQL does not read as Python does.
+                        logger.warning("dashboard by publisher partner=%s: %s", partner.partner_code, exc)
+                        publishers = previous_publishers = None
+                        context["publishers_error"] = (
+                            "By publisher cannot be shown: a publisher's match rule is not understood by the "
+                            f"database ({str(exc).splitlines()[0][:200]}). Simplify its regular expression."
+                        )
         except PartnerDatabaseUnavailable as exc:
             context["unavailable"] = exc.reason
             return TemplateResponse(request, "admin/partners/partner/dashboard.html", context)

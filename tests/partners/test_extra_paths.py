@@ -145,7 +145,11 @@ def test_a_token_parameter_is_a_parameter_name_never_mapped(involve):
     with pytest.raises(ValidationError) as refused:
         involve.save()
     assert "token_param" in refused.value.message_dict
-    involve.token_param = "aff_sub"  # InvolveAsia's sub_id parameter
+    involve.token_param = "key"
+    with pytest.raises(ValidationError, match="must end in 'token'"):
+        involve.save()
+    involve.parameter_mapping = {**involve.parameter_mapping, "click_id": "click_token"}
+    involve.token_param = "click_token"
     with pytest.raises(ValidationError, match="mapped to one of our fields"):
         involve.save()
 
@@ -171,3 +175,22 @@ def test_the_previous_services_value_shapes_map_like_any_parameter(client, make_
     stored = partner_rows(partner).get(conversion_id="L-1")
     assert (str(stored.usd_earning), stored.conversion_datetime.isoformat()) == ("12.50", "2026-12-01T10:00:00+00:00")
     assert stored.raw_data["event"] == "sale"
+
+
+def test_a_token_parameter_is_masked_in_every_log_line():
+    from infra.masking import log_text_masked, url_masked
+
+    assert url_masked("/involve/event?ts_token=S3cret&x=1") == "/involve/event?ts_token=****&x=1"
+    assert "S3cret" not in log_text_masked('GET /postback/involve/event?tlm_token=S3cret HTTP/1.1" 200')
+
+
+def test_a_partner_stored_before_a_rule_was_tightened_can_still_have_its_secret_rotated(involve):
+    from partners.services import partner_secret_rotate
+
+    Partner.objects.filter(pk=involve.pk).update(parameter_mapping={"sub_id": "aff sub"})  # a space: refused now
+    stored = Partner.objects.get(pk=involve.pk)
+    partner_secret_rotate(partner=stored)
+    assert Partner.objects.get(pk=involve.pk).postback_secret
+    stored.partner_name = "InvolveAsia 2"
+    with pytest.raises(ValidationError):
+        stored.save()  # a whole save validates everything

@@ -73,3 +73,28 @@ def test_the_dashboards_publishers_are_the_reports_totals(client, analyst_client
     # Asked for: without the box, the page has neither the table nor the payouts.
     plain = analyst_client.get(url.replace("&publishers=on", "")).content.decode()
     assert "table-publishers" not in plain and 'data-total="margin"' not in plain
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_regex_postgresql_cannot_read_is_said_on_the_dashboard_not_a_500(client, analyst_client, involve,
+                                                                            make_publisher):  # fmt: skip
+    make_publisher(code="named", name="Named", match_regex=r"(?P<network>RP)ID\d+")  # Python's syntax only
+    involve_postback(client, conversion_id="N-1", aff_sub="RPID1", datetime_conversion="2026-01-06 08:00:00")
+    url = f"/admin/partners/partner/{involve.pk}/dashboard/?start=2026-01-05&end=2026-01-11&publishers=on"
+    response = analyst_client.get(url)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="publishers-error"' in page and "Simplify its regular expression" in page
+    assert 'data-total="approved_usd_sale_amount"' in page  # the rest of the dashboard is there
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_prefixes_compare_case_sensitively_on_sqlite_as_the_ingest_does(client, analyst_client, involve,
+                                                                         make_publisher):  # fmt: skip
+    make_publisher(code="flat", name="Flat", match_regex="", match_prefixes="RPID", payout_kind="fixed",
+                   payout_value=Decimal("0.75"))  # fmt: skip
+    involve_postback(client, conversion_id="C-1", aff_sub="RPID1", datetime_conversion="2026-01-06 08:00:00")
+    involve_postback(client, conversion_id="C-2", aff_sub="rpid2", datetime_conversion="2026-01-06 08:00:00")
+    url = f"/admin/partners/partner/{involve.pk}/dashboard/?start=2026-01-05&end=2026-01-11&publishers=on"
+    exported = list(csv.reader(io.StringIO(analyst_client.get(f"{url}&export=table-publishers").content.decode())))
+    assert {row[0]: row[1] for row in exported[1:] if row[0] != "total"} == {"Flat (flat)": "1"}

@@ -108,6 +108,22 @@ def test_a_dead_publisher_gets_no_more_than_the_failure_limit_from_a_whole_batch
     worker.close()
 
 
+def test_a_publisher_already_at_the_failure_limit_is_paused_and_nothing_is_claimed_for_it(
+    client, involve, make_publisher, fake_publisher, clock, settings
+):
+    """E.g. PUBLISHER_PAUSE_AFTER_FAILURES lowered while a publisher had failures: the worker
+    pauses it instead of claiming and giving back its deliveries on every pass."""
+    publisher = make_publisher(url_template=fake_publisher.url + "/pb?c={conversion_id}")
+    involve_postback(client, conversion_id="L-1")
+    Publisher.objects.filter(pk=publisher.pk).update(consecutive_failures=4)
+    settings.PUBLISHER_PAUSE_AFTER_FAILURES = 3
+    worker = DeliveryWorker(clock=clock, batch_size=128, concurrency=32)
+    result = worker.run_once()
+    assert (result.claimed, len(fake_publisher.requests())) == (0, 0)
+    assert Publisher.objects.get(pk=publisher.pk).is_paused
+    worker.close()
+
+
 def test_a_publisher_that_stops_answering_mid_batch_gets_nothing_after_the_limit(
     client, involve, make_publisher, fake_publisher, clock
 ):
