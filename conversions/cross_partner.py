@@ -226,12 +226,13 @@ def partners_conversion_counts(*, partners: list[Partner], since: datetime | Non
 
 
 def partners_stats(*, partners: list[Partner], time_range: TimeRange, top: int = 10) -> list[PartnerStats]:
-    """conversion_stats of each partner, in the order given; a partner whose storage cannot
-    be read is listed with the reason instead of failing the others. Without top offers
-    (`top=0`, the overview's) partners of a shared database are read together."""
+    """conversion_stats of each partner without the split by status (the overview shows
+    none), in the order given; a partner whose storage cannot be read is listed with the
+    reason instead of failing the others. Without top offers (`top=0`, the overview's)
+    partners of a shared database are read together."""
 
     def alone(partner: Partner) -> Any:
-        return conversion_stats(partner=partner, time_range=time_range, top=top)
+        return conversion_stats(partner=partner, time_range=time_range, top=top, statuses=False)
 
     def together(cursor: CursorWrapper, tables: Tables) -> dict[int, Any]:
         return _stats_together(cursor, tables, time_range)
@@ -284,7 +285,9 @@ def _stats_together(cursor: CursorWrapper, tables: Tables, time_range: TimeRange
                 }
             )
     return {
-        pk: conversion_stats_from_groups(time_range=time_range, accepted=accepted[pk], rejected=rejected[pk])
+        pk: conversion_stats_from_groups(
+            time_range=time_range, accepted=accepted[pk], rejected=rejected[pk], statuses=False
+        )
         for pk in tables
     }
 

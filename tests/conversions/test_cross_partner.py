@@ -92,7 +92,7 @@ def per_partner_count(partner, since=None):
 
 def per_partner_stats(partner, time_range):
     with partner_database(partner):
-        return conversion_stats(partner=partner, time_range=time_range, top=0)
+        return conversion_stats(partner=partner, time_range=time_range, top=0, statuses=False)
 
 
 @pytest.fixture

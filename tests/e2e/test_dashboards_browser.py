@@ -1,13 +1,20 @@
 """The dashboards in a real browser (Playwright driving Debian's Chromium) at 1400x900 against a
 real gunicorn, with hostile data: 60-character unbroken partner and offer names, nine-digit
-amounts, a year of days, more partners than the charts show one by one. Nothing needs
+amounts, a year of days, more partners than the charts show one by one, and a thousand
+partners for the overview (its headlines equal to SQL over every partner's table). Nothing needs
 horizontal scrolling; the numbers are formatted; the earnings have their own axis above the
 bars; a click on a bar opens its conversions. The README's dashboard pictures are taken here."""
 
+import uuid
+from decimal import Decimal
+
+import psycopg
 import pytest
 from playwright.sync_api import expect
+from psycopg import sql
 
-from tests.e2e.server import manage, running_server
+from tests.conftest import POSTGRES_SERVER
+from tests.e2e.server import manage, running_server, service_env
 from tests.e2e.test_admin_browser import CREATE_USERS, SCREENSHOTS, WIDTH, assert_fits, log_in
 
 pytestmark = pytest.mark.e2e
@@ -142,3 +149,130 @@ def test_the_dashboards_fit_1400px_with_hostile_data(tmp_path, postgres_env, bro
         page.goto(f"{base}/admin/partners/partner/dashboard/?start=2025-01-01&end=2025-12-31&top=20")
         expect(page.locator("#table-overview-days tbody tr")).to_have_count(365)
         assert_fits(page)
+
+
+# A thousand partners as schemas of one shared database (the layout for many partners),
+# each with a few conversions of every kind, some with 60-character unbroken names.
+THOUSAND = """
+from partners.services import partner_create
+
+for n in range(1000):
+    code = f"net{n:04d}"
+    name = f"N{n:04d}" + "W" * 55 if n % 97 == 0 else f"Network {n:04d}"
+    partner_create(partner_code=code, partner_name=name, endpoint_path=f"/{code}/event", database_name=f"{code}_db")
+print("created 1000 partners")
+"""
+# Once init_partners has provisioned them (in parallel): their conversions.
+THOUSAND_CONVERSIONS = """
+from psycopg import sql
+from infra.databases import shared_database_cursor
+from partners.models import Partner
+
+insert = sql.SQL(
+    "INSERT INTO {table} (partner_id, conversion_id, offer_id, offer_name, conversion_datetime, usd_sale_amount,"
+    " usd_earning, status, currency, is_processed, is_duplicate, processing_error, raw_data, request_headers,"
+    " request_digests, received_at, created_at, updated_at) "
+    "SELECT {pk}, CASE WHEN k = 7 THEN '' ELSE {code} || '-' || CASE WHEN k = 6 THEN 1 ELSE k END END,"
+    " 'o1', 'Offer ' || repeat('X', 50), now() - (k || ' days')::interval, {amount} * k, {amount} * k / 10,"
+    " (ARRAY['approved', 'paid', 'approved', 'pending', 'rejected', 'approved', NULL])[k], 'USD',"
+    " k <> 7, k = 6, CASE WHEN k = 7 THEN 'usd_sale_amount: bad' END, '{{}}', '{{}}', '[]',"
+    " now(), now(), now() FROM generate_series(1, 7) AS k"
+)
+partners = list(Partner.objects.order_by("pk"))
+alias = partners[0].database_alias
+with shared_database_cursor(alias) as cursor:
+    for partner in partners:
+        schema = partner.database_name  # its schema in the shared database
+        cursor.execute(insert.format(table=sql.Identifier(schema, "partner_conversions"), pk=sql.Literal(partner.pk),
+                                     code=sql.Literal(partner.partner_code), amount=sql.Literal(partner.pk)))
+    cursor.execute("ANALYZE")
+print("seeded", len(partners))
+"""
+
+
+def test_the_overview_of_1000_partners_fits_1400px_and_its_numbers_equal_sql(tmp_path, browser):
+    prefix = f"test_pb_thousand_{uuid.uuid4().hex[:8]}_"
+    env = service_env(
+        DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}default",
+        PARTNER_DATABASE_URL=f"postgres://root@127.0.0.1:5432/{prefix}shared",  # no {name}: a schema each
+        PARTNER_DATABASE_TEMPLATE=f"{prefix}template",
+    )
+    try:
+        for command in (
+            ["init_partners"],
+            ["collectstatic", "--noinput"],
+            ["shell", "-c", THOUSAND],
+            ["init_partners"],  # provisions them, several at a time
+            ["shell", "-c", THOUSAND_CONVERSIONS],
+            ["shell", "-c", CREATE_USERS],
+        ):
+            done = manage(env, *command)
+            assert done.returncode == 0, done.stderr
+        expected = _overview_sql(f"{prefix}shared")
+        with running_server(env, tmp_path / "server.log", workers=1) as base:
+            page = browser.new_context(viewport={"width": WIDTH, "height": 900}).new_page()
+            log_in(page, base, "analyst")
+            page.goto(f"{base}/admin/partners/partner/dashboard/", timeout=60_000)
+            expect(page.locator("#chart-overview-revenue")).to_have_attribute("data-rendered", "true")
+            legend = page.evaluate(
+                "() => Chart.getChart(document.getElementById('chart-overview-revenue')).data.datasets"
+                ".map(d => d.label)"
+            )
+            assert len(legend) == 11 and legend[-1] == "others (992)"
+            # The partners with the most approved revenue first (the largest amounts: the last ids).
+            assert legend[0] == "Network 0999"
+            expect(page.locator("#table-partners tbody tr")).to_have_count(1002)  # and the two seed partners
+            assert page.locator("#table-partners tbody tr td.note").count() == 0  # every partner read
+            headline = {
+                key: page.locator(f'[data-total="{key}"]').get_attribute("data-value")
+                for key in ("originals", "approved_usd_sale_amount", "pending_usd_sale_amount")
+            }
+            assert headline == expected
+            assert_fits(page)
+    finally:
+        with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
+            names = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
+            for (name,) in names:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@{prefix}%"]).fetchall()
+            if roles:
+                conn.execute(
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(sql.SQL(", ").join(sql.Identifier(r) for (r,) in roles))
+                )
+
+
+def _overview_sql(database: str) -> dict[str, str]:
+    """The overview's headlines straight from every partner's table, under docs/numbers.md:
+    originals (not duplicates, no processing error), every one of them converted in the last
+    week (the default range is 30 days); approved = approved or paid, pending = pending or
+    no status. A hundred tables a statement: a statement holds a lock on each table it reads."""
+    with psycopg.connect(**{**POSTGRES_SERVER, "dbname": database}, autocommit=True) as conn:
+        schemas = [
+            row[0]
+            for row in conn.execute(
+                "SELECT table_schema FROM information_schema.tables WHERE table_name = 'partner_conversions'"
+                " AND table_schema NOT LIKE '%template%'"  # the schema partners are made from
+            )
+        ]
+        assert len(schemas) == 1002
+        originals, approved, pending = 0, Decimal("0.00"), Decimal("0.00")
+        for start in range(0, len(schemas), 100):
+            union = sql.SQL(" UNION ALL ").join(
+                sql.SQL(
+                    "SELECT status, usd_sale_amount FROM {} WHERE NOT is_duplicate AND processing_error IS NULL"
+                ).format(sql.Identifier(schema, "partner_conversions"))
+                for schema in schemas[start : start + 100]
+            )
+            count, approved_sum, pending_sum = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), coalesce(sum(usd_sale_amount) FILTER (WHERE status IN ('approved', 'paid')), 0),"
+                    " coalesce(sum(usd_sale_amount) FILTER (WHERE status = 'pending' OR status IS NULL), 0)"
+                    " FROM ({}) AS rows"
+                ).format(union)
+            ).fetchone()
+            originals, approved, pending = originals + count, approved + approved_sum, pending + pending_sum
+    return {
+        "originals": str(originals),
+        "approved_usd_sale_amount": str(approved),
+        "pending_usd_sale_amount": str(pending),
+    }
