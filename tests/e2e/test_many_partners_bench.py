@@ -1,4 +1,4 @@
-"""The many-partners benchmark, run by CI with 150 partners in both storage layouts.
+"""The many-partners benchmark, run by CI with 100 partners in both storage layouts.
 
 It must finish with every `success` stored once and no non-2xx answer, directly and
 through PgBouncer; its throughput figures are printed (and quoted in docs/performance.md
@@ -15,13 +15,13 @@ from tests.e2e.server import PROJECT_DIR
 pytestmark = pytest.mark.direct_postgres  # it starts its own PgBouncer
 
 
-def test_150_partners_in_both_layouts_store_every_success_and_answer_only_2xx():
+def test_100_partners_in_both_layouts_store_every_success_and_answer_only_2xx():
     run = subprocess.run(
         [
             sys.executable,
             "bench/many_partners_bench.py",
             "--partners",
-            "150",
+            "100",
             "--duration",
             "6",
             "--rounds",
