@@ -472,7 +472,7 @@ def conversion_stats_from_groups(
     partners in one statement): `accepted` as conversion_day_groups' (offer_id may be left
     out), `rejected` as rejected rows grouped by `_day` with their `count`. Without
     `statuses` (the overview's, which shows neither), the days are not split by status and
-    by_status is empty: a thousand partners' days fold in a fifth of the objects."""
+    by_status is empty: a thousand partners' days fold in about a quarter of the objects."""
     totals, by_day, by_status, _ = _stats_groups_add(accepted=accepted, rejected=rejected, statuses=statuses)
     return _stats_result(time_range=time_range, totals=totals, by_day=by_day, by_status=by_status, offers=[])
 
