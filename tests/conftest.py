@@ -72,6 +72,20 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+def postgres_drop(prefix: str) -> None:
+    """Drop every database named `prefix...` and the partners' roles in them (schema@prefix...),
+    which have nothing left to own once their databases are gone."""
+    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{prefix}%"])
+        for (name,) in rows.fetchall():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        roles = [
+            role for (role,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@{prefix}%"])
+        ]
+        if roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.SQL(", ").join(map(sql.Identifier, roles))))
+
+
 class DatabasePool:
     """Hands out partner database URLs per backend; drops the PostgreSQL ones at the end."""
 
@@ -104,14 +118,7 @@ class DatabasePool:
     def drop_all(self) -> None:
         connections.close_all()
         connection_broker.close_idle()
-        with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"test_pb_{self.token}_%"])
-            for (name,) in rows.fetchall():
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            # The partners' roles (schema@database) went with nothing left to own.
-            roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@test_pb_{self.token}_%"])
-            for (role,) in roles.fetchall():
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        postgres_drop(f"test_pb_{self.token}_")
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,10 @@
 import shutil
 import uuid
 
-import psycopg
 import pytest
 from playwright.sync_api import sync_playwright
-from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER, THROUGH_PGBOUNCER
+from tests.conftest import THROUGH_PGBOUNCER, postgres_drop
 from tests.e2e.server import manage, service_env
 
 
@@ -28,10 +26,7 @@ def postgres_env(partner_server_port):
     assert init.returncode == 0, init.stderr
     env["_PREFIX"] = prefix
     yield env
-    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    postgres_drop(prefix)
 
 
 CHROMIUM_ARGS = [

@@ -13,12 +13,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-import psycopg
 import pytest
 from playwright.sync_api import Page, expect
-from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import postgres_drop
 from tests.e2e.server import PROJECT_DIR, fetch, manage, running_server, service_env
 
 pytestmark = pytest.mark.e2e
@@ -49,10 +47,7 @@ WIDTH = 1400  # the account managers' and analysts' screens
 def postgres_prefix():
     prefix = f"test_pb_browser_{uuid.uuid4().hex[:8]}_"
     yield prefix
-    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    postgres_drop(prefix)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import POSTGRES_SERVER, postgres_drop
 from tests.e2e.server import manage, running_server, service_env
 from tests.e2e.test_admin_browser import CREATE_USERS, SCREENSHOTS, WIDTH, assert_fits, log_in
 
@@ -230,15 +230,7 @@ def test_the_overview_of_1000_partners_fits_1400px_and_its_numbers_equal_sql(tmp
             assert headline == expected
             assert_fits(page)
     finally:
-        with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-            names = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-            for (name,) in names:
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            roles = conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [f"%@{prefix}%"]).fetchall()
-            if roles:
-                conn.execute(
-                    sql.SQL("DROP ROLE IF EXISTS {}").format(sql.SQL(", ").join(sql.Identifier(r) for (r,) in roles))
-                )
+        postgres_drop(prefix)  # its databases and the partners' roles
 
 
 def _overview_sql(database: str) -> dict[str, str]:

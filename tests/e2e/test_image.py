@@ -30,7 +30,7 @@ import yaml
 from django.core.management import call_command
 from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import POSTGRES_SERVER, postgres_drop
 from tests.e2e.server import PROJECT_DIR, free_port
 
 pytestmark = pytest.mark.e2e
@@ -228,10 +228,7 @@ def empty_database(database_pool) -> Iterator[dict[str, str]]:
         "PARTNER_DATABASE_URL": f"postgres://root@127.0.0.1:5432/{prefix}{{name}}",
         "_PREFIX": prefix,
     }
-    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    postgres_drop(prefix)
 
 
 def get(url: str) -> tuple[int, dict[str, str], dict]:

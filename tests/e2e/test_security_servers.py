@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 import redis
-from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import POSTGRES_SERVER, postgres_drop
 from tests.e2e.server import fetch, manage, running_server, service_env
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +24,7 @@ QUOTA = 30
 def postgres_prefix():
     prefix = f"test_pb_e2e_{uuid.uuid4().hex[:8]}_"
     yield prefix
-    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    postgres_drop(prefix)
 
 
 @pytest.mark.parametrize("store", ["database", "redis"])

@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from tests.conftest import POSTGRES_SERVER
+from tests.conftest import POSTGRES_SERVER, postgres_drop
 from tests.e2e.server import fetch, manage, running_server, service_env
 
 pytestmark = pytest.mark.e2e
@@ -74,10 +73,7 @@ def postgres_names():
     token = uuid.uuid4().hex[:8]
     prefix = f"test_pb_e2e_{token}_"
     yield prefix
-    with psycopg.connect(**POSTGRES_SERVER, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
-        for (name,) in rows:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    postgres_drop(prefix)
 
 
 def test_postgres_init_partners_creates_databases_and_new_partner_needs_no_restart(tmp_path, postgres_names):
